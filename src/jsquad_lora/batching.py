@@ -1,0 +1,139 @@
+"""Tokenised training examples with answer-only labels, the prompt-length policy, and collation.
+
+Prompt and answer are tokenised apart and concatenated (prompt ids + answer ids + EOS), so the
+prompt ids seen in training are exactly the ids the model sees at evaluation, whatever the
+tokenizer does with the trailing space of `システム: ` (the classic response-masking bug).
+Labels are -100 on the prompt: the loss is on the answer and EOS only.
+
+Over-long prompts (policy, stated once): passage characters are removed until the prompt fits
+`max_length - answer budget`; at training time from the side of the passage away from the first
+gold answer (the answer span is never cut), at evaluation from the end. The count is reported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+from .data import Question
+
+Render = Callable[[Question], str]
+
+
+@dataclass(frozen=True)
+class Encoded:
+    input_ids: list[int]
+    labels: list[int]
+
+
+def prompt_ids(tokenizer, prompt: str) -> list[int]:
+    """The token ids of a prompt, as both training and generation see them."""
+    return tokenizer(prompt)["input_ids"]
+
+
+def _cut_passage(question: Question, keep: int, around_answer: bool) -> Question:
+    """`question` with its passage shortened to `keep` characters (the answer span kept if asked)."""
+    context = question.context
+    if keep >= len(context):
+        return question
+    start = 0
+    if around_answer and question.answer_starts:
+        a_start = max(0, question.answer_starts[0])
+        a_end = a_start + len(question.answers[0])
+        # centre the window on the answer, clamped to the passage
+        start = min(max(0, (a_start + a_end) // 2 - keep // 2), len(context) - keep)
+        start = min(start, a_start)
+        if a_end - start > keep:
+            start = a_start
+    return dataclasses.replace(question, context=context[start:start + keep],
+                               answer_starts=tuple(s - start for s in question.answer_starts))
+
+
+def fit_question(question: Question, render: Render, tokenizer, budget: int, *, around_answer: bool) -> tuple[Question, list[int], bool]:
+    """`question` with its passage shortened until its prompt fits `budget` tokens:
+    (question as rendered, prompt ids, was_truncated)."""
+    ids = prompt_ids(tokenizer, render(question))
+    if len(ids) <= budget:
+        return question, ids, False
+    keep, cut = len(question.context), question
+    for _ in range(30):
+        overflow = len(ids) - budget
+        if overflow <= 0:
+            return cut, ids, True
+        # characters per token of this prompt: shorten by a proportional amount (at least 1)
+        ratio = max(1.0, len(render(cut)) / max(1, len(ids)))
+        keep = max(0, keep - max(1, int(overflow * ratio)))
+        cut = _cut_passage(question, keep, around_answer)
+        ids = prompt_ids(tokenizer, render(cut))
+        if keep == 0:
+            break
+    if len(ids) > budget:
+        raise ValueError(f"question {question.id}: the prompt is {len(ids)} tokens even with a shortened passage; raise model.max_length")
+    return cut, ids, True
+
+
+def encode_train_example(question: Question, render: Render, tokenizer, max_length: int) -> tuple[Encoded, bool]:
+    """prompt ids + first-gold-answer ids + EOS; labels only on answer + EOS."""
+    answer = tokenizer(question.answers[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    _, ids, truncated = fit_question(question, render, tokenizer, max_length - len(answer), around_answer=True)
+    return Encoded(ids + answer, [-100] * len(ids) + answer), truncated
+
+
+def encode_train_set(questions: Sequence[Question], render: Render, tokenizer, max_length: int) -> tuple[list[Encoded], int]:
+    """All training examples and the number whose passage was shortened."""
+    out, truncated = [], 0
+    for q in questions:
+        example, cut = encode_train_example(q, render, tokenizer, max_length)
+        out.append(example)
+        truncated += cut
+    return out, truncated
+
+
+class AnswerOnlyCollator:
+    """Right-pads a batch; padding gets label -100 and attention 0. Records padding counts."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids, labels, mask = [], [], []
+        for f in features:
+            pad = width - len(f["input_ids"])
+            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
+            labels.append(list(f["labels"]) + [-100] * pad)
+            mask.append([1] * len(f["input_ids"]) + [0] * pad)
+            self.real_tokens += len(f["input_ids"])
+        self.padded_tokens += width * len(features)
+        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+
+
+class FlatteningCollator:
+    """Padding-free: one row per batch, examples concatenated, position ids restart per example
+    (transformers' DataCollatorWithFlattening), so attention never crosses examples."""
+
+    def __init__(self):
+        from transformers import DataCollatorWithFlattening
+
+        self.inner = DataCollatorWithFlattening(return_position_ids=True, separator_id=-100)
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        batch = self.inner([{"input_ids": f["input_ids"], "labels": f["labels"]} for f in features])
+        n = sum(len(f["input_ids"]) for f in features)
+        self.real_tokens += n
+        self.padded_tokens += n
+        return batch
+
+
+def padding_fraction(collator) -> float:
+    """Share of the tokens the model processed that were padding (0 for padding-free)."""
+    if not collator.padded_tokens:
+        return 0.0
+    return 1.0 - collator.real_tokens / collator.padded_tokens

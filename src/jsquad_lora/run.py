@@ -1,0 +1,216 @@
+"""The recipe: the whole main job as a readable sequence of stage calls.
+
+Run directory layout (every file written atomically):
+    config.yaml                 the resolved config
+    base/                       the offline tiny model + tokenizer (safetensors), when model.name=tiny
+    checkpoints/checkpoint-N/   Trainer checkpoints (resume point)
+    adapter/                    the trained LoRA adapter (or full weights) + tokenizer, safetensors
+    predictions-before.jsonl    per-question answers before tuning (id, question, prediction, golds, em, f1)
+    predictions-after.jsonl     the same after tuning
+    loss.jsonl, loss.png        the training loss curve
+    side_check.json             free generation for the seed's side-check prompt, before and after
+    metrics.json                scores, timings; "finished": true once the run is complete
+    report.md, report.html, scores.png
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import shutil
+from pathlib import Path
+
+from .config import RunConfig, config_to_yaml, load_config
+from .data import load_split, resolve_split
+from .errors import InputError
+from .files import write_json, write_text
+
+log = logging.getLogger(__name__)
+
+MAX_ASK_CONTEXT_CHARS = 20_000
+MAX_ASK_QUESTION_CHARS = 2_000
+
+
+def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwrite: bool) -> Path:
+    """Create the run directory; refuse to clobber a finished run unless `overwrite`."""
+    run_dir = Path(output or Path("runs") / cfg.name)
+    metrics = run_dir / "metrics.json"
+    finished = metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("finished")
+    if finished and overwrite:
+        shutil.rmtree(run_dir)
+    elif finished:
+        raise InputError(run_dir, "this directory holds a finished run",
+                         fix="pass --overwrite to replace it, or --output to write somewhere else")
+    elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
+        log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    previous = run_dir / "config.yaml"
+    if previous.exists() and previous.read_text(encoding="utf-8") != config_to_yaml(cfg) and not overwrite:
+        raise InputError(run_dir, "an unfinished run with a different config is here",
+                         fix="resume with the same config and overrides, or pass --overwrite, or choose another --output")
+    write_text(previous, config_to_yaml(cfg))
+    return run_dir
+
+
+def load_questions(cfg: RunConfig):
+    train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
+    valid = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions
+    return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit]
+
+
+def make_renderer(cfg: RunConfig, tokenizer, fewshot_pool):
+    from .prompts import render_prompt, select_fewshot
+
+    def render(q):
+        shots = select_fewshot(fewshot_pool, cfg.prompt.fewshot, cfg.prompt.seed, q) if cfg.prompt.fewshot else ()
+        return render_prompt(q, cfg.prompt.template, examples=shots, tokenizer=tokenizer)
+
+    return render
+
+
+def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
+    """The tiny model is built once and saved in base/, so every stage (and a resume) reloads the same init."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer
+
+    if cfg.model.name != TINY:
+        return load_base_model(cfg.model), load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+    base = run_dir / "base"
+    if not (base / "model.safetensors").exists():
+        import torch
+
+        torch.manual_seed(cfg.train.seed)
+        texts = [q.context + q.question + "".join(q.answers) for q in train_questions]
+        from .prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
+
+        texts += [SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt(train_questions[0], cfg.prompt.template)]
+        tokenizer = build_char_tokenizer(texts)
+        build_tiny_model(cfg.model, tokenizer).save_pretrained(base, safe_serialization=True)
+        tokenizer.save_pretrained(base)
+    return AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), AutoTokenizer.from_pretrained(base)
+
+
+def _decoding(cfg: RunConfig, mode: str | None = None):
+    from .generation import DecodingConfig
+
+    return DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode=mode or cfg.eval.decoding)
+
+
+def _side_check(model, tokenizer) -> str:
+    from .generation import generate_free
+    from .prompts import SIDE_CHECK_PROMPT
+
+    return generate_free(model, tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64)
+
+
+def main_job(config: str | None, output: str | None, overrides: list[str], *, resume: bool = False,
+             overwrite: bool = False, stages: str = "run") -> Path:
+    """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
+    import torch
+
+    from .evaluation import evaluate
+    from .modeling import attach_lora, count_parameters, save_trained
+    from .batching import encode_train_set
+    from .training import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    cfg = load_config(config, overrides)
+    run_dir = prepare_run_dir(cfg, output, resume=resume, overwrite=overwrite)
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
+    save = functools.partial(write_json, metrics_path)
+
+    train_qs, eval_qs = load_questions(cfg)
+    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_qs)
+    render = make_renderer(cfg, tokenizer, train_qs)
+    side = {"prompt": None}
+    adapter_dir = run_dir / "adapter"
+    want_eval = stages in ("run", "evaluate")
+
+    if want_eval and cfg.eval.before and not (adapter_dir.exists() and stages == "evaluate"):
+        log.info("evaluating %d questions before tuning", len(eval_qs))
+        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl")
+        metrics["before"] = result.scores
+        metrics["eval_before"] = {"seconds": result.seconds, "questions": result.questions, "truncated_prompts": result.truncated_prompts}
+        save(metrics)
+    if cfg.eval.side_check and want_eval:
+        from .prompts import SIDE_CHECK_PROMPT
+
+        side = {"prompt": SIDE_CHECK_PROMPT, "before": _side_check(model, tokenizer)}
+
+    if stages in ("run", "train") and not (adapter_dir / "finished").exists():
+        quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
+        model = attach_lora(model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing)
+        trainable, total = count_parameters(model)
+        log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
+        examples, truncated = encode_train_set(train_qs, render, tokenizer, cfg.model.max_length)
+        bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
+        result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
+        save_trained(model, tokenizer, adapter_dir)
+        write_text(adapter_dir / "finished", "")
+        metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
+                            "padding_fraction": result.padding_fraction, "steps": result.steps,
+                            "final_loss": result.final_loss, "examples": len(examples), "truncated_prompts": truncated,
+                            "trainable_parameters": trainable, "total_parameters": total}
+        save(metrics)
+    elif adapter_dir.exists() and want_eval:
+        model = _load_adapter(model, adapter_dir, cfg)
+
+    if want_eval and cfg.eval.after and adapter_dir.exists():
+        log.info("evaluating %d questions after tuning", len(eval_qs))
+        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl")
+        metrics["after"] = result.scores
+        metrics["eval"] = {"seconds": result.seconds, "questions": result.questions, "truncated_prompts": result.truncated_prompts}
+        if side["prompt"]:
+            side["after"] = _side_check(model, tokenizer)
+    if side["prompt"]:
+        write_json(run_dir / "side_check.json", side)
+    metrics["finished"] = True
+    save(metrics)
+    if want_eval:
+        from .report import write_report
+
+        write_report([run_dir], run_dir)
+    for metric in ("jglue", "stability", "llmjp"):
+        parts = [f"{tag} {metrics[tag][metric]['exact_match']:.2f}" for tag in ("before", "after") if tag in metrics]
+        if parts:
+            log.info("EM (%s): %s", metric, " → ".join(parts))
+    log.info("run directory: %s", run_dir)
+    return run_dir
+
+
+def _load_adapter(model, adapter_dir: Path, cfg: RunConfig):
+    if not cfg.lora.enabled:
+        from transformers import AutoModelForCausalLM
+
+        return AutoModelForCausalLM.from_pretrained(adapter_dir, use_safetensors=True)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, adapter_dir)
+
+
+def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> str:
+    """Answer one question about one passage with a finished run's model and adapter."""
+    from .data import Question
+    from .evaluation import build_prompts
+    from .generation import generate_answers
+
+    if len(context) > MAX_ASK_CONTEXT_CHARS or len(question) > MAX_ASK_QUESTION_CHARS:
+        raise InputError("--context/--question", f"input too long ({len(context)} / {len(question)} characters; limits "
+                         f"{MAX_ASK_CONTEXT_CHARS} / {MAX_ASK_QUESTION_CHARS})", fix="pass a shorter passage or question")
+    if not context.strip() or not question.strip():
+        raise InputError("--context/--question", "empty passage or question", fix="pass both a passage and a question")
+    config_path = run_dir / "config.yaml"
+    if not config_path.exists():
+        raise InputError(run_dir, "not a run directory (no config.yaml)", fix="pass a directory written by `jsquad-lora run`")
+    cfg = load_config(config_path)
+    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, ())
+    if (run_dir / "adapter").exists():
+        model = _load_adapter(model, run_dir / "adapter", cfg)
+    q = Question("ask", "", context, question, ("",), (0,))
+    render = make_renderer(cfg, tokenizer, ())
+    prompts, passages, _ = build_prompts([q], render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
+    return generate_answers(model, tokenizer, prompts, passages, _decoding(cfg, decoding))[0]

@@ -1,0 +1,125 @@
+"""Training with transformers' Trainer: answer-only loss, length-grouped or padding-free batches,
+gradient accumulation, safetensors checkpoints and exact resume.
+
+Trainer (not a hand-written loop) because it already does accumulation, schedules, mixed
+precision, checkpoints with optimizer/scheduler/RNG state and mid-epoch resume. We add only a
+batch order that is a pure function of (seed, epoch), so a resumed run sees the very batches an
+uninterrupted run would: resume neither repeats nor skips a step.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import torch
+
+from .batching import AnswerOnlyCollator, Encoded, FlatteningCollator, padding_fraction
+from .config import TrainConfig
+from .files import write_jsonl
+
+
+class EpochBatchOrder(torch.utils.data.Sampler):
+    """Indices in an order fixed by (seed, epoch). `length_grouped`: shuffled chunks of 64 batches
+    are sorted by length and cut into batches whose order is shuffled; the one partial batch comes last."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, seed: int, grouped: bool):
+        self.lengths, self.batch_size, self.seed, self.grouped = list(lengths), batch_size, seed, grouped
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self) -> Iterator[int]:
+        rng = random.Random(self.seed * 100_003 + self.epoch)
+        order = list(range(len(self.lengths)))
+        rng.shuffle(order)
+        if not self.grouped:
+            return iter(order)
+        chunk = self.batch_size * 64
+        batches = []
+        for i in range(0, len(order), chunk):
+            part = sorted(order[i:i + chunk], key=lambda j: -self.lengths[j])
+            batches += [part[k:k + self.batch_size] for k in range(0, len(part), self.batch_size)]
+        full = [b for b in batches if len(b) == self.batch_size]
+        partial = [b for b in batches if len(b) < self.batch_size]
+        rng.shuffle(full)
+        return iter([i for b in full + partial for i in b])
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    seconds: float
+    tokens_per_second: float
+    padding_fraction: float
+    steps: int
+    final_loss: float
+    log: list[dict]
+
+
+def _make_trainer(model, examples: list[Encoded], cfg: TrainConfig, output_dir: Path, bf16: bool):
+    import datasets
+    from transformers import Trainer, TrainingArguments
+
+    dataset = datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+    lengths = [len(e.input_ids) for e in examples]
+    collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(model.config.pad_token_id or 0)
+    order = EpochBatchOrder(lengths, cfg.batch_size, cfg.seed, grouped=cfg.batching != "random")
+
+    class _Trainer(Trainer):
+        def _get_train_sampler(self, train_dataset=None):
+            return order
+
+    args = TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum,
+        learning_rate=cfg.learning_rate,
+        num_train_epochs=cfg.epochs,
+        lr_scheduler_type=cfg.scheduler,
+        warmup_steps=cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        optim=cfg.optim,
+        logging_steps=cfg.logging_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=2,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=bf16,
+        report_to=[],
+        remove_unused_columns=False,
+        dataloader_num_workers=0,
+        disable_tqdm=False,
+    )
+    trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    return trainer, collator
+
+
+def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
+    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def train(model, examples: list[Encoded], cfg: TrainConfig, checkpoint_dir: Path, loss_path: Path, *, bf16: bool = False) -> TrainResult:
+    """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any."""
+    trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16)
+    resume_from = latest_checkpoint(checkpoint_dir)
+    start = time.perf_counter()
+    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    seconds = time.perf_counter() - start
+    log = [{k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
+           for row in trainer.state.log_history if "loss" in row]
+    write_jsonl(loss_path, log)
+    final_loss = log[-1]["loss"] if log else float(output.training_loss)
+    return TrainResult(seconds=seconds, tokens_per_second=collator.real_tokens / seconds if seconds else 0.0,
+                       padding_fraction=padding_fraction(collator), steps=trainer.state.global_step,
+                       final_loss=final_loss, log=log)
