@@ -108,13 +108,6 @@ def _side_check(model, tokenizer) -> str:
 def main_job(config: str | None, output: str | None, overrides: list[str], *, resume: bool = False,
              overwrite: bool = False, stages: str = "run") -> Path:
     """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
-    import torch
-
-    from .evaluation import evaluate
-    from .modeling import attach_lora, count_parameters, save_trained
-    from .batching import encode_train_set
-    from .training import train
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(config, overrides)
     run_dir = prepare_run_dir(cfg, output, resume=resume, overwrite=overwrite)
@@ -123,7 +116,15 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
     save = functools.partial(write_json, metrics_path)
 
-    train_qs, eval_qs = load_questions(cfg)
+    train_qs, eval_qs = load_questions(cfg)  # bad data fails here, before any model is loaded
+
+    import torch
+
+    from .batching import encode_train_set
+    from .evaluation import evaluate
+    from .modeling import attach_lora, count_parameters, save_trained
+    from .training import train
+
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_qs)
     render = make_renderer(cfg, tokenizer, train_qs)
     side = {"prompt": None}

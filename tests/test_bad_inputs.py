@@ -1,0 +1,113 @@
+"""The corpus of malformed inputs in tests/bad_inputs: every command that reads a file answers
+with one message naming the file, the record and the fix, exit code 2, and no traceback."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jsquad_lora.cli import main
+
+HERE = Path(__file__).parent / "bad_inputs"
+GOOD_DATA = HERE / "good.json"
+GOOD_PREDICTIONS = HERE / "pred_good.json"
+
+# file → (a phrase of the problem, the record it must name)
+DATA = {
+    "data_invalid_json.json": ("invalid JSON", "line 1, column"),
+    "data_empty.json": ("empty", ""),
+    "data_top_level_list.json": ("top level must be a JSON object", ""),
+    "data_missing_data.json": ('"data" must be a list, got missing', "data"),
+    "data_missing_paragraphs.json": ('"paragraphs" must be a list, got missing', "data[0].paragraphs"),
+    "data_missing_context.json": ('"context" must be a str, got missing', "data[0].paragraphs[0].context"),
+    "data_missing_qas.json": ('"qas" must be a list, got missing', "data[0].paragraphs[0].qas"),
+    "data_missing_question.json": ('"question" must be a str, got missing', "(id a1p0q0).question"),
+    "data_missing_id.json": ('"id" must be a str, got missing', "qas[0].id"),
+    "data_missing_answers.json": ('"answers" must be a list, got missing', "(id a1p0q0).answers"),
+    "data_context_not_string.json": ('"context" must be a str, got a list', "paragraphs[0].context"),
+    "data_answer_start_string.json": ('"answer_start" must be a int, got a str', "answers[0].answer_start"),
+    "data_empty_answer_text.json": ("empty answer text", "answers[0].text"),
+    "data_answer_start_out_of_range.json": ("answer_start 999 is outside the context", "answers[0].answer_start"),
+    "data_duplicate_ids.json": ("duplicate question id 'a1p0q0'", "qas[1]"),
+    "data_non_utf8.json": ("not UTF-8", "offset"),
+    "data_no_answers.json": ("no gold answers", "(id a1p0q0).answers"),
+    "data_no_questions.json": ("holds no questions", ""),
+    "data_id_not_string.json": ('"id" must be a str, got a int', "qas[0].id"),
+}
+PREDICTIONS = {
+    "pred_unknown_ids.json": ("not questions of the data file: zz9", "id zz9"),
+    "pred_non_string.json": ("must be a string, got null", "id a1p0q0"),
+    "pred_list_of_numbers.json": ('"id" (string) and "prediction"', "item 0"),
+    "pred_torn_line.jsonl": ("invalid JSON on this line", "line 2"),
+    "pred_wrong_top_level.json": ("got a str", ""),
+}
+CONFIGS = {
+    "config_unknown_key.yaml": ("unknown key", "train.epochz"),
+    "config_wrong_type.yaml": ("expected float, got str 'three'", "train.epochs"),
+    "config_bad_yaml.yaml": ("invalid YAML", "line"),
+    "config_bad_choice.yaml": ("'sometimes' is not allowed", "train.scheduler"),
+    "config_not_mapping.yaml": ("must be a mapping", ""),
+}
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    return code, err
+
+
+def check(code, err, path, problem, where):
+    assert code == 2
+    assert "Traceback" not in err
+    assert str(path) in err and problem in err and where in err and "fix:" in err
+    assert err.count("error:") == 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def good_predictions():
+    GOOD_PREDICTIONS.write_text('{"a1p0q0": "東アジア"}', encoding="utf-8")
+    yield
+    GOOD_PREDICTIONS.unlink()
+
+
+def test_corpus_has_at_least_twenty_malformed_inputs():
+    assert len(DATA) + len(PREDICTIONS) + len(CONFIGS) >= 20
+    assert {p.name for p in HERE.iterdir()} >= set(DATA) | set(PREDICTIONS) | set(CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(DATA))
+def test_bad_data_files(capsys, tmp_path, name):
+    path, (problem, where) = HERE / name, DATA[name]
+    for argv in (["score", path, GOOD_PREDICTIONS], ["prompt", path, "--id", "a1p0q0"], ["stats", path],
+                 ["run", "--output", tmp_path / "run", f"data.dir={path}"]):
+        check(*run_cli(capsys, *argv), path, problem, where)
+
+
+@pytest.mark.parametrize("name", sorted(PREDICTIONS))
+def test_bad_prediction_files(capsys, name):
+    path, (problem, where) = HERE / name, PREDICTIONS[name]
+    check(*run_cli(capsys, "score", GOOD_DATA, path), path, problem, where)
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_bad_config_files(capsys, tmp_path, name):
+    path, (problem, where) = HERE / name, CONFIGS[name]
+    for command in ("run", "train", "evaluate"):
+        check(*run_cli(capsys, command, "--config", path, "--output", tmp_path / "run"), path, problem, where)
+
+
+def test_bad_override_names_the_key(capsys, tmp_path):
+    code, err = run_cli(capsys, "run", "--output", tmp_path / "run", "train.epochs=-1")
+    assert code == 2 and "train.epochs" in err and "fix:" in err
+
+
+def test_good_files_score(capsys):
+    assert main(["score", str(GOOD_DATA), str(GOOD_PREDICTIONS)]) == 0
+    assert capsys.readouterr().out.strip() == '{"exact_match": 100.0, "f1": 100.0, "count": 1}'
+
+
+def test_process_exit_code_and_no_traceback():
+    result = subprocess.run([sys.executable, "-m", "jsquad_lora.cli", "score", str(HERE / "data_non_utf8.json"), str(GOOD_PREDICTIONS)],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "not UTF-8" in result.stderr
