@@ -142,6 +142,12 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         return [_coerce(v, args[0], source, key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, str):
+        # PyYAML (YAML 1.1) reads 3e-3 as a string; accept any text that is a number
+        try:
+            return float(value)
+        except ValueError:
+            pass
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         _fail(source, key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}", f"give a {hint.__name__} value")
     return value

@@ -24,7 +24,7 @@ from pathlib import Path
 from .config import RunConfig, config_to_yaml, load_config
 from .data import load_split, resolve_split
 from .errors import InputError
-from .files import write_json, write_text
+from .files import atomic_dir, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
     """The tiny model is built once and saved in base/, so every stage (and a resume) reloads the same init."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer
+    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer, save_trained
 
     if cfg.model.name != TINY:
         return load_base_model(cfg.model), load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
@@ -87,8 +87,8 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
 
         texts += [SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt(train_questions[0], cfg.prompt.template)]
         tokenizer = build_char_tokenizer(texts)
-        build_tiny_model(cfg.model, tokenizer).save_pretrained(base, safe_serialization=True)
-        tokenizer.save_pretrained(base)
+        with atomic_dir(base) as tmp:
+            save_trained(build_tiny_model(cfg.model, tokenizer), tokenizer, tmp)
     return AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), AutoTokenizer.from_pretrained(base)
 
 
@@ -135,14 +135,14 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         log.info("evaluating %d questions before tuning", len(eval_qs))
         result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl")
         metrics["before"] = result.scores
-        metrics["eval_before"] = {"seconds": result.seconds, "questions": result.questions, "truncated_prompts": result.truncated_prompts}
+        metrics["eval_before"] = _eval_summary(result)
         save(metrics)
     if cfg.eval.side_check and want_eval:
         from .prompts import SIDE_CHECK_PROMPT
 
         side = {"prompt": SIDE_CHECK_PROMPT, "before": _side_check(model, tokenizer)}
 
-    if stages in ("run", "train") and not (adapter_dir / "finished").exists():
+    if stages in ("run", "train") and not adapter_dir.exists():
         quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
         model = attach_lora(model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing)
         trainable, total = count_parameters(model)
@@ -150,8 +150,8 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         examples, truncated = encode_train_set(train_qs, render, tokenizer, cfg.model.max_length)
         bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
-        save_trained(model, tokenizer, adapter_dir)
-        write_text(adapter_dir / "finished", "")
+        with atomic_dir(adapter_dir) as tmp:
+            save_trained(model, tokenizer, tmp)
         metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
                             "padding_fraction": result.padding_fraction, "steps": result.steps,
                             "final_loss": result.final_loss, "examples": len(examples), "truncated_prompts": truncated,
@@ -164,12 +164,12 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         log.info("evaluating %d questions after tuning", len(eval_qs))
         result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl")
         metrics["after"] = result.scores
-        metrics["eval"] = {"seconds": result.seconds, "questions": result.questions, "truncated_prompts": result.truncated_prompts}
+        metrics["eval"] = _eval_summary(result)
         if side["prompt"]:
             side["after"] = _side_check(model, tokenizer)
     if side["prompt"]:
         write_json(run_dir / "side_check.json", side)
-    metrics["finished"] = True
+    metrics["finished"] = stages == "run"  # train/evaluate alone leave the run open for the rest
     save(metrics)
     if want_eval:
         from .report import write_report
@@ -181,6 +181,11 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
             log.info("EM (%s): %s", metric, " → ".join(parts))
     log.info("run directory: %s", run_dir)
     return run_dir
+
+
+def _eval_summary(result) -> dict:
+    return {"seconds": result.seconds, "questions": result.questions, "generated": result.generated,
+            "truncated_prompts": result.truncated_prompts}
 
 
 def _load_adapter(model, adapter_dir: Path, cfg: RunConfig):

@@ -9,6 +9,7 @@ uninterrupted run would: resume neither repeats nor skips a step.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from dataclasses import dataclass
@@ -105,8 +106,16 @@ def _make_trainer(model, examples: list[Encoded], cfg: TrainConfig, output_dir: 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
-    done = [p for p in output_dir.glob("checkpoint-*") if (p / "trainer_state.json").exists()]
+    done = [p for p in output_dir.glob("checkpoint-*") if _complete(p / "trainer_state.json")]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def _complete(state_file: Path) -> bool:
+    try:
+        json.loads(state_file.read_text(encoding="utf-8"))
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def train(model, examples: list[Encoded], cfg: TrainConfig, checkpoint_dir: Path, loss_path: Path, *, bf16: bool = False) -> TrainResult:
