@@ -1,15 +1,18 @@
-"""Batched generation == one-at-a-time (left padding, position ids), input order, on_batch, stop
-strings, and extractive decoding (always a span of the passage) over char, byte-level BPE and
-sentencepiece-style (`▁`) tokenizers. Tiny random GPT-NeoX models: garbage, but deterministic."""
+"""Batched generation == one-at-a-time (left padding, position ids), greedy == argmax, input
+order, on_batch, stop strings, and extractive decoding (always a span of the passage) over char,
+byte-level BPE, sentencepiece-style (`▁`) and T5Tokenizer (rinna's class) tokenizers. Tiny random
+GPT-NeoX models (and one GPT-2, whose absolute positions expose wrong position ids): garbage
+answers, but deterministic ones."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, T5Tokenizer
 
 from jsquad_lora.generation import DecodingConfig, _vocab, generate_answers, generate_free
 
@@ -72,7 +75,19 @@ def metaspace_bpe() -> PreTrainedTokenizerFast:
     return _fast(core)
 
 
-TOKENIZERS = {"char": char_tokenizer, "bytelevel": bytelevel_bpe, "metaspace": metaspace_bpe}
+def t5_unigram() -> T5Tokenizer:
+    """rinna's tokenizer class as transformers 5 loads it: sentencepiece Unigram, whitespace split,
+    `▁` always prepended, `</s>` appended to every encoded text."""
+    core = Tokenizer(models.Unigram())
+    core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
+    core.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
+                                                             unk_token="<unk>"))
+    tokenizer = T5Tokenizer(vocab=[tuple(v) for v in json.loads(core.to_str())["model"]["vocab"]], extra_ids=0)
+    tokenizer.add_tokens(["<NL>"])
+    return tokenizer
+
+
+TOKENIZERS = {"char": char_tokenizer, "bytelevel": bytelevel_bpe, "metaspace": metaspace_bpe, "t5": t5_unigram}
 
 
 def tiny_model(tokenizer, seed: int = 0) -> GPTNeoXForCausalLM:
@@ -147,6 +162,32 @@ def test_extractive_answers_are_spans_of_their_passage(setup):
                                    DecodingConfig(max_new_tokens=16, batch_size=4, mode="extractive"))
         assert all(a in PASSAGES[i] for a, i in zip(answers, picks)), list(zip(answers, picks))
         assert sum(bool(a) for a in answers) >= 5, answers
+
+
+def test_greedy_is_plain_argmax_whatever_the_generation_config(setup):
+    """The answer is the definition: argmax of the full forward pass, token by token, until EOS or
+    a stop string, even when the model's generation config asks for sampling and penalties."""
+    tokenizer, model = setup
+    ids = tokenizer(PROMPTS[1])["input_ids"]
+    generated: list[int] = []
+    with torch.no_grad():
+        for _ in range(10):
+            nxt = int(model(torch.tensor([ids + generated])).logits[0, -1].argmax())
+            if nxt == tokenizer.eos_token_id:
+                break
+            generated.append(nxt)
+    text = tokenizer.decode(generated, skip_special_tokens=True)
+    expected = text.split("<NL>")[0].split("\n")[0].strip()
+    saved = model.generation_config
+    model.generation_config = saved.__class__(**{**saved.to_dict(), "do_sample": True, "temperature": 5.0, "top_k": 3,
+                                                 "repetition_penalty": 3.0, "no_repeat_ngram_size": 1})
+    try:
+        model.train()
+        assert generate_answers(model, tokenizer, PROMPTS[1:2], None, DecodingConfig(max_new_tokens=10)) == [expected]
+        assert model.training  # restored
+    finally:
+        model.generation_config = saved
+        model.eval()
 
 
 def test_position_ids_follow_the_attention_mask(setup):
@@ -260,3 +301,20 @@ def test_config_validation():
         DecodingConfig(batch_size=0)
     with pytest.raises(ValueError):
         generate_answers(None, None, ["x"], None, DecodingConfig(mode="extractive"))
+
+
+@pytest.mark.parametrize("passage, expected", [("答えは東京", "答え"), ("答え は東京", "答え は"), ("東京", "")])
+def test_extractive_whitespace_policy(passage, expected):
+    """The first token may carry the space after `システム:` (`▁答え`); later spaces must be in the passage."""
+    tokenizer = metaspace_bpe()
+    ids = tokenizer.convert_tokens_to_ids
+    assert tokenizer.convert_ids_to_tokens(tokenizer(prompt(passage, "何？"))["input_ids"])[-1] == "▁"
+    torch.manual_seed(0)
+    model = ScriptedLM(tiny_model(tokenizer).config).eval()
+    ScriptedLM.script, ScriptedLM.second = {ids("▁"): ids("▁答え"), ids("▁答え"): ids("▁は")}, tokenizer.eos_token_id
+    try:
+        answer = generate_answers(model, tokenizer, [prompt(passage, "何？")], [passage],
+                                  DecodingConfig(max_new_tokens=4, mode="extractive"))[0]
+        assert answer == expected if expected else answer in passage
+    finally:
+        ScriptedLM.second = None

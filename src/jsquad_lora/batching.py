@@ -28,8 +28,17 @@ class Encoded:
 
 
 def prompt_ids(tokenizer, prompt: str) -> list[int]:
-    """The token ids of a prompt, as both training and generation see them."""
-    return tokenizer(prompt)["input_ids"]
+    """The token ids of a prompt, as both training and generation see them.
+
+    The tokenizer's own special tokens are added (a BOS where the model expects one) except an
+    EOS at the end (sentencepiece T5Tokenizer, rinna's class, appends `</s>` to every text), and
+    except when the prompt already starts with the BOS text (chat templates write it themselves).
+    """
+    bos, eos = tokenizer.bos_token, tokenizer.eos_token
+    ids = tokenizer(prompt, add_special_tokens=not (bos and prompt.startswith(bos)))["input_ids"]
+    if ids and ids[-1] == tokenizer.eos_token_id and not (eos and prompt.endswith(eos)):
+        ids = ids[:-1]
+    return ids
 
 
 def _cut_passage(question: Question, keep: int, around_answer: bool) -> Question:

@@ -88,6 +88,8 @@ class TrainConfig:
     #: length_grouped: batches of similar length; padding_free: one flattened row per batch
     #: (needs flash attention on GPU); random: naive pad-to-longest in random order
     batching: Literal["length_grouped", "padding_free", "random"] = "length_grouped"
+    #: cloze questions made from each training passage (augment.py); for from-scratch models
+    synthetic_per_passage: int = 0
     logging_steps: int = 10
     save_steps: int = 200
     optim: str = "adamw_torch"

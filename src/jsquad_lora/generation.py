@@ -10,6 +10,11 @@ beam, no repetition penalty) whatever the model's generation config says.
 
 An answer is the generated text cut at the first EOS or stop string (`<NL>`, newline), decoded
 without special tokens, with leading/trailing whitespace stripped (inner spaces kept).
+
+Written here, on top of `generate`: the extractive logits processor (no library constrains a
+row to substrings of its own passage), and a stop criterion on the decoded continuation rather
+than transformers' `StopStringCriteria` (which matches token strings), so that the text that
+stops a row is the very text the answer is cut from, for any tokenizer.
 """
 
 from __future__ import annotations
@@ -17,16 +22,17 @@ from __future__ import annotations
 import re
 import weakref
 from collections import defaultdict
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Literal, Sequence
+from typing import Callable, Iterator, Literal, Sequence
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm
 from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from .batching import prompt_ids
 
-_KEY = 3  # a piece is indexed by its first (up to) 3 bytes: one kana/kanji in UTF-8
+_KEY = 6  # a piece is indexed by its first (up to) 6 bytes: two kana/kanji in UTF-8
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte fallback
 
 
@@ -64,37 +70,33 @@ class _Vocab:
     """
 
     def __init__(self, tokenizer) -> None:
-        size, special = len(tokenizer), set(tokenizer.all_special_ids)
+        size, special, alphabet = len(tokenizer), set(tokenizer.all_special_ids), _gpt2_byte_alphabet()
         anchor = next(i for i in range(size) if i not in special and _is_plain(tokenizer.decode([i])))
         head = tokenizer.decode([anchor], clean_up_tokenization_spaces=False)
         texts = tokenizer.batch_decode([[anchor, i] for i in range(size)], clean_up_tokenization_spaces=False)
         self.texts = [t[len(head):] if t.startswith(head) else None for t in texts]
-        raw, alphabet = tokenizer.convert_ids_to_tokens(list(range(size))), _gpt2_byte_alphabet()
-        self.pieces: list[bytes | None] = []
-        for i, (text, token) in enumerate(zip(self.texts, raw)):
-            piece = None
-            if i in special or text is None or not token:
-                pass
-            elif "\ufffd" not in text:
-                piece = text.encode()
-            elif match := _BYTE_TOKEN.fullmatch(token):
-                piece = bytes([int(match[1], 16)])
-            elif all(c in alphabet for c in token):
-                piece = bytes(alphabet[c] for c in token)
-            self.pieces.append(piece)
-        self.by_start: dict[bytes, list[int]] = defaultdict(list)  # piece[:_KEY] → ids
-        self.by_stripped_start: dict[bytes, list[int]] = defaultdict(list)  # piece.lstrip()[:_KEY] → ids
+        self.pieces = [None if i in special else _piece(text, token, alphabet)
+                       for i, (text, token) in enumerate(zip(self.texts, tokenizer.convert_ids_to_tokens(list(range(size)))))]
+        # piece[:_KEY] → [(id, piece)], and the same with leading whitespace stripped
+        self.by_start: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
+        self.by_stripped_start: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
         for i, piece in enumerate(self.pieces):
             if piece:
-                self.by_start[piece[:_KEY]].append(i)
-                self.by_stripped_start[piece.lstrip()[:_KEY]].append(i)
+                self.by_start[piece[:_KEY]].append((i, piece))
+                self.by_stripped_start[piece.lstrip()[:_KEY]].append((i, piece.lstrip()))
+        self._openers: dict[bytes, frozenset[int]] = {}  # passage → first_pieces (passages repeat ~4×)
+        self._containing: dict[tuple[str, ...], frozenset[int]] = {}
 
-    def first_pieces(self, passage: bytes) -> set[int]:
+    def first_pieces(self, passage: bytes) -> frozenset[int]:
         """Tokens that can open an answer: their text, leading whitespace stripped, occurs in `passage`
-        (pure-whitespace tokens included). O(len(passage)) lookups, not O(vocab)."""
-        keys = {passage[i:i + k] for k in range(1, _KEY + 1) for i in range(len(passage) - k + 1)} | {b""}
-        return {i for key in keys for i in self.by_stripped_start.get(key, ())
-                if len(stripped := self.pieces[i].lstrip()) <= _KEY or stripped in passage}
+        (pure-whitespace tokens included). O(len(passage)) dictionary lookups, not O(vocab)."""
+        if passage not in self._openers:
+            if len(self._openers) > 4096:
+                self._openers.clear()
+            keys = {passage[i:i + k] for k in range(1, _KEY + 1) for i in range(len(passage) - k + 1)} | {b""}
+            self._openers[passage] = frozenset(i for key in keys for i, stripped in self.by_stripped_start.get(key, ())
+                                               if len(stripped) <= _KEY or stripped in passage)
+        return self._openers[passage]
 
     def next_pieces(self, passage: bytes, answer: bytes) -> set[int]:
         """Tokens whose text extends `answer` to a longer substring of `passage`."""
@@ -102,13 +104,36 @@ class _Vocab:
         while start >= 0:
             end = start + len(answer)
             for k in range(1, min(_KEY, len(passage) - end) + 1):
-                found.update(i for i in self.by_start.get(passage[end:end + k], ()) if passage.startswith(self.pieces[i], end))
+                found.update(i for i, piece in self.by_start.get(passage[end:end + k], ()) if passage.startswith(piece, end))
             start = passage.find(answer, start + 1)
         return found
+
+    def exactly(self, strings: Sequence[str]) -> set[int]:
+        """Tokens whose text is exactly one of `strings` (rinna's `<NL>`), special tokens included."""
+        return {i for i, text in enumerate(self.texts) if text and text in strings}
+
+    def containing(self, strings: tuple[str, ...]) -> frozenset[int]:
+        """Tokens whose text contains one of `strings`."""
+        if strings not in self._containing:
+            needles = [s.encode() for s in strings if s]
+            self._containing[strings] = frozenset(i for i, piece in enumerate(self.pieces)
+                                                  if piece and any(n in piece for n in needles))
+        return self._containing[strings]
 
 
 def _is_plain(text: str) -> bool:
     return bool(text) and "\ufffd" not in text and not any(c.isspace() for c in text)
+
+
+def _piece(text: str | None, token: str | None, alphabet: dict[str, int]) -> bytes | None:
+    """A token's bytes: its decoded text, or, for part of a character (decoded as U+FFFD), its raw byte(s)."""
+    if text is None or not token:
+        return None
+    if "\ufffd" not in text:
+        return text.encode()
+    if match := _BYTE_TOKEN.fullmatch(token):
+        return bytes([int(match[1], 16)])
+    return bytes(alphabet[c] for c in token) if all(c in alphabet for c in token) else None
 
 
 _VOCABS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # tokenizer → (len(tokenizer), _Vocab)
@@ -152,8 +177,7 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
         self.passages, self.prompt_length = list(passages), prompt_length
         self.end_ids, self.eos_id = frozenset(end_ids), eos_id
         self.passage_bytes = [p.encode() for p in self.passages]
-        self.banned = self.end_ids | {i for i, piece in enumerate(self.vocab.pieces)
-                                      if piece and any(s.encode() in piece for s in stop_strings if s)}
+        self.banned = self.end_ids | self.vocab.containing(tuple(stop_strings))
         self.openers = [sorted(self.vocab.first_pieces(p) - self.banned) for p in self.passage_bytes]
 
     def _allowed(self, row: int, generated: list[int]) -> list[int] | None:
@@ -209,21 +233,15 @@ class _StopOnText(StoppingCriteria):
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
-def _eos_ids(model, tokenizer) -> list[int]:
-    """The tokenizer's EOS and every EOS of the model's generation config (chat models have several)."""
+def _special_ids(model, tokenizer) -> tuple[list[int], int]:
+    """EOS ids (the tokenizer's and every one of the model's generation config: chat models have
+    several) and the padding id (EOS when the tokenizer has no pad token)."""
     configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    ids = set(configured if isinstance(configured, list) else [] if configured is None else [configured])
-    if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
-    if not ids:
+    eos = set(configured if isinstance(configured, list) else [] if configured is None else [configured])
+    eos |= {tokenizer.eos_token_id} - {None}
+    if not eos:
         raise ValueError("neither the tokenizer nor the model defines an EOS token")
-    return sorted(ids)
-
-
-def _stop_ids(tokenizer, stop_strings: Sequence[str]) -> set[int]:
-    """Tokens whose text is exactly a stop string (rinna's `<NL>`), special or not."""
-    texts = _vocab(tokenizer).texts
-    return {i for i, text in enumerate(texts) if text and text in stop_strings}
+    return sorted(eos), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
 
 
 def _answer(tokenizer, ids: list[int], end_ids: set[int], stop_strings: Sequence[str], extractive: bool) -> str:
@@ -236,8 +254,17 @@ def _answer(tokenizer, ids: list[int], end_ids: set[int], stop_strings: Sequence
     return (text.rstrip("\ufffd") if extractive else text).strip()  # extractive: drop a character cut by max_new_tokens
 
 
-def _input_device(model) -> torch.device:
-    return model.get_input_embeddings().weight.device
+@contextmanager
+def _inference(model) -> Iterator[torch.device]:
+    """Eval mode (dropout off) and no autograd for the block; the model's mode is restored after.
+    Yields the device inputs go to (the embeddings', also under `device_map`)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield model.get_input_embeddings().weight.device
+    finally:
+        model.train(was_training)
 
 
 def _greedy(model, input_ids, attention_mask, max_new_tokens: int, eos_ids: list[int], pad_id: int,
@@ -262,55 +289,39 @@ def generate_answers(model, tokenizer, prompts: list[str], passages: list[str] |
         raise ValueError("extractive decoding needs one passage per prompt")
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    stop_ids = _stop_ids(tokenizer, config.stop_strings) if config.stop_strings else set()
+    eos_ids, pad_id = _special_ids(model, tokenizer)
+    stop_ids = _vocab(tokenizer).exactly(config.stop_strings) if config.stop_strings else set()
     end_ids = set(eos_ids) | stop_ids
-    device = _input_device(model)
     answers: list[str] = [""] * len(prompts)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})", disable=not progress)
-    try:
-        with torch.inference_mode():
-            for start in range(0, len(order), config.batch_size):
-                batch = order[start:start + config.batch_size]
-                width = len(encoded[batch[0]])
-                input_ids = torch.tensor([[pad_id] * (width - len(encoded[i])) + encoded[i] for i in batch], device=device)
-                attention_mask = torch.tensor([[0] * (width - len(encoded[i])) + [1] * len(encoded[i]) for i in batch],
-                                              device=device)
-                processors = LogitsProcessorList()
-                if extractive:
-                    processors.append(ExtractiveLogitsProcessor(tokenizer, [passages[i] for i in batch], width,  # type: ignore[index]
-                                                                end_ids, eos_ids[0], config.stop_strings))
-                criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
-                output = _greedy(model, input_ids, attention_mask, config.max_new_tokens, eos_ids, pad_id, processors, criteria)
-                batch_answers = [_answer(tokenizer, ids, end_ids, config.stop_strings, extractive)
-                                 for ids in output[:, width:].tolist()]
-                for i, answer in zip(batch, batch_answers):
-                    answers[i] = answer
-                if on_batch is not None:
-                    on_batch(list(batch), batch_answers)
-                bar.update(len(batch))
-    finally:
-        bar.close()
-        model.train(was_training)
+    with _inference(model) as device, tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})",
+                                           disable=not progress) as bar:
+        for start in range(0, len(order), config.batch_size):
+            batch = order[start:start + config.batch_size]
+            width = len(encoded[batch[0]])  # the longest: all rows are left-padded to it
+            pads = [width - len(encoded[i]) for i in batch]
+            input_ids = torch.tensor([[pad_id] * n + encoded[i] for n, i in zip(pads, batch)], device=device)
+            attention_mask = torch.tensor([[0] * n + [1] * (width - n) for n in pads], device=device)
+            processors = LogitsProcessorList()
+            if extractive:
+                processors.append(ExtractiveLogitsProcessor(tokenizer, [passages[i] for i in batch], width,  # type: ignore[index]
+                                                            end_ids, eos_ids[0], config.stop_strings))
+            criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
+            output = _greedy(model, input_ids, attention_mask, config.max_new_tokens, eos_ids, pad_id, processors, criteria)
+            batch_answers = [_answer(tokenizer, ids, end_ids, config.stop_strings, extractive) for ids in output[:, width:].tolist()]
+            for i, answer in zip(batch, batch_answers):
+                answers[i] = answer
+            if on_batch is not None:
+                on_batch(list(batch), batch_answers)
+            bar.update(len(batch))
     return answers
 
 
 def generate_free(model, tokenizer, prompt: str, max_new_tokens: int = 64) -> str:
     """Greedy continuation of `prompt` up to EOS (no stop strings), special tokens dropped, stripped."""
     ids = prompt_ids(tokenizer, prompt)
-    eos_ids = _eos_ids(model, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-    device = _input_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            input_ids = torch.tensor([ids], device=device)
-            output = _greedy(model, input_ids, torch.ones_like(input_ids), max_new_tokens, eos_ids, pad_id,
-                             LogitsProcessorList(), StoppingCriteriaList())
-    finally:
-        model.train(was_training)
+    eos_ids, pad_id = _special_ids(model, tokenizer)
+    with _inference(model) as device:
+        input_ids = torch.tensor([ids], device=device)
+        output = _greedy(model, input_ids, torch.ones_like(input_ids), max_new_tokens, eos_ids, pad_id,
+                         LogitsProcessorList(), StoppingCriteriaList())
     return _answer(tokenizer, output[0, len(ids):].tolist(), set(eos_ids), (), extractive=False)

@@ -147,14 +147,19 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         model = attach_lora(model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing)
         trainable, total = count_parameters(model)
         log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
-        examples, truncated = encode_train_set(train_qs, render, tokenizer, cfg.model.max_length)
+        train_set = list(train_qs)
+        if cfg.train.synthetic_per_passage:
+            from .augment import cloze_questions
+
+            train_set += cloze_questions(train_qs, cfg.train.synthetic_per_passage, cfg.train.seed)
+        examples, truncated = encode_train_set(train_set, render, tokenizer, cfg.model.max_length)
         bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
         with atomic_dir(adapter_dir) as tmp:
             save_trained(model, tokenizer, tmp)
         metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
                             "padding_fraction": result.padding_fraction, "steps": result.steps,
-                            "final_loss": result.final_loss, "examples": len(examples), "truncated_prompts": truncated,
+                            "final_loss": result.final_loss, "examples": len(examples), "synthetic_examples": len(train_set) - len(train_qs), "truncated_prompts": truncated,
                             "trainable_parameters": trainable, "total_parameters": total}
         save(metrics)
     elif adapter_dir.exists() and want_eval:

@@ -1,0 +1,74 @@
+"""Benchmark 1: evaluation throughput, batched vs one question at a time, same model, same
+questions; the predictions must be identical. Goal: >= 5x on 2 CPU cores.
+
+    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_eval.py [--run runs/tiny-cpu] [--questions 500]
+
+With --run, the run's trained model (base + adapter) answers; without, a freshly built tiny
+model with random weights (which never stops early: the worst case for decoding).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from jsquad_lora.config import load_config
+from jsquad_lora.data import load_split, resolve_split
+from jsquad_lora.evaluation import build_prompts
+from jsquad_lora.generation import DecodingConfig, generate_answers
+from jsquad_lora.run import _load_adapter, base_model_and_tokenizer, make_renderer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--run", help="a finished run directory (default: a random tiny model)")
+    parser.add_argument("--questions", type=int, default=500)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--decoding", choices=("greedy", "extractive"), default="greedy")
+    parser.add_argument("--out", default="benchmarks/results/eval.json")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    if args.run:
+        cfg = load_config(Path(args.run) / "config.yaml")
+        run_dir = Path(args.run)
+    else:
+        cfg = load_config(None)
+        run_dir = Path("benchmarks/results/random-tiny")
+    train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
+    questions = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.questions]
+    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
+    if (run_dir / "adapter").exists():
+        model = _load_adapter(model, run_dir / "adapter", cfg)
+    render = make_renderer(cfg, tokenizer, train)
+    prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
+    rows, answers = [], {}
+    for batch_size in (1, args.batch_size):
+        decoding = DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=batch_size, mode=args.decoding)
+        start = time.perf_counter()
+        answers[batch_size] = generate_answers(model, tokenizer, prompts, passages, decoding)
+        seconds = time.perf_counter() - start
+        rows.append({"batch_size": batch_size, "seconds": seconds, "questions_per_second": len(prompts) / seconds})
+    identical = answers[1] == answers[args.batch_size]
+    assert identical, "batched predictions differ from one-at-a-time predictions"
+    ratio = rows[1]["questions_per_second"] / rows[0]["questions_per_second"]
+    print(f"{'batch size':<12}{'seconds':>10}{'questions/s':>14}")
+    for r in rows:
+        print(f"{r['batch_size']:<12}{r['seconds']:>10.1f}{r['questions_per_second']:>14.2f}")
+    print(f"speed-up {ratio:.2f}x; predictions identical: {identical}")
+    result = {"benchmark": "evaluation batched vs one at a time", "date": datetime.date.today().isoformat(),
+              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+              "model": str(args.run or "random tiny (tiny-cpu shape)"), "decoding": args.decoding, "questions": len(prompts),
+              "rows": rows, "speedup": ratio, "identical_predictions": identical}
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
