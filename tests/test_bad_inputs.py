@@ -111,3 +111,12 @@ def test_process_exit_code_and_no_traceback():
     result = subprocess.run([sys.executable, "-m", "jsquad_lora.cli", "score", str(HERE / "data_non_utf8.json"), str(GOOD_PREDICTIONS)],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not UTF-8" in result.stderr
+
+
+def test_vllm_backend_where_it_cannot_run_is_a_clear_error(capsys, tmp_path):
+    """No vLLM or no CUDA here: refused at start with the fix, before any model is built."""
+    code, err = run_cli(capsys, "run", "--output", tmp_path / "run", "eval.backend=vllm", f"data.dir={GOOD_DATA}")
+    assert code == 2 and "eval.backend=vllm" in err and "fix:" in err and "Traceback" not in err
+    assert not (tmp_path / "run" / "base").exists()
+    code, err = run_cli(capsys, "run", "--output", tmp_path / "run2", "eval.backend=vllm", "eval.decoding=extractive", f"data.dir={GOOD_DATA}")
+    assert code == 2 and "extractive decoding is only implemented on the HF backend" in err

@@ -45,8 +45,10 @@ def prediction_row(q: Question, prediction: str) -> dict:
 
 
 def evaluate(model, tokenizer, questions: Sequence[Question], render: Callable[[Question], str], decoding: DecodingConfig,
-             max_length: int, out_path: Path, progress: bool = True) -> EvalResult:
-    """Answer every question (resuming from `out_path`'s partial log) and score all three ways."""
+             max_length: int, out_path: Path, progress: bool = True, generator: Callable | None = None) -> EvalResult:
+    """Answer every question (resuming from `out_path`'s partial log) and score all three ways.
+
+    `generator(prompts, decoding, on_batch)` replaces the HF backend (the vLLM backend does)."""
     start = time.perf_counter()
     partial = out_path.with_suffix(".partial.jsonl")
     known = {q.id for q in questions}
@@ -58,7 +60,10 @@ def evaluate(model, tokenizer, questions: Sequence[Question], render: Callable[[
         append_jsonl_lines(partial, ({"id": todo[i].id, "prediction": a} for i, a in zip(indices, answers)))
 
     if todo:
-        answers = generate_answers(model, tokenizer, prompts, passages, decoding, progress=progress, on_batch=save_batch)
+        if generator is None:
+            answers = generate_answers(model, tokenizer, prompts, passages, decoding, progress=progress, on_batch=save_batch)
+        else:
+            answers = generator(prompts, decoding, save_batch)
         done.update({q.id: a for q, a in zip(todo, answers)})
     write_jsonl(out_path, (prediction_row(q, done[q.id]) for q in questions))
     partial.unlink(missing_ok=True)

@@ -117,6 +117,10 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     save = functools.partial(write_json, metrics_path)
 
     train_qs, eval_qs = load_questions(cfg)  # bad data fails here, before any model is loaded
+    if cfg.eval.backend == "vllm" and stages != "train":
+        from .vllm_backend import check_available
+
+        check_available(cfg.eval.decoding)
 
     import torch
 
@@ -133,7 +137,8 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
     if want_eval and cfg.eval.before and not (adapter_dir.exists() and stages == "evaluate"):
         log.info("evaluating %d questions before tuning", len(eval_qs))
-        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl")
+        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl",
+                          generator=_vllm(cfg, run_dir, model, tokenizer, adapter=None))
         metrics["before"] = result.scores
         metrics["eval_before"] = _eval_summary(result)
         save(metrics)
@@ -167,7 +172,8 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
     if want_eval and cfg.eval.after and adapter_dir.exists():
         log.info("evaluating %d questions after tuning", len(eval_qs))
-        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl")
+        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl",
+                          generator=_vllm(cfg, run_dir, model, tokenizer, adapter=adapter_dir))
         metrics["after"] = result.scores
         metrics["eval"] = _eval_summary(result)
         if side["prompt"]:
@@ -186,6 +192,29 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
             log.info("EM (%s): %s", metric, " → ".join(parts))
     log.info("run directory: %s", run_dir)
     return run_dir
+
+
+_ENGINES: dict = {}  # model path → VllmGenerator: one engine per process and model
+
+
+def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None):
+    """The vLLM answer function for `evaluate` (None: the HF backend). A LoRA adapter is applied
+    per request on the base model; fully fine-tuned weights are served as the model."""
+    if cfg.eval.backend != "vllm":
+        return None
+    from .vllm_backend import VllmGenerator
+
+    from .modeling import TINY
+
+    base = run_dir / "base" if cfg.model.name == TINY else cfg.model.name
+    full = adapter is not None and not cfg.lora.enabled
+    path = str(adapter if full else base)
+    if path not in _ENGINES:
+        _ENGINES[path] = VllmGenerator(path, tokenizer, dtype=cfg.model.dtype, max_length=cfg.model.max_length,
+                                       lora_rank=cfg.lora.r if cfg.lora.enabled else None,
+                                       trust_remote_code=cfg.model.trust_remote_code)
+    engine, lora = _ENGINES[path], (adapter if adapter is not None and cfg.lora.enabled else None)
+    return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
 
 
 def _eval_summary(result) -> dict:
