@@ -1,5 +1,7 @@
 """Answer-only labels, EOS after every answer, prompt ids equal to the ones generation sees, truncation policy."""
 
+import pytest
+
 from jsquad_lora.batching import AnswerOnlyCollator, encode_train_example, fit_question, padding_fraction, prompt_ids
 from jsquad_lora.data import Question
 from jsquad_lora.modeling import build_char_tokenizer
@@ -45,3 +47,48 @@ def test_collator_pads_right_with_ignored_labels():
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
     assert abs(padding_fraction(collator) - 2 / 6) < 1e-12
+
+
+def test_padding_free_batch_gives_the_padded_loss():
+    """Flattened rows (position ids restart per example) must not attend across examples: the
+    summed answer loss equals the padded batch's, example by example."""
+    import torch
+
+    from jsquad_lora.batching import FlatteningCollator
+    from jsquad_lora.config import ModelConfig
+    from jsquad_lora.modeling import build_tiny_model
+
+    torch.manual_seed(0)
+    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
+    feats = [dict(vars(encode_train_example(q, render, TOKENIZER, 1024)[0])) for q in (Q, short)]
+    with torch.no_grad():
+        flat = FlatteningCollator()(feats)
+        assert flat["input_ids"].shape[0] == 1 and flat["position_ids"][0].tolist().count(0) == 2
+        # use_cache=False as in training (training.train sets it): a cache turns the packed mask off
+        flat_logits = model(input_ids=flat["input_ids"], position_ids=flat["position_ids"], use_cache=False).logits[0]
+        for k, f in enumerate(feats):
+            alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
+            offset = sum(len(g["input_ids"]) for g in feats[:k])
+            torch.testing.assert_close(flat_logits[offset:offset + len(f["input_ids"])], alone, atol=1e-5, rtol=1e-4)
+
+
+def test_padding_free_training_matches_padded_training(tmp_path):
+    """Through the Trainer: same batches (same order and seed), padded vs flattened rows;
+    the logged losses agree (they would not if examples of a flattened row saw each other)."""
+    import torch
+
+    from jsquad_lora.config import ModelConfig, TrainConfig
+    from jsquad_lora.modeling import build_tiny_model
+    from jsquad_lora.training import train
+
+    short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
+    examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in (Q, short) * 4]
+    logs = {}
+    for batching in ("length_grouped", "padding_free"):
+        torch.manual_seed(0)
+        model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER)
+        cfg = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, batching=batching, logging_steps=1, save_steps=100, seed=3)
+        logs[batching] = [row["loss"] for row in train(model, examples, cfg, tmp_path / batching, tmp_path / f"{batching}.jsonl").log]
+    assert len(logs["length_grouped"]) == 2
+    assert logs["length_grouped"] == pytest.approx(logs["padding_free"], rel=1e-4)

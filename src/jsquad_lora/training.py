@@ -122,8 +122,15 @@ def train(model, examples: list[Encoded], cfg: TrainConfig, checkpoint_dir: Path
     """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any."""
     trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16)
     resume_from = latest_checkpoint(checkpoint_dir)
+    # No KV cache in training: a forward pass that builds one skips transformers' packed-sequence
+    # mask, and the examples of a padding-free row would attend to each other (a model in eval
+    # mode does this; tests/test_batching.py checks both the forward pass and the Trainer path).
+    use_cache, model.config.use_cache = model.config.use_cache, False
     start = time.perf_counter()
-    output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    try:
+        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    finally:
+        model.config.use_cache = use_cache
     seconds = time.perf_counter() - start
     log = [{k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
            for row in trainer.state.log_history if "loss" in row]
