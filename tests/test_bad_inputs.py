@@ -20,27 +20,27 @@ DATA = {
     "data_top_level_list.json": ("top level must be a JSON object", ""),
     "data_missing_data.json": ('"data" must be a list, got missing', "data"),
     "data_missing_paragraphs.json": ('"paragraphs" must be a list, got missing', "data[0].paragraphs"),
-    "data_missing_context.json": ('"context" must be a str, got missing', "data[0].paragraphs[0].context"),
+    "data_missing_context.json": ('"context" must be a string, got missing', "data[0].paragraphs[0].context"),
     "data_missing_qas.json": ('"qas" must be a list, got missing', "data[0].paragraphs[0].qas"),
-    "data_missing_question.json": ('"question" must be a str, got missing', "(id a1p0q0).question"),
-    "data_missing_id.json": ('"id" must be a str, got missing', "qas[0].id"),
+    "data_missing_question.json": ('"question" must be a string, got missing', "(id a1p0q0).question"),
+    "data_missing_id.json": ('"id" must be a string, got missing', "qas[0].id"),
     "data_missing_answers.json": ('"answers" must be a list, got missing', "(id a1p0q0).answers"),
-    "data_context_not_string.json": ('"context" must be a str, got a list', "paragraphs[0].context"),
-    "data_answer_start_string.json": ('"answer_start" must be a int, got a str', "answers[0].answer_start"),
+    "data_context_not_string.json": ('"context" must be a string, got a list', "paragraphs[0].context"),
+    "data_answer_start_string.json": ('"answer_start" must be an integer, got a string', "answers[0].answer_start"),
     "data_empty_answer_text.json": ("empty answer text", "answers[0].text"),
     "data_answer_start_out_of_range.json": ("answer_start 999 is outside the context", "answers[0].answer_start"),
     "data_duplicate_ids.json": ("duplicate question id 'a1p0q0'", "qas[1]"),
     "data_non_utf8.json": ("not UTF-8", "offset"),
     "data_no_answers.json": ("no gold answers", "(id a1p0q0).answers"),
     "data_no_questions.json": ("holds no questions", ""),
-    "data_id_not_string.json": ('"id" must be a str, got a int', "qas[0].id"),
+    "data_id_not_string.json": ('"id" must be a string, got an integer', "qas[0].id"),
 }
 PREDICTIONS = {
     "pred_unknown_ids.json": ("not questions of the data file: zz9", "id zz9"),
     "pred_non_string.json": ("must be a string, got null", "id a1p0q0"),
     "pred_list_of_numbers.json": ('"id" (string) and "prediction"', "item 0"),
     "pred_torn_line.jsonl": ("invalid JSON on this line", "line 2"),
-    "pred_wrong_top_level.json": ("got a str", ""),
+    "pred_wrong_top_level.json": ("got a string", ""),
 }
 CONFIGS = {
     "config_unknown_key.yaml": ("unknown key", "train.epochz"),
@@ -120,3 +120,21 @@ def test_vllm_backend_where_it_cannot_run_is_a_clear_error(capsys, tmp_path):
     assert not (tmp_path / "run" / "base").exists()
     code, err = run_cli(capsys, "run", "--output", tmp_path / "run2", "eval.backend=vllm", "eval.decoding=extractive", f"data.dir={GOOD_DATA}")
     assert code == 2 and "extractive decoding is only implemented on the HF backend" in err
+
+
+def test_context_longer_than_the_window_is_truncated_and_counted(tmp_path, caplog):
+    """A valid file whose passage is far longer than model.max_length: training keeps the answer
+    span, evaluation cuts the passage end, and both counts reach metrics.json and the log."""
+    import json
+    import logging
+
+    from conftest import TINY_TEST
+
+    path = HERE / "data_long_context.json"
+    run = tmp_path / "run"
+    with caplog.at_level(logging.INFO):
+        assert main(["run", "--output", str(run), *TINY_TEST, "model.max_length=256", f"data.dir={path}", "eval.side_check=false"]) == 0
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["train"]["truncated_prompts"] == 1 and metrics["eval"]["truncated_prompts"] == 1
+    assert "1 of 1 training prompts exceed model.max_length=256" in caplog.text
+    assert metrics["eval"]["questions"] == 1

@@ -67,14 +67,20 @@ def strip_title(context: str, title: str | None) -> tuple[str, int]:
     return context[offset:], offset
 
 
+def json_type_name(kind: type) -> str:
+    """A Python type as its JSON name with an article: str → "a string"."""
+    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
+    return names.get(kind, f"a {kind.__name__}")
+
+
 def _expect(value: Any, kind: type | tuple[type, ...], path: Path, where: str, what: str) -> Any:
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        got = "missing" if value is None else f"a {type(value).__name__}"
+        expected = " or ".join(json_type_name(k) for k in (kind if isinstance(kind, tuple) else (kind,)))
+        got = "missing" if value is None else json_type_name(type(value))
         raise InputError(
             path,
-            f"{what} must be a {expected}, got {got}",
+            f"{what} must be {expected}, got {got}",
             where=where,
             fix="the file must follow the SQuAD v1.1 layout "
             '{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}',
@@ -108,7 +114,7 @@ def load_split(path: Path | str) -> Split:
     path = Path(path)
     root = read_json_file(path, "data file")
     if not isinstance(root, dict):
-        raise InputError(path, f"top level must be a JSON object with a \"data\" list, got a {type(root).__name__}",
+        raise InputError(path, f"top level must be a JSON object with a \"data\" list, got {json_type_name(type(root))}",
                          fix='wrap the articles as {"version": "v1.1", "data": [...]}')
     articles = _expect(root.get("data"), list, path, "data", '"data"')
     questions: list[Question] = []

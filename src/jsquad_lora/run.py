@@ -158,6 +158,9 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
             train_set += cloze_questions(train_qs, cfg.train.synthetic_per_passage, cfg.train.seed)
         examples, truncated = encode_train_set(train_set, render, tokenizer, cfg.model.max_length)
+        if truncated:
+            log.info("%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
+                     "around the answer (the answer span is kept)", truncated, len(examples), cfg.model.max_length)
         bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
         with atomic_dir(adapter_dir) as tmp:
@@ -218,6 +221,8 @@ def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None)
 
 
 def _eval_summary(result) -> dict:
+    if result.truncated_prompts:
+        log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
     return {"seconds": result.seconds, "questions": result.questions, "generated": result.generated,
             "truncated_prompts": result.truncated_prompts}
 

@@ -25,7 +25,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Callable, Literal, Sequence
 
-from .data import Question, read_json_file
+from .data import Question, json_type_name, read_json_file
 from .errors import InputError
 
 Metric = Literal["jglue", "stability", "llmjp"]
@@ -197,7 +197,7 @@ def load_predictions(path: Path | str, questions: Sequence[Question] | None = No
     elif isinstance(obj, dict):
         predictions = obj
     else:
-        raise InputError(path, f"predictions must be a JSON object {{id: answer}} or JSONL, got a {type(obj).__name__}",
+        raise InputError(path, f"predictions must be a JSON object {{id: answer}} or JSONL, got {json_type_name(type(obj))}",
                          fix='write {"<question id>": "<answer text>", ...}')
     for qid, answer in predictions.items():
         if not isinstance(answer, str):
