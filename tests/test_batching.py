@@ -73,7 +73,8 @@ def test_padding_free_batch_gives_the_padded_loss():
             torch.testing.assert_close(flat_logits[offset:offset + len(f["input_ids"])], alone, atol=1e-5, rtol=1e-4)
 
 
-def test_padding_free_training_matches_padded_training(tmp_path):
+@pytest.mark.parametrize("prompt_loss_weight", [0.0, 0.5])
+def test_padding_free_training_matches_padded_training(tmp_path, prompt_loss_weight):
     """Through the Trainer: same batches (same order and seed), padded vs flattened rows;
     the logged losses agree (they would not if examples of a flattened row saw each other)."""
     import torch
@@ -88,7 +89,33 @@ def test_padding_free_training_matches_padded_training(tmp_path):
     for batching in ("length_grouped", "padding_free"):
         torch.manual_seed(0)
         model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER)
-        cfg = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, batching=batching, logging_steps=1, save_steps=100, seed=3)
+        cfg = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, batching=batching, logging_steps=1, save_steps=100, seed=3,
+                          prompt_loss_weight=prompt_loss_weight)
         logs[batching] = [row["loss"] for row in train(model, examples, cfg, tmp_path / batching, tmp_path / f"{batching}.jsonl").log]
     assert len(logs["length_grouped"]) == 2
     assert logs["length_grouped"] == pytest.approx(logs["padding_free"], rel=1e-4)
+
+
+def test_weighted_prompt_loss():
+    """Weight 0 is the answer-only loss, weight 1 the plain LM loss over the whole sequence,
+    and padded and flattened batches give the same weighted loss."""
+    import torch
+
+    from jsquad_lora.batching import FlatteningCollator
+    from jsquad_lora.config import ModelConfig
+    from jsquad_lora.modeling import build_tiny_model
+    from jsquad_lora.training import weighted_prompt_loss
+
+    torch.manual_seed(0)
+    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    model.config.use_cache = False
+    short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
+    feats = [dict(vars(encode_train_example(q, render, TOKENIZER, 1024)[0])) for q in (Q, short)]
+    with torch.no_grad():
+        one = AnswerOnlyCollator(TOKENIZER.pad_token_id)(feats[:1])
+        assert weighted_prompt_loss(model, one, 0.0)[0].item() == pytest.approx(model(**one).loss.item(), rel=1e-5)
+        full = model(input_ids=one["input_ids"], labels=one["input_ids"]).loss.item()
+        assert weighted_prompt_loss(model, one, 1.0)[0].item() == pytest.approx(full, rel=1e-5)
+        padded = weighted_prompt_loss(model, AnswerOnlyCollator(TOKENIZER.pad_token_id)(feats), 0.5)[0].item()
+        flat = weighted_prompt_loss(model, FlatteningCollator()(feats), 0.5)[0].item()
+        assert padded == pytest.approx(flat, rel=1e-5)

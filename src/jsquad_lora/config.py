@@ -90,6 +90,11 @@ class TrainConfig:
     batching: Literal["length_grouped", "padding_free", "random"] = "length_grouped"
     #: cloze questions made from each training passage (augment.py); for from-scratch models
     synthetic_per_passage: int = 0
+    #: loss weight of prompt tokens relative to answer + EOS tokens. 0 = answer-only loss (every
+    #: pretrained recipe). A from-scratch model needs the prompt's signal to learn the language
+    #: and to copy: a question mostly repeats passage words, so predicting it trains the same
+    #: look-up-and-copy attention that extracting an answer needs.
+    prompt_loss_weight: float = 0.0
     logging_steps: int = 10
     save_steps: int = 200
     optim: str = "adamw_torch"
@@ -179,6 +184,7 @@ def _validate(cfg: RunConfig) -> None:
         ("train.learning_rate", cfg.train.learning_rate > 0, "must be positive"),
         ("train.batch_size", cfg.train.batch_size > 0, "must be positive"),
         ("train.grad_accum", cfg.train.grad_accum > 0, "must be positive"),
+        ("train.prompt_loss_weight", 0 <= cfg.train.prompt_loss_weight <= 1, "must be in [0, 1]"),
         ("eval.batch_size", cfg.eval.batch_size > 0, "must be positive"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens > 0, "must be positive"),
         ("model.max_length", cfg.model.max_length >= 64, "must be at least 64"),

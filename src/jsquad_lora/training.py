@@ -74,8 +74,17 @@ def _make_trainer(model, examples: list[Encoded], cfg: TrainConfig, output_dir: 
     order = EpochBatchOrder(lengths, cfg.batch_size, cfg.seed, grouped=cfg.batching != "random")
 
     class _Trainer(Trainer):
+        # a weighted prompt loss is a per-micro-batch mean: let Trainer divide by accumulation steps
+        loss_is_scaled_for_ga = False if cfg.prompt_loss_weight else None
+
         def _get_train_sampler(self, train_dataset=None):
             return order
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not cfg.prompt_loss_weight:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            loss, outputs = weighted_prompt_loss(model, inputs, cfg.prompt_loss_weight)
+            return (loss, outputs) if return_outputs else loss
 
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -102,6 +111,30 @@ def _make_trainer(model, examples: list[Encoded], cfg: TrainConfig, output_dir: 
     )
     trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
     return trainer, collator
+
+
+def weighted_prompt_loss(model, inputs: dict, prompt_weight: float):
+    """Mean next-token loss where answer + EOS tokens weigh 1 and prompt tokens `prompt_weight`.
+
+    The batch keeps its answer-only `labels`; prompt targets are the input ids where the label
+    is -100, minus padding (attention mask 0) and the first token of each flattened example
+    (position id 0), which nothing before it predicts."""
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    outputs = model(**inputs)
+    ids = inputs["input_ids"]
+    prompt = labels == -100
+    if "attention_mask" in inputs:
+        prompt &= inputs["attention_mask"].bool()
+    if "position_ids" in inputs:
+        prompt &= inputs["position_ids"] != 0
+    targets = torch.where(prompt, ids, labels)[:, 1:]
+    weights = torch.where(prompt, prompt_weight, (labels != -100).float())[:, 1:]
+    logits = outputs.logits[:, :-1]
+    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
+    return (losses * weights.reshape(-1)).sum() / weights.sum().clamp(min=1e-8), outputs
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
