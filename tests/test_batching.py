@@ -119,3 +119,39 @@ def test_weighted_prompt_loss():
         padded = weighted_prompt_loss(model, AnswerOnlyCollator(TOKENIZER.pad_token_id)(feats), 0.5)[0].item()
         flat = weighted_prompt_loss(model, FlatteningCollator()(feats), 0.5)[0].item()
         assert padded == pytest.approx(flat, rel=1e-5)
+
+
+def test_shared_prefix_rows_equal_separate_examples():
+    """Questions of one passage packed as prefix + branches give each branch exactly the logits
+    it gets alone, and the same answer-only and weighted losses as the padded batch."""
+    import torch
+
+    from jsquad_lora.batching import SharedPrefixCollator, share_prefixes
+    from jsquad_lora.config import ModelConfig
+    from jsquad_lora.modeling import build_tiny_model
+    from jsquad_lora.training import weighted_prompt_loss
+
+    torch.manual_seed(0)
+    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    model.config.use_cache = False
+    questions = [Q, Question("q3", "", BODY, "何を速めるか?", ("呼吸や心拍数",), (BODY.index("呼吸や心拍数"),)),
+                 Question("q4", "", BODY, "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))]
+    other = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
+    examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in (*questions, other)]
+    rows = share_prefixes(examples, [q.context for q in (*questions, other)])
+    assert len(rows) == 2 and len(rows[0].input_ids) < sum(len(e.input_ids) for e in examples[:3]) / 2
+    batch = SharedPrefixCollator(TOKENIZER.pad_token_id)([vars(r) for r in rows])
+    with torch.no_grad():
+        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"]).logits
+        row, prefix = rows[0], rows[0].segments.count(0)
+        for k, e in enumerate(examples[:3], 1):
+            alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
+            where = [i for i, s in enumerate(row.segments) if s in (0, k)]
+            torch.testing.assert_close(logits[0, where], alone, atol=1e-5, rtol=1e-4)
+        padded = AnswerOnlyCollator(TOKENIZER.pad_token_id)([vars(e) for e in examples])
+        assert model(**batch).loss.item() == pytest.approx(model(**padded).loss.item(), rel=1e-5)
+        # the prompt loss counts the shared prefix once, so compare a single example's row
+        single = share_prefixes(examples[3:], ["x"])
+        one = SharedPrefixCollator(TOKENIZER.pad_token_id)([vars(r) for r in single])
+        alone = AnswerOnlyCollator(TOKENIZER.pad_token_id)([vars(examples[3])])
+        assert weighted_prompt_loss(model, one, 0.5)[0].item() == pytest.approx(weighted_prompt_loss(model, alone, 0.5)[0].item(), rel=1e-5)

@@ -99,6 +99,71 @@ def encode_train_set(questions: Sequence[Question], render: Render, tokenizer, m
     return out, truncated
 
 
+@dataclass(frozen=True)
+class SharedPrefixRow:
+    """Several examples of one passage in one row: their common prompt prefix once, then each
+    example's remaining tokens (a branch). `segments` is 0 on the prefix and k on branch k;
+    `position_ids` restart at the prefix length in every branch."""
+    input_ids: list[int]
+    labels: list[int]
+    position_ids: list[int]
+    segments: list[int]
+
+
+def share_prefixes(examples: Sequence[Encoded], keys: Sequence[str], max_branches: int = 16) -> list[SharedPrefixRow]:
+    """Rows of up to `max_branches` examples with the same `keys` (their passage), the common
+    token prefix computed once. Exactly equivalent to the separate examples (each branch sees
+    the prefix and itself at the same positions), at a fraction of the tokens: all questions of
+    a passage share the prompt up to the question, which is most of it."""
+    groups: dict[str, list[Encoded]] = {}
+    for example, key in zip(examples, keys):
+        groups.setdefault(key, []).append(example)
+    rows = []
+    for members in groups.values():
+        for start in range(0, len(members), max_branches):
+            part = members[start:start + max_branches]
+            # the prefix ends before the first supervised token of every member, so that a branch
+            # starts on a prompt token (whose label is dropped: the row's previous token is not its own)
+            common = min(next(i for i, t in enumerate(e.labels) if t != -100) for e in part) - 1
+            for e in part[1:]:
+                common = next((i for i in range(common) if e.input_ids[i] != part[0].input_ids[i]), common)
+            ids, labels, positions, segments = list(part[0].input_ids[:common]), list(part[0].labels[:common]), list(range(common)), [0] * common
+            for k, e in enumerate(part, 1):
+                ids += e.input_ids[common:]
+                labels += [-100] + e.labels[common + 1:]
+                positions += range(common, len(e.input_ids))
+                segments += [k] * (len(e.input_ids) - common)
+            rows.append(SharedPrefixRow(ids, labels, positions, segments))
+    return rows
+
+
+class SharedPrefixCollator:
+    """Right-pads shared-prefix rows and builds their 4-D boolean attention mask (True = attend):
+    causal, and a branch sees the prefix and itself only. Needs sdpa attention."""
+
+    def __init__(self, pad_token_id: int):
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+        self.padded_tokens = 0
+
+    def __call__(self, features: list[dict]) -> dict:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        pad = [width - len(f["input_ids"]) for f in features]
+        ids = torch.tensor([list(f["input_ids"]) + [self.pad_token_id] * n for f, n in zip(features, pad)])
+        labels = torch.tensor([list(f["labels"]) + [-100] * n for f, n in zip(features, pad)])
+        positions = torch.tensor([list(f["position_ids"]) + [0] * n for f, n in zip(features, pad)])
+        segments = torch.tensor([list(f["segments"]) + [-1] * n for f, n in zip(features, pad)])
+        causal = torch.ones(width, width, dtype=torch.bool).tril()
+        same = segments[:, :, None] == segments[:, None, :]
+        mask = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
+        mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
+        self.real_tokens += sum(len(f["input_ids"]) for f in features)
+        self.padded_tokens += width * len(features)
+        return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None]}
+
+
 class AnswerOnlyCollator:
     """Right-pads a batch; padding gets label -100 and attention 0. Records padding counts."""
 

@@ -85,9 +85,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     max_grad_norm: float = 1.0
     seed: int = 42
-    #: length_grouped: batches of similar length; padding_free: one flattened row per batch
-    #: (needs flash attention on GPU); random: naive pad-to-longest in random order
-    batching: Literal["length_grouped", "padding_free", "random"] = "length_grouped"
+    #: length_grouped: batches of similar length; padding_free: one flattened row per batch;
+    #: shared_prefix: the questions of one passage in one row, the prompt up to the question
+    #: computed once (a 4-D mask keeps them apart; sdpa only; batch_size then counts passages);
+    #: random: naive pad-to-longest in random order
+    batching: Literal["length_grouped", "padding_free", "shared_prefix", "random"] = "length_grouped"
     #: cloze questions made from each training passage (augment.py); for from-scratch models
     synthetic_per_passage: int = 0
     #: loss weight of prompt tokens relative to answer + EOS tokens. 0 = answer-only loss (every

@@ -158,16 +158,22 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
             train_set += cloze_questions(train_qs, cfg.train.synthetic_per_passage, cfg.train.seed)
         examples, truncated = encode_train_set(train_set, render, tokenizer, cfg.model.max_length)
+        n_examples = len(examples)
+        if cfg.train.batching == "shared_prefix":
+            from .batching import share_prefixes
+
+            examples = share_prefixes(examples, [q.context for q in train_set])
+            log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
         if truncated:
             log.info("%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
-                     "around the answer (the answer span is kept)", truncated, len(examples), cfg.model.max_length)
+                     "around the answer (the answer span is kept)", truncated, n_examples, cfg.model.max_length)
         bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
         with atomic_dir(adapter_dir) as tmp:
             save_trained(model, tokenizer, tmp)
         metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
                             "padding_fraction": result.padding_fraction, "steps": result.steps,
-                            "final_loss": result.final_loss, "examples": len(examples), "synthetic_examples": len(train_set) - len(train_qs), "truncated_prompts": truncated,
+                            "final_loss": result.final_loss, "examples": n_examples, "rows": len(examples), "synthetic_examples": len(train_set) - len(train_qs), "truncated_prompts": truncated,
                             "trainable_parameters": trainable, "total_parameters": total}
         save(metrics)
     elif adapter_dir.exists() and want_eval:

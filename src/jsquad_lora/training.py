@@ -9,6 +9,7 @@ uninterrupted run would: resume neither repeats nor skips a step.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import time
@@ -18,7 +19,8 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .batching import AnswerOnlyCollator, Encoded, FlatteningCollator, padding_fraction
+from .batching import AnswerOnlyCollator, Encoded, FlatteningCollator, SharedPrefixCollator, SharedPrefixRow, padding_fraction
+from .errors import InputError
 from .config import TrainConfig
 from .files import write_jsonl
 
@@ -64,13 +66,23 @@ class TrainResult:
     log: list[dict]
 
 
-def _make_trainer(model, examples: list[Encoded], cfg: TrainConfig, output_dir: Path, bf16: bool):
+def _make_trainer(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, output_dir: Path, bf16: bool):
     import datasets
     from transformers import Trainer, TrainingArguments
 
-    dataset = datasets.Dataset.from_dict({"input_ids": [e.input_ids for e in examples], "labels": [e.labels for e in examples]})
+    fields = [f.name for f in dataclasses.fields(examples[0])]
+    dataset = datasets.Dataset.from_dict({name: [getattr(e, name) for e in examples] for name in fields})
     lengths = [len(e.input_ids) for e in examples]
-    collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(model.config.pad_token_id or 0)
+    pad_id = model.config.pad_token_id or 0
+    if cfg.batching == "shared_prefix":
+        if not isinstance(examples[0], SharedPrefixRow):
+            raise ValueError("train.batching=shared_prefix needs rows from batching.share_prefixes")
+        if model.config._attn_implementation != "sdpa":
+            raise InputError("train.batching=shared_prefix", f"needs sdpa attention, the model uses {model.config._attn_implementation}",
+                             fix="set model.attn_implementation=sdpa or use train.batching=length_grouped")
+        collator = SharedPrefixCollator(pad_id)
+    else:
+        collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(pad_id)
     order = EpochBatchOrder(lengths, cfg.batch_size, cfg.seed, grouped=cfg.batching != "random")
 
     class _Trainer(Trainer):
@@ -117,8 +129,8 @@ def weighted_prompt_loss(model, inputs: dict, prompt_weight: float):
     """Mean next-token loss where answer + EOS tokens weigh 1 and prompt tokens `prompt_weight`.
 
     The batch keeps its answer-only `labels`; prompt targets are the input ids where the label
-    is -100, minus padding (attention mask 0) and the first token of each flattened example
-    (position id 0), which nothing before it predicts."""
+    is -100, minus padding and any token whose position id does not follow its row predecessor's
+    (the first token of a flattened example, of a shared-prefix branch), which it does not continue."""
     import torch.nn.functional as F
 
     inputs = dict(inputs)
@@ -126,10 +138,12 @@ def weighted_prompt_loss(model, inputs: dict, prompt_weight: float):
     outputs = model(**inputs)
     ids = inputs["input_ids"]
     prompt = labels == -100
-    if "attention_mask" in inputs:
-        prompt &= inputs["attention_mask"].bool()
-    if "position_ids" in inputs:
-        prompt &= inputs["position_ids"] != 0
+    mask = inputs.get("attention_mask")
+    if mask is not None and mask.dim() == 2:
+        prompt &= mask.bool()
+    if "position_ids" in inputs:  # a target counts only after its own predecessor (position + 1)
+        positions = inputs["position_ids"]
+        prompt[:, 1:] &= positions[:, 1:] == positions[:, :-1] + 1
     targets = torch.where(prompt, ids, labels)[:, 1:]
     weights = torch.where(prompt, prompt_weight, (labels != -100).float())[:, 1:]
     logits = outputs.logits[:, :-1]
@@ -151,7 +165,7 @@ def _complete(state_file: Path) -> bool:
         return False
 
 
-def train(model, examples: list[Encoded], cfg: TrainConfig, checkpoint_dir: Path, loss_path: Path, *, bf16: bool = False) -> TrainResult:
+def train(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, checkpoint_dir: Path, loss_path: Path, *, bf16: bool = False) -> TrainResult:
     """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any."""
     trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16)
     resume_from = latest_checkpoint(checkpoint_dir)
