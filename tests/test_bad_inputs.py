@@ -133,7 +133,8 @@ def test_context_longer_than_the_window_is_truncated_and_counted(tmp_path, caplo
     path = HERE / "data_long_context.json"
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        assert main(["run", "--output", str(run), *TINY_TEST, "model.max_length=256", f"data.dir={path}", "eval.side_check=false"]) == 0
+        assert main(["run", "--output", str(run), *TINY_TEST, "model.max_length=256", f"data.dir={path}", "eval.side_check=false",
+                     "train.synthetic_per_passage=0"]) == 0
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["truncated_prompts"] == 1 and metrics["eval"]["truncated_prompts"] == 1
     assert "1 of 1 training prompts exceed model.max_length=256" in caplog.text

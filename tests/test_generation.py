@@ -14,6 +14,7 @@ import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, T5Tokenizer
 
+from jsquad_lora.batching import prompt_ids
 from jsquad_lora.generation import DecodingConfig, _vocab, generate_answers, generate_free
 
 PASSAGES = [
@@ -168,7 +169,7 @@ def test_greedy_is_plain_argmax_whatever_the_generation_config(setup):
     """The answer is the definition: argmax of the full forward pass, token by token, until EOS or
     a stop string, even when the model's generation config asks for sampling and penalties."""
     tokenizer, model = setup
-    ids = tokenizer(PROMPTS[1])["input_ids"]
+    ids = prompt_ids(tokenizer, PROMPTS[1])  # the ids generation feeds (no appended EOS)
     generated: list[int] = []
     with torch.no_grad():
         for _ in range(10):
