@@ -11,6 +11,7 @@ default (`train.synthetic_per_passage: 0`); the offline tiny preset turns it on.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from functools import lru_cache
 from typing import Sequence
 
@@ -49,20 +50,37 @@ def noun_spans(sentence: str) -> list[tuple[int, int]]:
 
 
 def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -> list[Question]:
-    """Up to `per_passage` cloze questions for each distinct passage, reproducible for `seed`."""
+    """Up to `per_passage` cloze questions for each distinct passage, reproducible for `seed`.
+
+    Blanks are drawn so that their lengths follow the lengths of the real answers in `passages`:
+    drawn uniformly, half would be 2-character nouns (9 % of real answers), and a model trained
+    on them learns to stop answers too early.
+    """
     rng = random.Random(seed)
-    seen, out = set(), []
+    seen, per_context = set(), []
     for q in passages:
         if q.context in seen:
             continue
         seen.add(q.context)
-        candidates = []
-        offset = 0
+        candidates, offset = [], 0
         for sentence in q.context.split("。"):
             if 8 <= len(sentence) <= 200:
                 candidates += [(offset, sentence, s, e) for s, e in noun_spans(sentence)]
             offset += len(sentence) + 1
-        for n, (offset, sentence, s, e) in enumerate(rng.sample(candidates, min(per_passage, len(candidates)))):
+        per_context.append((q, candidates))
+    real = Counter(len(q.answers[0]) for q in passages)
+    drawn = Counter(e - s for _, candidates in per_context for _, _, s, e in candidates)
+    weight = {n: real[n] / len(passages) / (drawn[n] / max(1, sum(drawn.values()))) for n in drawn}
+    out = []
+    for q, candidates in per_context:
+        # weighted sampling without replacement (Efraimidis-Spirakis keys); weight 0 never drawn
+        keyed = []
+        for candidate in candidates:
+            w = weight[candidate[3] - candidate[2]]
+            if w > 0:
+                keyed.append((rng.random() ** (1 / w), candidate))
+        chosen = [c for _, c in sorted(keyed, key=lambda kc: -kc[0])[:per_passage]]
+        for n, (offset, sentence, s, e) in enumerate(chosen):
             question = sentence[max(0, s - WINDOW):s] + "何" + sentence[e:e + WINDOW] + "か。"
             out.append(Question(f"{q.id}-cloze{n}", q.title, q.context, question, (sentence[s:e],), (offset + s,)))
     return out
