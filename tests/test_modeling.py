@@ -43,3 +43,27 @@ def test_char_tokenizer_roundtrip_and_nl_token(tmp_path):
     assert AutoTokenizer.from_pretrained(tmp_path)("東京<NL>")["input_ids"] == ids[:3]
     model = build_tiny_model(ModelConfig(tiny_layers=1, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), tokenizer)
     assert model.config.vocab_size == len(tokenizer) and model.config.eos_token_id == tokenizer.eos_token_id
+
+
+def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, capsys):
+    """A model directory holding only pytorch_model.bin: exit 2 with the fix; loads with model.allow_pickle=true."""
+    from pathlib import Path
+
+    from jsquad_lora.cli import main
+    from jsquad_lora.config import ModelConfig
+    from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model, load_base_model
+
+    tokenizer = build_char_tokenizer(["梅雨は東アジアの気象現象である。"])
+    model = build_tiny_model(ModelConfig(tiny_layers=1, tiny_hidden=16, tiny_heads=2, tiny_intermediate=32), tokenizer)
+    path = tmp_path / "pickled"
+    path.mkdir()
+    model.config.save_pretrained(path)  # transformers 5 writes only safetensors: write the pickle by hand
+    torch.save(model.state_dict(), path / "pytorch_model.bin")
+    tokenizer.save_pretrained(path)
+    assert (path / "pytorch_model.bin").exists() and not (path / "model.safetensors").exists()
+    code = main(["run", "--output", str(tmp_path / "run"), f"model.name={path}", "eval.before=false",
+                 f"data.dir={Path(__file__).parent / 'bad_inputs' / 'good.json'}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "model.allow_pickle=true" in err and str(path) in err and "Traceback" not in err
+    loaded = load_base_model(ModelConfig(name=str(path), allow_pickle=True))
+    assert torch.equal(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)

@@ -29,6 +29,8 @@ class ModelConfig:
     load_in_8bit: bool = False
     load_in_4bit: bool = False
     trust_remote_code: bool = False
+    #: load pickle (.bin) checkpoints; off: only safetensors, since unpickling can run code
+    allow_pickle: bool = False
     #: None lets transformers pick (sdpa where available); "flash_attention_2" needs the package
     attn_implementation: str | None = None
     #: longest training/eval sequence in tokens; longer prompts lose passage text, never the answer

@@ -87,13 +87,16 @@ def _torch_dtype(name: str):
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]
 
 
-def load_base_model(cfg: ModelConfig, *, allow_pickle: bool = False):
-    """A pretrained causal LM from a hub id or a local path, 8-/4-bit on CUDA when asked."""
+def load_base_model(cfg: ModelConfig):
+    """A pretrained causal LM from a hub id or a local path, 8-/4-bit on CUDA when asked.
+    Safetensors only unless `model.allow_pickle` (a pickle checkpoint can run code when loaded)."""
     import torch
     from transformers import AutoModelForCausalLM
 
     kwargs: dict = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code,
-                    "use_safetensors": None if allow_pickle else True}
+                    "use_safetensors": None if cfg.allow_pickle else True}
+    if cfg.allow_pickle:
+        log.warning("model.allow_pickle is on: a pickle checkpoint of %s may run code when loaded", cfg.name)
     if cfg.trust_remote_code:
         log.warning("trust_remote_code is on: code from %s will run on this machine", cfg.name)
     if cfg.attn_implementation:
@@ -113,7 +116,7 @@ def load_base_model(cfg: ModelConfig, *, allow_pickle: bool = False):
         return AutoModelForCausalLM.from_pretrained(cfg.name, **kwargs)
     except OSError as err:
         first = str(err).splitlines()[0]
-        fix = ("only safetensors weights are loaded by default; convert the checkpoint, or pass --allow-pickle if you trust it"
+        fix = ("only safetensors weights are loaded by default; convert the checkpoint, or set model.allow_pickle=true if you trust it"
                if "safetensors" in first.lower() else "pass a local model directory, or a hub id on a machine with network access")
         raise InputError(cfg.name, f"could not load the model ({first})", fix=fix) from None
 
