@@ -39,7 +39,7 @@ def main() -> None:
         run_dir = Path(args.run)
     else:
         cfg = load_config(None)
-        run_dir = Path("benchmarks/results/random-tiny")
+        run_dir = Path("runs/bench-random-tiny")  # built once, not committed (runs/ is ignored)
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     questions = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.questions]
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
