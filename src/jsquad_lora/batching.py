@@ -137,54 +137,53 @@ def share_prefixes(examples: Sequence[Encoded], keys: Sequence[str], max_branche
     return rows
 
 
-class SharedPrefixCollator:
-    """Right-pads shared-prefix rows and builds their 4-D boolean attention mask (True = attend):
-    causal, and a branch sees the prefix and itself only. Needs sdpa attention."""
+class _PaddingCollator:
+    """Right-padding to the longest row of a batch, with the padding counts `padding_fraction` reads."""
 
     def __init__(self, pad_token_id: int):
         self.pad_token_id = pad_token_id
         self.real_tokens = 0
         self.padded_tokens = 0
 
+    def _width(self, features: list[dict]) -> int:
+        width = max(len(f["input_ids"]) for f in features)
+        self.real_tokens += sum(len(f["input_ids"]) for f in features)
+        self.padded_tokens += width * len(features)
+        return width
+
+    @staticmethod
+    def _pad(features: list[dict], key: str, value: int, width: int):
+        import torch
+
+        return torch.tensor([list(f[key]) + [value] * (width - len(f[key])) for f in features])
+
+
+class SharedPrefixCollator(_PaddingCollator):
+    """Right-pads shared-prefix rows and builds their 4-D boolean attention mask (True = attend):
+    causal, and a branch sees the prefix and itself only. Needs sdpa attention."""
+
     def __call__(self, features: list[dict]) -> dict:
         import torch
 
-        width = max(len(f["input_ids"]) for f in features)
-        pad = [width - len(f["input_ids"]) for f in features]
-        ids = torch.tensor([list(f["input_ids"]) + [self.pad_token_id] * n for f, n in zip(features, pad)])
-        labels = torch.tensor([list(f["labels"]) + [-100] * n for f, n in zip(features, pad)])
-        positions = torch.tensor([list(f["position_ids"]) + [0] * n for f, n in zip(features, pad)])
-        segments = torch.tensor([list(f["segments"]) + [-1] * n for f, n in zip(features, pad)])
+        width = self._width(features)
+        segments = self._pad(features, "segments", -1, width)
         causal = torch.ones(width, width, dtype=torch.bool).tril()
         same = segments[:, :, None] == segments[:, None, :]
         mask = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
         mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
-        self.real_tokens += sum(len(f["input_ids"]) for f in features)
-        self.padded_tokens += width * len(features)
-        return {"input_ids": ids, "labels": labels, "position_ids": positions, "attention_mask": mask[:, None]}
+        return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
+                "labels": self._pad(features, "labels", -100, width),
+                "position_ids": self._pad(features, "position_ids", 0, width), "attention_mask": mask[:, None]}
 
 
-class AnswerOnlyCollator:
+class AnswerOnlyCollator(_PaddingCollator):
     """Right-pads a batch; padding gets label -100 and attention 0. Records padding counts."""
 
-    def __init__(self, pad_token_id: int):
-        self.pad_token_id = pad_token_id
-        self.real_tokens = 0
-        self.padded_tokens = 0
-
     def __call__(self, features: list[dict]) -> dict:
-        import torch
-
-        width = max(len(f["input_ids"]) for f in features)
-        ids, labels, mask = [], [], []
-        for f in features:
-            pad = width - len(f["input_ids"])
-            ids.append(list(f["input_ids"]) + [self.pad_token_id] * pad)
-            labels.append(list(f["labels"]) + [-100] * pad)
-            mask.append([1] * len(f["input_ids"]) + [0] * pad)
-            self.real_tokens += len(f["input_ids"])
-        self.padded_tokens += width * len(features)
-        return {"input_ids": torch.tensor(ids), "labels": torch.tensor(labels), "attention_mask": torch.tensor(mask)}
+        width = self._width(features)
+        ones = [{"mask": [1] * len(f["input_ids"])} for f in features]
+        return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
+                "labels": self._pad(features, "labels", -100, width), "attention_mask": self._pad(ones, "mask", 0, width)}
 
 
 class FlatteningCollator:

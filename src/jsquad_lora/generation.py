@@ -244,6 +244,13 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
     return sorted(eos), tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(eos)
 
 
+def end_token_ids(model, tokenizer, stop_strings: Sequence[str]) -> tuple[list[int], set[int], set[int]]:
+    """(EOS ids, single-token stop strings' ids, both together): the ids that end an answer."""
+    eos_ids, _ = _special_ids(model, tokenizer)
+    stop_ids = _vocab(tokenizer).exactly(stop_strings) if stop_strings else set()
+    return eos_ids, stop_ids, set(eos_ids) | stop_ids
+
+
 def _answer(tokenizer, ids: list[int], end_ids: set[int], stop_strings: Sequence[str], extractive: bool) -> str:
     """The decoded continuation cut at the first end token / stop string, whitespace-stripped."""
     cut = next((k for k, i in enumerate(ids) if i in end_ids), len(ids))
@@ -289,9 +296,8 @@ def generate_answers(model, tokenizer, prompts: list[str], passages: list[str] |
         raise ValueError("extractive decoding needs one passage per prompt")
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     order = sorted(range(len(prompts)), key=lambda i: -len(encoded[i]))
-    eos_ids, pad_id = _special_ids(model, tokenizer)
-    stop_ids = _vocab(tokenizer).exactly(config.stop_strings) if config.stop_strings else set()
-    end_ids = set(eos_ids) | stop_ids
+    _, pad_id = _special_ids(model, tokenizer)
+    eos_ids, stop_ids, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
     answers: list[str] = [""] * len(prompts)
     with _inference(model) as device, tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})",
                                            disable=not progress) as bar:

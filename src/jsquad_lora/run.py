@@ -211,9 +211,8 @@ def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None)
     per request on the base model; fully fine-tuned weights are served as the model."""
     if cfg.eval.backend != "vllm":
         return None
-    from .vllm_backend import VllmGenerator
-
     from .modeling import TINY
+    from .vllm_backend import VllmGenerator
 
     base = run_dir / "base" if cfg.model.name == TINY else cfg.model.name
     full = adapter is not None and not cfg.lora.enabled

@@ -19,7 +19,7 @@ from typing import Callable, Sequence
 
 from .batching import prompt_ids
 from .errors import InputError
-from .generation import DecodingConfig, _answer, _special_ids, _vocab
+from .generation import DecodingConfig, _answer, end_token_ids
 
 #: vLLM shares the GPU with the HF model the run keeps for training: take half, not vLLM's 90 %
 GPU_MEMORY_UTILIZATION = 0.5
@@ -61,9 +61,7 @@ class VllmGenerator:
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
-        eos_ids, _ = _special_ids(model, self.tokenizer)
-        stop_ids = _vocab(self.tokenizer).exactly(config.stop_strings) if config.stop_strings else set()
-        end_ids = set(eos_ids) | stop_ids
+        _, _, end_ids = end_token_ids(model, self.tokenizer, config.stop_strings)
         params = SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens, stop_token_ids=sorted(end_ids),
                                 stop=[s for s in config.stop_strings if s], skip_special_tokens=True)
         lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir is not None else None
