@@ -50,7 +50,7 @@ def main() -> None:
     questions = load_split(resolve_split(None, cfg.data.train_split)).questions
     tokenizer = build_char_tokenizer([q.context + q.question + "".join(q.answers) for q in questions] + [render_prompt(questions[0])])
     examples, _ = encode_train_set(questions, render_prompt, tokenizer, cfg.model.max_length)
-    shared = share_prefixes(examples, [q.context for q in questions])
+    shared = share_prefixes(examples, [q.context for q in questions], max_tokens=2 * cfg.model.max_length)  # as run.py
     per_row = len(examples) / len(shared)
     rows = []
     for name, mode in MODES.items():

@@ -155,3 +155,21 @@ def test_shared_prefix_rows_equal_separate_examples():
         one = SharedPrefixCollator(TOKENIZER.pad_token_id)([vars(r) for r in single])
         alone = AnswerOnlyCollator(TOKENIZER.pad_token_id)([vars(examples[3])])
         assert weighted_prompt_loss(model, one, 0.5)[0].item() == pytest.approx(weighted_prompt_loss(model, alone, 0.5)[0].item(), rel=1e-5)
+
+
+def test_shared_prefix_rows_stop_at_max_tokens():
+    """A row stops growing at `max_tokens` (attention costs its width squared); an example longer
+    than the cap still gets a row of its own; every example lands in exactly one row."""
+    from jsquad_lora.batching import share_prefixes
+
+    questions = [Question(f"q{k}", "", BODY, BODY[k:k + 3] + "は何か?", ("血液組成",), (BODY.index("血液組成"),)) for k in range(6)]
+    examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in questions]
+    uncapped = share_prefixes(examples, [BODY] * 6)
+    assert len(uncapped) == 1
+    prefix = uncapped[0].segments.count(0)
+    branch = len(examples[0].input_ids) - prefix
+    capped = share_prefixes(examples, [BODY] * 6, max_tokens=prefix + 2 * branch)
+    assert [max(r.segments) for r in capped] == [2, 2, 2]
+    assert all(len(r.input_ids) <= prefix + 2 * branch for r in capped)
+    tiny = share_prefixes(examples, [BODY] * 6, max_tokens=5)
+    assert len(tiny) == 6 and all(r.input_ids == e.input_ids for r, e in zip(tiny, examples))

@@ -162,7 +162,7 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         if cfg.train.batching == "shared_prefix":
             from .batching import share_prefixes
 
-            examples = share_prefixes(examples, [q.context for q in train_set])
+            examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
             log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
         if truncated:
             log.info("%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
