@@ -197,7 +197,7 @@ def test_position_ids_follow_the_attention_mask(setup):
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
-        generate_answers(model, tokenizer, PROMPTS[:4], None, DecodingConfig(max_new_tokens=3, batch_size=4))
+        generate_answers(model, tokenizer, PROMPTS[:4], None, DecodingConfig(max_new_tokens=3, batch_size=4, share_prefix=False))
     finally:
         hook.remove()
     mask, positions = seen[0]["attention_mask"], seen[0]["position_ids"]
@@ -207,6 +207,39 @@ def test_position_ids_follow_the_attention_mask(setup):
         assert row_positions[real].tolist() == list(range(int(real.sum())))
         assert not row_mask[real.nonzero().min():].eq(0).any(), "padding must be on the left"
     assert seen[1]["position_ids"][:, -1].tolist() == mask.sum(-1).tolist()  # next step: one past the prompt
+
+
+SHARED = [prompt(p, q) for p in PASSAGES[:5] for q in QUESTIONS[:3]]  # three questions per passage
+SHARED_PASSAGES = [p for p in PASSAGES[:5] for _ in range(3)]
+
+
+@pytest.mark.parametrize("mode", ["greedy", "extractive"])
+def test_shared_prefix_answers_equal_one_at_a_time_and_run_the_passage_once(setup, mode):
+    """A passage's questions: the prompt up to the question is run once for all of them, and every
+    answer is the one generating that prompt alone gives; rows sit at the positions they have alone."""
+    tokenizer, model = setup
+    seen = []
+    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    try:
+        shared = generate_answers(model, tokenizer, SHARED, SHARED_PASSAGES, DecodingConfig(max_new_tokens=8, batch_size=6, mode=mode))
+    finally:
+        hook.remove()
+    alone = [generate_answers(model, tokenizer, [p], [c], DecodingConfig(max_new_tokens=8, batch_size=1, mode=mode, share_prefix=False))[0]
+             for p, c in zip(SHARED, SHARED_PASSAGES)]
+    assert shared == alone and len(set(alone)) > 2
+    # prompt tokens through the model: each passage's prefix once, then each question's rest
+    lengths = [len(prompt_ids(tokenizer, p)) for p in SHARED]
+    prompt_calls = [k for k in seen if k["input_ids"].shape[1] > 1]
+    processed = sum(int(k["attention_mask"][:, -k["input_ids"].shape[1]:].sum()) for k in prompt_calls)
+    assert processed < sum(lengths) * 0.6, (processed, sum(lengths))
+    # the generate calls: full rows [pad, prefix, pad, rest]; the new part's positions continue the real tokens
+    for k in prompt_calls:
+        if "position_ids" in k and k["attention_mask"].shape[1] > k["input_ids"].shape[1]:
+            mask, width = k["attention_mask"], k["input_ids"].shape[1]
+            expected = (mask.cumsum(-1) - 1)[:, -width:]
+            real = mask[:, -width:].bool()
+            assert k["position_ids"][real].tolist() == expected[real].tolist()
+            assert set(mask.sum(-1).tolist()) <= set(lengths)  # every row holds exactly one whole prompt
 
 
 class ScriptedLM(GPTNeoXForCausalLM):
@@ -244,7 +277,7 @@ def test_stop_strings_and_eos_cut_the_answer(after, stops, expected):
     ScriptedLM.calls = 0
     answers = generate_answers(model, tokenizer, PROMPTS[:2], None, DecodingConfig(max_new_tokens=9, stop_strings=stops))
     assert answers == [expected, expected]
-    assert ScriptedLM.calls == (9 if not stops else 3)  # stopped as soon as the stop string appeared
+    assert ScriptedLM.calls == 1 + (9 if not stops else 3)  # the prompts' shared-prefix pass, then stopped as soon as the stop string appeared
     # free generation stops at EOS only
     expected_free = "答え<NL>答え<NL>" if after == "<NL>" else "答え"  # 6 tokens; a trailing "\n" is stripped
     assert generate_free(model, tokenizer, PROMPTS[0], max_new_tokens=6) == expected_free

@@ -2,15 +2,18 @@
 
 A model with random weights has to learn, from 4,420 questions, both Japanese and where in a
 passage an answer sits. Cloze questions teach the second skill directly and cheaply: take a
-sentence of a training passage, pick a noun phrase (MeCab/unidic nouns), replace it by 何 and
-ask for it. JSQuAD questions are largely such rephrasings of one passage sentence, so the skill
-transfers. Only training passages are used; the evaluation split is never touched. Off by
+sentence of a training passage, pick a noun phrase (MeCab/unidic nouns) and ask for it.
+JSQuAD questions are largely such rephrasings of one passage sentence, so the skill transfers.
+Three forms, as in the training split's questions: the phrase replaced by 何 in place
+(`…何…か。`), or the words just before it or just after it turned into `…のは何か？`
+(`…を全面的に代行する役職の名称は？`, `…決定したのはいつ？`). Only training passages are used; the evaluation split is never touched. Off by
 default (`train.synthetic_per_passage: 0`); the offline tiny preset turns it on.
 """
 
 from __future__ import annotations
 
 import random
+import re
 from collections import Counter
 from functools import lru_cache
 from typing import Sequence
@@ -18,6 +21,7 @@ from typing import Sequence
 from .data import Question
 
 WINDOW = 14  # characters of the sentence kept on each side of the blank (real questions are short)
+_LEADING_PARTICLE = re.compile(r"^[、，,]?(?:は|が|を|に|で|の|と|も|へ|や)?[、，,]?")  # 「…日、」「…は、」
 
 
 @lru_cache(maxsize=1)
@@ -71,7 +75,7 @@ def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -
     real = Counter(len(q.answers[0]) for q in passages)
     drawn = Counter(e - s for _, candidates in per_context for _, _, s, e in candidates)
     weight = {n: real[n] / len(passages) / (drawn[n] / max(1, sum(drawn.values()))) for n in drawn}
-    out = []
+    out, forms = [], random.Random(seed + 1)  # its own stream: the blanks drawn do not depend on the forms
     for q, candidates in per_context:
         # weighted sampling without replacement (Efraimidis-Spirakis keys); weight 0 never drawn
         keyed = []
@@ -81,6 +85,18 @@ def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -
                 keyed.append((rng.random() ** (1 / w), candidate))
         chosen = [c for _, c in sorted(keyed, key=lambda kc: -kc[0])[:per_passage]]
         for n, (offset, sentence, s, e) in enumerate(chosen):
-            question = sentence[max(0, s - WINDOW):s] + "何" + sentence[e:e + WINDOW] + "か。"
+            question = _cloze_question(sentence, s, e, forms.randrange(3))
             out.append(Question(f"{q.id}-cloze{n}", q.title, q.context, question, (sentence[s:e],), (offset + s,)))
     return out
+
+
+def _cloze_question(sentence: str, start: int, end: int, form: int) -> str:
+    """The question asking for `sentence[start:end]`: 0 in place, 1 from the words before it,
+    2 from the words after it (forms 1 and 2 fall back to 0 when that side has under 4 characters)."""
+    before = sentence[max(0, start - 2 * WINDOW):start].rstrip("、，,「『（(")
+    after = _LEADING_PARTICLE.sub("", sentence[end:end + 2 * WINDOW])
+    if form == 1 and len(before) >= 4:
+        return before + "のは何か？"
+    if form == 2 and len(after) >= 4:
+        return after + "のは何か？"
+    return sentence[max(0, start - WINDOW):start] + "何" + sentence[end:end + WINDOW] + "か。"

@@ -113,6 +113,7 @@ class EvalConfig:
     after: bool = True
     side_check: bool = True
     backend: Literal["hf", "vllm"] = "hf"
+    share_prefix: bool = True  # HF backend: run a passage's shared prompt prefix once for its questions (same answers)
 
 
 @dataclass

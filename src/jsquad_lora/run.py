@@ -95,7 +95,8 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
 def _decoding(cfg: RunConfig, mode: str | None = None):
     from .generation import DecodingConfig
 
-    return DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode=mode or cfg.eval.decoding)
+    return DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode=mode or cfg.eval.decoding,
+                          share_prefix=cfg.eval.share_prefix)
 
 
 def _side_check(model, tokenizer) -> str:
