@@ -44,16 +44,21 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per mode")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (shared-prefix: rows holding about that many)")
     parser.add_argument("--out", default="benchmarks/results/batching.json")
+    parser.add_argument("--modes", nargs="+", choices=list(MODES.values()), default=list(MODES.values()))
+    parser.add_argument("--no-row-cap", action="store_true", help="shared-prefix rows without run.py's 2 x max_length cap")
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config(None)
     questions = load_split(resolve_split(None, cfg.data.train_split)).questions
     tokenizer = build_char_tokenizer([q.context + q.question + "".join(q.answers) for q in questions] + [render_prompt(questions[0])])
     examples, _ = encode_train_set(questions, render_prompt, tokenizer, cfg.model.max_length)
-    shared = share_prefixes(examples, [q.context for q in questions], max_tokens=2 * cfg.model.max_length)  # as run.py
+    cap = None if args.no_row_cap else 2 * cfg.model.max_length  # as run.py
+    shared = share_prefixes(examples, [q.context for q in questions], max_tokens=cap)
     per_row = len(examples) / len(shared)
     rows = []
     for name, mode in MODES.items():
+        if mode not in args.modes:
+            continue
         items = shared if mode == "shared_prefix" else examples
         batch_size = max(1, round(args.batch_size / per_row)) if mode == "shared_prefix" else args.batch_size
         lengths = [len(e.input_ids) for e in items]
@@ -86,7 +91,7 @@ def main() -> None:
     for r in rows:
         print(f"{r['batching']:<18}{100 * r['padding_fraction']:>10.2f}{r['tokens_per_second']:>12,.0f}{r['examples_per_second']:>12.1f}")
     result = {"benchmark": "training batches", "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "examples_per_step": args.batch_size, "model": "tiny-cpu shape", "rows": rows}
+              "threads": torch.get_num_threads(), "examples_per_step": args.batch_size, "model": "tiny-cpu shape", "shared_prefix_row_cap": cap, "rows": rows}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")
