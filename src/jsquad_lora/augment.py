@@ -6,8 +6,9 @@ sentence of a training passage, pick a noun phrase (MeCab/unidic nouns) and ask 
 JSQuAD questions are largely such rephrasings of one passage sentence, so the skill transfers.
 Three forms, as in the training split's questions: the phrase replaced by 何 in place
 (`…何…か。`), or the words just before it or just after it turned into `…のは何か？`
-(`…を全面的に代行する役職の名称は？`, `…決定したのはいつ？`). Only training passages are used; the evaluation split is never touched. Off by
-default (`train.synthetic_per_passage: 0`); the offline tiny preset turns it on.
+(`…を全面的に代行する役職の名称は？`, `…決定したのはいつ？`). Only training passages are used;
+the evaluation split is never touched. Off by default (`train.synthetic_per_passage: 0`); the
+offline tiny preset turns it on.
 """
 
 from __future__ import annotations
