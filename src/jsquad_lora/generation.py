@@ -30,6 +30,7 @@ import re
 import weakref
 from collections import defaultdict
 from contextlib import contextmanager
+from functools import lru_cache
 from dataclasses import dataclass
 from typing import Callable, Iterator, Literal, Sequence
 
@@ -325,11 +326,18 @@ def _plan_batches(encoded: list[list[int]], batch_size: int, share_prefix: bool)
     return [b for b in batches if b]
 
 
+@lru_cache(maxsize=1)
 def _cache_argument() -> str:
     """The keyword `forward`/`generate` take a KV cache under: `cache` in recent transformers 5, `past_key_values` before."""
     from transformers import GenerationMixin
 
     return "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+
+
+@lru_cache(maxsize=8)
+def _keeps_last_logits_only(model_class: type) -> bool:
+    """Whether the model's `forward` takes `logits_to_keep` (the prefix pass then skips the LM head)."""
+    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
 
 
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
@@ -339,10 +347,11 @@ def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list
 
 def _batch_inputs(model, encoded: list[list[int]], batch: list[tuple[int, int]], pad_id: int, device) -> dict:
     """input_ids, attention_mask and (when prefixes are shared) the prefilled cache for one batch."""
+    prefixes = [tuple(encoded[i][:n]) for i, n in batch]
     shared: dict[tuple[int, ...], int] = {}  # prefix run once → its row in the prefill batch
-    for i, n in batch:
-        if n:
-            shared.setdefault(tuple(encoded[i][:n]), len(shared))
+    for prefix in prefixes:
+        if prefix:
+            shared.setdefault(prefix, len(shared))
     if not shared:
         ids, mask = _left_pad([encoded[i] for i, _ in batch], pad_id)
         return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
@@ -350,13 +359,13 @@ def _batch_inputs(model, encoded: list[list[int]], batch: list[tuple[int, int]],
     rest_ids, rest_mask = _left_pad([encoded[i][n:] for i, n in batch], pad_id)
     mask = torch.tensor(prefix_mask, device=device)
     key = _cache_argument()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    extra = {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(base.forward).parameters else {}  # skip the LM head
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model forwards **kwargs
+    extra = {"logits_to_keep": 1} if _keeps_last_logits_only(type(base)) else {}
     out = model(input_ids=torch.tensor(prefix_ids, device=device), attention_mask=mask,
                 position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
     cache = getattr(out, key, None)
     cache = out.past_key_values if cache is None else cache
-    rows = [shared[tuple(encoded[i][:n])] for i, n in batch]
+    rows = [shared[prefix] for prefix in prefixes]
     cache.reorder_cache(torch.tensor(rows, device=device))  # one copy of its prefix's cache per row
     ids = [prefix_ids[g] + r for g, r in zip(rows, rest_ids)]
     full_mask = [prefix_mask[g] + m for g, m in zip(rows, rest_mask)]
