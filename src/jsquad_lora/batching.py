@@ -119,8 +119,8 @@ def share_prefixes(examples: Sequence[Encoded], keys: Sequence[str], max_branche
 
     A row also stops growing at `max_tokens` (one example alone may exceed it): attention costs
     the square of a row's width, and examples whose passages were shortened differently share
-    almost nothing: without the cap they made rows of up to 7,328 tokens, and the 5 batches
-    holding them carried 43 % of the offline default's attention work (rows x width², per epoch)."""
+    almost nothing: without the cap they made rows of up to 7,328 tokens, and the 5 costliest
+    batches carried 43 % of an epoch's attention work (benchmarks/row_widths.py, 4 rows per step)."""
     groups: dict[str, list[Encoded]] = {}
     for example, key in zip(examples, keys):
         groups.setdefault(key, []).append(example)

@@ -1,0 +1,41 @@
+"""Attention work of the offline default's shared-prefix training rows, with and without the row cap.
+
+Attention costs each batch rows x width² (rows are padded to the widest); this sums it over one
+epoch's batches (the training sampler's order) and reports the share of the 5 costliest batches.
+
+    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/row_widths.py [key=value ...]   # e.g. train.batch_size=4
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+from jsquad_lora.augment import cloze_questions
+from jsquad_lora.batching import encode_train_set, share_prefixes
+from jsquad_lora.config import load_config
+from jsquad_lora.run import base_model_and_tokenizer, load_questions, make_renderer
+from jsquad_lora.training import EpochBatchOrder
+
+
+def main() -> None:
+    cfg = load_config(None, sys.argv[1:])
+    train, _ = load_questions(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        _, tokenizer = base_model_and_tokenizer(cfg, Path(tmp), train)
+    render = make_renderer(cfg, tokenizer, train)
+    questions = list(train) + cloze_questions(train, cfg.train.synthetic_per_passage, cfg.train.seed)
+    examples, _ = encode_train_set(questions, render, tokenizer, cfg.model.max_length)
+    print(f"{'rows':<28}{'count':>7}{'widest':>8}{'rows x width² (M)':>19}{'top-5 batches':>15}")
+    for name, cap in (("uncapped", None), (f"capped at {2 * cfg.model.max_length}", 2 * cfg.model.max_length)):
+        rows = share_prefixes(examples, [q.context for q in questions], max_tokens=cap)
+        lengths = [len(r.input_ids) for r in rows]
+        order = list(EpochBatchOrder(lengths, cfg.train.batch_size, cfg.train.seed, grouped=True))
+        work = sorted(len(b) * max(b) ** 2 for b in ([lengths[j] for j in order[k:k + cfg.train.batch_size]]
+                                                     for k in range(0, len(order), cfg.train.batch_size)))
+        print(f"{name:<28}{len(rows):>7}{max(lengths):>8}{sum(work) / 1e6:>19.1f}{100 * sum(work[-5:]) / sum(work):>14.1f}%")
+
+
+if __name__ == "__main__":
+    main()
