@@ -186,7 +186,15 @@ class _PaddingCollator:
 
 class SharedPrefixCollator(_PaddingCollator):
     """Right-pads shared-prefix rows and builds their 4-D boolean attention mask (True = attend):
-    causal, and a branch sees the prefix and itself only. Needs sdpa attention."""
+    causal, and a branch sees the prefix and itself only. Needs sdpa attention.
+
+    With `sliding_window` (models mixing sliding-window and global layers, e.g. Gemma 3) the mask
+    is a dict per layer type, as such models take it: the sliding layers' mask also drops keys
+    `sliding_window` or more positions back, by position id, exactly as for the separate examples."""
+
+    def __init__(self, pad_token_id: int, sliding_window: int | None = None):
+        super().__init__(pad_token_id)
+        self.sliding_window = sliding_window
 
     def __call__(self, features: list[dict]) -> dict:
         import torch
@@ -197,9 +205,14 @@ class SharedPrefixCollator(_PaddingCollator):
         same = segments[:, :, None] == segments[:, None, :]
         mask = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
         mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
+        positions = self._pad(features, "position_ids", 0, width)
+        attention: torch.Tensor | dict = mask[:, None]
+        if self.sliding_window:
+            near = positions[:, :, None] - positions[:, None, :] < self.sliding_window
+            attention = {"full_attention": mask[:, None], "sliding_attention": (mask & (near | torch.eye(width, dtype=torch.bool)))[:, None]}
         return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
                 "labels": self._pad(features, "labels", -100, width),
-                "position_ids": self._pad(features, "position_ids", 0, width), "attention_mask": mask[:, None]}
+                "position_ids": positions, "attention_mask": attention}
 
 
 class AnswerOnlyCollator(_PaddingCollator):

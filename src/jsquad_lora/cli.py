@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 from .errors import InputError
+from .prompts import TEMPLATES
 
 
 def _load(data: str, split: str = "valid"):
@@ -108,7 +109,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompt", help="print the prompt the model sees for one question")
     p.add_argument("data")
     p.add_argument("--id", required=True)
-    p.add_argument("--template", choices=("seed", "harness", "fintan", "chat"), default="seed")
+    p.add_argument("--template", choices=TEMPLATES, default="seed")
     p.add_argument("--with-answer", action="store_true", help="append the first gold answer (the training text, without EOS)")
     p.add_argument("--fewshot", type=int, default=0, help="number of few-shot examples")
     p.add_argument("--train", help="where few-shot examples come from (default: DATA itself)")

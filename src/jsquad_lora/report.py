@@ -253,6 +253,11 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     for run in runs:
         out.append(h(2, f"Run {run.name}"))
         out.append(p(f"Directory: {run.path}"))
+        if card := run.metrics.get("base_model"):
+            out.append(p(f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
+                         f"{card.get('parameters', 0) / 1e6:,.1f}M parameters); source: {card.get('source', '?')}; "
+                         f"license: {card.get('license', '?')}."))
+        out.append(p(_evaluated_questions(run.metrics)))
         if run.side_check:
             out.append(h(3, "Side check: free generation"))
             out += [p("Prompt:"), pre(run.side_check.get("prompt", ""))]
@@ -266,6 +271,20 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             out.append(h(3, f"Resolved config ({run.path / 'config.yaml'})"))
             out.append(f"<details><summary>config.yaml</summary>{pre(run.config_text)}</details>")
     return out
+
+
+def _evaluated_questions(metrics: dict) -> str:
+    """Which dev questions the scores are over: the whole split, or the sample with its standard error."""
+    sample = metrics.get("sample")
+    count = _dig(metrics, "after", "jglue", "count") or _dig(metrics, "before", "jglue", "count")
+    if not isinstance(sample, dict):
+        return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
+    errors = sample.get("em_standard_error") or {}
+    spread = "; ".join(f"{tag} ±{value:.2f}" for tag, value in errors.items())
+    return (f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
+            f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
+            f"Standard error of jglue EM (points): {spread or 'n/a'}. "
+            "The whole split is one override away: data.eval_sample=null.")
 
 
 def render_markdown(runs: Sequence[RunSummary]) -> str:

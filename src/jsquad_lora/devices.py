@@ -1,0 +1,71 @@
+"""What the machine can do fast: the CPU's name and its bfloat16 features, read at run time.
+
+Machines of one kind differ: some CPUs have AMX-BF16 (bfloat16 matmuls in tile units, ~3x
+float32), some only AVX512-BF16 (dot-product instructions), others only AVX2. The defaults
+choose bfloat16 only where it was measured faster (BENCHMARKS.md, `bench_cpu_levers.py`).
+"""
+
+from __future__ import annotations
+
+import platform
+from functools import lru_cache
+from pathlib import Path
+
+#: flags worth naming in a benchmark row, in order of how much they speed up bfloat16
+BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+
+
+@lru_cache(maxsize=1)
+def _cpuinfo() -> str:
+    try:
+        return Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+
+
+def cpu_flags() -> list[str]:
+    """The flags of BF16_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
+    words = set()
+    for line in _cpuinfo().splitlines():
+        if line.startswith("flags"):
+            words = set(line.split(":", 1)[1].split())
+            break
+    return [f for f in BF16_FLAGS if f in words]
+
+
+def cpu_name() -> str:
+    for line in _cpuinfo().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine()
+
+
+def fast_cpu_bf16() -> bool:
+    """Whether bfloat16 runs faster than float32 on this CPU: with AMX-BF16 or AVX512-BF16 it was
+    measured faster (training 1.4x, prefill 1.7x on AVX512-BF16, BENCHMARKS.md); with AVX2 alone
+    bfloat16 is emulated, so float32 stays there."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
+
+
+def inference_dtype(setting: str, model_dtype: str) -> str:
+    """`eval.dtype` resolved for this machine: "auto" → bfloat16 where it is fast, else the model's dtype."""
+    import torch
+
+    if setting != "auto":
+        return setting
+    if model_dtype != "float32":
+        return model_dtype
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else model_dtype
+    return "bfloat16" if fast_cpu_bf16() else model_dtype
+
+
+def train_in_bf16(setting: str) -> bool:
+    """`train.mixed_precision` resolved for this machine: "auto" → a CUDA GPU with bf16, or AMX."""
+    import torch
+
+    if setting != "auto":
+        return setting == "bf16"
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return fast_cpu_bf16()

