@@ -24,7 +24,7 @@ import torch
 from jsquad_lora.batching import AnswerOnlyCollator, encode_train_set
 from jsquad_lora.config import LoraSettings, ModelConfig
 from jsquad_lora.data import load_split, resolve_split, stratified_sample
-from jsquad_lora.devices import cpu_flags, cpu_name
+from jsquad_lora.devices import cpu_flags, cpu_name, usable_isa
 from jsquad_lora.evaluation import build_prompts
 from jsquad_lora.generation import DecodingConfig, generate_answers
 from jsquad_lora.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_source
@@ -70,6 +70,9 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--questions", type=int, default=64, help="dev questions for the generation rows")
     parser.add_argument("--adapter", help="a trained LoRA adapter (RUN_DIR/adapter) for the generation rows; default: untrained")
+    parser.add_argument("--fast-only", action="store_true",
+                        help="only the rows of the default's own settings (train: head at labels; generation: all levers), float32 and bf16")
+    parser.add_argument("--out", help=f"JSON file (default {RESULTS})")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -88,6 +91,8 @@ def main() -> None:
 
     lora = attach_lora(copy.deepcopy(base), LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=["all-linear"]))
     for head, bf16 in ((False, False), (True, False), (False, True), (True, True)):
+        if args.fast_only and not head:
+            continue
         seconds = _train_steps(lora, batches, head, bf16)
         rows.append({"lever": "train step", "setting": f"{'head at labels' if head else 'head everywhere'}, {'bf16 autocast' if bf16 else 'float32'}",
                      "seconds": seconds, "tokens_per_second": tokens / seconds})
@@ -116,17 +121,20 @@ def main() -> None:
         ("+ shared prompt prefixes", merged, dataclass_replace(plain, candidate_head=True, share_prefix=True)),
         ("+ bfloat16 weights", merged_bf16, dataclass_replace(plain, candidate_head=True, share_prefix=True)),
     ]
+    if args.fast_only:  # the default's generation settings only, float32 and bfloat16
+        settings = [("LoRA merged, float32, head on passage tokens, shared prefixes", merged, settings[3][2]), settings[4]]
     answers = {}
     for name, model, decoding in settings:
         start = time.perf_counter()
         answers[name] = generate_answers(model, tokenizer, prompts, passages, decoding)
         seconds = time.perf_counter() - start
-        rows.append({"lever": "generation (extractive, merged LoRA)" if "merged" in name or "+" in name else "generation (extractive)",
+        rows.append({"lever": "generation (extractive)",
                      "setting": name, "seconds": seconds, "questions_per_second": len(prompts) / seconds,
                      "answers_equal_to_first_row": sum(a == b for a, b in zip(answers[settings[0][0]], answers[name]))})
     same = rows[-1]["answers_equal_to_first_row"]
 
-    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}), torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}; torch uses {usable_isa()}), torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads")
     print(f"train batch: {args.batch} rows, {tokens:.0f} tokens; generation: {len(prompts)} dev questions (whole passages); "
           f"bfloat16 answers equal to float32 unmerged: {same}/{len(prompts)}")
     print("| lever | setting | seconds | throughput | answers equal to the first generation row |\n|---|---|---|---|---|")
@@ -134,8 +142,8 @@ def main() -> None:
         rate = f"{row['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in row else f"{row['questions_per_second']:.2f} q/s"
         equal = f"{row['answers_equal_to_first_row']}/{len(prompts)}" if "answers_equal_to_first_row" in row else ""
         print(f"| {row['lever']} | {row['setting']} | {row['seconds']:.2f} | {rate} | {equal} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps({"cpu": cpu_name(), "cpu_flags": cpu_flags(), "torch": torch.__version__,
+    out = Path(args.out) if args.out else RESULTS
+    out.write_text(json.dumps({"cpu": cpu_name(), "cpu_flags": cpu_flags(), "isa_used": usable_isa(), "torch": torch.__version__,
                                    "machine": platform.machine(), "batch": args.batch, "tokens_per_batch": tokens,
                                    "bf16_equal_answers": [same, len(prompts)], "rows": rows}, indent=1))
 

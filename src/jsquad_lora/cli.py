@@ -26,9 +26,13 @@ def _load(data: str, split: str = "valid"):
 def cmd_score(args: argparse.Namespace) -> int:
     from .scoring import load_predictions, score_predictions
 
-    split = _load(args.data)
-    predictions = load_predictions(args.predictions, split.questions, allow_unknown_ids=args.ignore_unknown_ids)
-    print(json.dumps(score_predictions(split.questions, predictions, args.metric).as_dict()))
+    questions = _load(args.data).questions
+    if args.ids:
+        from .data import select_ids
+
+        questions = select_ids(questions, args.ids)
+    predictions = load_predictions(args.predictions, questions, allow_unknown_ids=args.ignore_unknown_ids or bool(args.ids))
+    print(json.dumps(score_predictions(questions, predictions, args.metric).as_dict()))
     return 0
 
 
@@ -104,6 +108,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("predictions", help='{"<id>": "<answer>"} JSON, or this tool\'s predictions JSONL')
     p.add_argument("--metric", choices=("jglue", "stability", "llmjp"), default="jglue")
     p.add_argument("--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing")
+    p.add_argument("--ids", help="score only these questions of DATA: a JSON list of ids (a run's eval_ids.json)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prompt", help="print the prompt the model sees for one question")

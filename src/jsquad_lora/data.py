@@ -308,3 +308,16 @@ def sample_standard_error(values: Sequence[float], clusters: Sequence[str], popu
         return 0.0
     variance = (1 - n / population) * k / (k - 1) * sum(r * r for r in residual.values()) / n ** 2
     return variance ** 0.5
+
+
+def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Question]:
+    """The questions whose ids a JSON list file names (a run's eval_ids.json), in data order."""
+    ids = read_json_file(Path(ids_file), "ids file")
+    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
+        raise InputError(ids_file, "expected a JSON list of question ids (strings)", fix="pass a run's eval_ids.json")
+    known = {q.id for q in questions}
+    if missing := [i for i in ids if i not in known]:
+        raise InputError(ids_file, f"{len(missing)} ids are not in the data file (first: {missing[0]!r})",
+                         fix="pass the data file the run evaluated (its eval split)")
+    wanted = set(ids)
+    return [q for q in questions if q.id in wanted]

@@ -7,6 +7,7 @@ choose bfloat16 only where it was measured faster (BENCHMARKS.md, `bench_cpu_lev
 
 from __future__ import annotations
 
+import os
 import platform
 from functools import lru_cache
 from pathlib import Path
@@ -40,11 +41,24 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_isa() -> str:
+    """The widest vector ISA torch uses here: "AVX512", "AVX2", ... A CPU's flags can be narrowed
+    for torch by ATEN_CPU_CAPABILITY and for oneDNN (its matmuls) by ONEDNN_MAX_CPU_ISA, which
+    is how an AVX2-only machine is reproduced on a bigger one (BENCHMARKS.md)."""
+    import torch
+
+    isa = torch.backends.cpu.get_cpu_capability()
+    limit = os.environ.get("ONEDNN_MAX_CPU_ISA", "").upper()
+    if limit and not limit.startswith(("AVX512", "AVX10", "ALL")):
+        isa = "AVX2" if limit.startswith("AVX2") else "DEFAULT"
+    return isa
+
+
 def fast_cpu_bf16() -> bool:
     """Whether bfloat16 runs faster than float32 on this CPU: with AMX-BF16 or AVX512-BF16 it was
     measured faster (training 1.4x, prefill 1.7x on AVX512-BF16, BENCHMARKS.md); with AVX2 alone
-    bfloat16 is emulated, so float32 stays there."""
-    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags()))
+    bfloat16 has no instructions of its own, so float32 stays there."""
+    return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags())) and usable_isa().startswith("AVX512")
 
 
 def inference_dtype(setting: str, model_dtype: str) -> str:
