@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--no-row-cap", action="store_true", help="shared-prefix rows without run.py's 2 x max_length cap")
     args = parser.parse_args()
     torch.set_num_threads(2)
-    cfg = load_config(None)
+    cfg = load_config("tiny-cpu")
     questions = load_split(resolve_split(None, cfg.data.train_split)).questions
     tokenizer = build_char_tokenizer([q.context + q.question + "".join(q.answers) for q in questions] + [render_prompt(questions[0])])
     examples, _ = encode_train_set(questions, render_prompt, tokenizer, cfg.model.max_length)

@@ -72,6 +72,7 @@ def main() -> None:
     parser.add_argument("--adapter", help="a trained LoRA adapter (RUN_DIR/adapter) for the generation rows; default: untrained")
     parser.add_argument("--fast-only", action="store_true",
                         help="only the rows of the default's own settings (train: head at labels; generation: all levers), float32 and bf16")
+    parser.add_argument("--float32-only", action="store_true", help="skip the bfloat16 rows (CPUs without bf16 instructions)")
     parser.add_argument("--out", help=f"JSON file (default {RESULTS})")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -91,14 +92,14 @@ def main() -> None:
 
     lora = attach_lora(copy.deepcopy(base), LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=["all-linear"]))
     for head, bf16 in ((False, False), (True, False), (False, True), (True, True)):
-        if args.fast_only and not head:
+        if (args.fast_only and not head) or (args.float32_only and bf16):
             continue
         seconds = _train_steps(lora, batches, head, bf16)
         rows.append({"lever": "train step", "setting": f"{'head at labels' if head else 'head everywhere'}, {'bf16 autocast' if bf16 else 'float32'}",
                      "seconds": seconds, "tokens_per_second": tokens / seconds})
 
     ids = torch.tensor([b for b in batches[1]["input_ids"].tolist()])
-    for dtype in (torch.float32, torch.bfloat16):
+    for dtype in (torch.float32,) if args.float32_only else (torch.float32, torch.bfloat16):
         model = copy.deepcopy(base).to(dtype)
         seconds = _prefill(model, ids)
         rows.append({"lever": "prefill", "setting": str(dtype).replace("torch.", ""), "seconds": seconds,
@@ -112,7 +113,7 @@ def main() -> None:
 
         lora = PeftModel.from_pretrained(copy.deepcopy(base), args.adapter)
     merged = copy.deepcopy(lora).merge_and_unload()
-    merged_bf16 = copy.deepcopy(merged).to(torch.bfloat16)
+    merged_bf16 = None if args.float32_only else copy.deepcopy(merged).to(torch.bfloat16)
     plain = DecodingConfig(max_new_tokens=20, batch_size=32, mode="extractive", share_prefix=False, candidate_head=False)
     settings = [  # each row adds one lever to the previous one (the first compares adapter handling)
         ("LoRA unmerged (peft), float32", lora, plain),
@@ -123,6 +124,8 @@ def main() -> None:
     ]
     if args.fast_only:  # the default's generation settings only, float32 and bfloat16
         settings = [("LoRA merged, float32, head on passage tokens, shared prefixes", merged, settings[3][2]), settings[4]]
+    if args.float32_only:
+        settings = settings[:-1]
     answers = {}
     for name, model, decoding in settings:
         start = time.perf_counter()

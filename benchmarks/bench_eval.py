@@ -39,7 +39,7 @@ def main() -> None:
         cfg = load_config(Path(args.run) / "config.yaml")
         run_dir = Path(args.run)
     else:
-        cfg = load_config(None)
+        cfg = load_config("tiny-cpu")
         run_dir = Path("runs/bench-random-tiny")  # built once, not committed (runs/ is ignored)
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     questions = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.questions]

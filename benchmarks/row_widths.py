@@ -20,7 +20,7 @@ from jsquad_lora.training import EpochBatchOrder
 
 
 def main() -> None:
-    cfg = load_config(None, sys.argv[1:])
+    cfg = load_config("tiny-cpu", sys.argv[1:])  # the figures README cites are for the tiny model
     train, _ = load_questions(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         _, tokenizer = base_model_and_tokenizer(cfg, Path(tmp), train)

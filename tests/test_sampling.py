@@ -64,3 +64,15 @@ def test_score_with_ids_scores_the_sample_only(tmp_path, capsys):
     ids.write_text(json.dumps(["no-such-id"]))
     assert main(["score", str(data), str(predictions), "--ids", str(ids)]) == 2
     assert "no-such-id" in capsys.readouterr().err
+
+
+def test_float32_cpu_training_takes_its_own_sample_size():
+    import torch
+
+    from jsquad_lora.config import load_config
+    from jsquad_lora.run import train_sample_size
+
+    cfg = load_config("gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=float32"])
+    assert train_sample_size(cfg) == (2000 if torch.cuda.is_available() else 700)
+    cfg = load_config("gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=bf16"])
+    assert train_sample_size(cfg) == 2000

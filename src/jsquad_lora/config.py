@@ -75,6 +75,9 @@ class DataConfig:
     eval_sample: int | None = None
     #: train on a fixed random sample of this many questions (None: all), stratified by article
     train_sample: int | None = None
+    #: the sample size instead, when training runs in float32 on a CPU (no AVX512-BF16/AMX, or
+    #: train.mixed_precision=float32): the same time budget at float32 speed (None: train_sample)
+    train_sample_cpu_float32: int | None = None
     #: seed of both samples
     sample_seed: int = 20231
 
@@ -114,7 +117,7 @@ class TrainConfig:
     head_at_labels_only: bool = True
     #: bfloat16 autocast in training: "auto" = on a CUDA GPU with bf16, or a CPU with AMX-BF16
     #: (measured faster there; BENCHMARKS.md); float32 master weights and optimizer either way
-    mixed_precision: Literal["auto", "bf16", "no"] = "auto"
+    mixed_precision: Literal["auto", "bf16", "float32"] = "auto"
     logging_steps: int = 10
     save_steps: int = 200
     optim: str = "adamw_torch"
@@ -212,6 +215,8 @@ def _validate(cfg: RunConfig) -> None:
         ("eval.batch_size", cfg.eval.batch_size > 0, "must be positive"),
         ("data.eval_sample", cfg.data.eval_sample is None or cfg.data.eval_sample > 0, "must be positive (or null: all questions)"),
         ("data.train_sample", cfg.data.train_sample is None or cfg.data.train_sample > 0, "must be positive (or null: all questions)"),
+        ("data.train_sample_cpu_float32", cfg.data.train_sample_cpu_float32 is None or cfg.data.train_sample_cpu_float32 > 0,
+         "must be positive (or null: use data.train_sample)"),
         ("data.train_limit", cfg.data.train_limit is None or cfg.data.train_limit > 0, "must be positive (or null: all questions)"),
         ("data.eval_limit", cfg.data.eval_limit is None or cfg.data.eval_limit > 0, "must be positive (or null: all questions)"),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens > 0, "must be positive"),

@@ -5,11 +5,12 @@ Run directory layout (every file written atomically):
     base/                       the offline tiny model + tokenizer (safetensors), when model.name=tiny
     checkpoints/checkpoint-N/   Trainer checkpoints (resume point)
     adapter/                    the trained LoRA adapter (or full weights) + tokenizer, safetensors
+    eval_ids.json               the evaluated question ids, when data.eval_sample draws a sample of the split
     predictions-before.jsonl    per-question answers before tuning (id, question, prediction, golds, em, f1)
     predictions-after.jsonl     the same after tuning
     loss.jsonl, loss.png        the training loss curve
     side_check.json             free generation for the seed's side-check prompt, before and after
-    metrics.json                scores, timings; "finished": true once the run is complete
+    metrics.json                scores, timings, base model card, sample and its standard error; "finished": true once complete
     report.md, report.html, scores.png
 """
 
@@ -59,11 +60,24 @@ def load_questions(cfg: RunConfig):
     (`data.train_sample` / `data.eval_sample`), then the first `*_limit` (smoke tests)."""
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     valid = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions
-    if cfg.data.train_sample:
-        train = stratified_sample(train, cfg.data.train_sample, cfg.data.sample_seed)
+    if size := train_sample_size(cfg):
+        train = stratified_sample(train, size, cfg.data.sample_seed)
     if cfg.data.eval_sample:
         valid = stratified_sample(valid, cfg.data.eval_sample, cfg.data.sample_seed)
     return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit]
+
+
+def train_sample_size(cfg: RunConfig) -> int | None:
+    """`data.train_sample`, or `data.train_sample_cpu_float32` where training runs in float32 on a CPU."""
+    import torch
+
+    from .devices import train_in_bf16
+
+    if cfg.data.train_sample_cpu_float32 and not torch.cuda.is_available() and not train_in_bf16(cfg.train.mixed_precision):
+        log.info("training in float32 on this CPU (no bf16 instructions): data.train_sample_cpu_float32=%d questions",
+                 cfg.data.train_sample_cpu_float32)
+        return cfg.data.train_sample_cpu_float32
+    return cfg.data.train_sample
 
 
 def make_renderer(cfg: RunConfig, tokenizer, fewshot_pool):
