@@ -209,7 +209,7 @@ class SharedPrefixCollator(_PaddingCollator):
         attention: torch.Tensor | dict = mask[:, None]
         if self.sliding_window:
             near = positions[:, :, None] - positions[:, None, :] < self.sliding_window
-            attention = {"full_attention": mask[:, None], "sliding_attention": (mask & (near | torch.eye(width, dtype=torch.bool)))[:, None]}
+            attention = {"full_attention": mask[:, None], "sliding_attention": (mask & near)[:, None]}  # near keeps the diagonal
         return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
                 "labels": self._pad(features, "labels", -100, width),
                 "position_ids": positions, "attention_mask": attention}

@@ -307,7 +307,7 @@ class _CandidateHead(torch.nn.Module):
 
     def __init__(self, head: torch.nn.Module, ids: list[int]) -> None:
         super().__init__()
-        self.head, self.vocab = head, head.weight.shape[0]
+        self.vocab = head.weight.shape[0]
         self.ids = torch.tensor(ids, device=head.weight.device)
         self.weight = head.weight[self.ids]
         self.bias = None if getattr(head, "bias", None) is None else head.bias[self.ids]
@@ -324,7 +324,7 @@ def _head_restricted_to(model, ids: list[int] | None) -> Iterator[None]:
     where the output layer is not a plain linear layer)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = base.get_output_embeddings() if ids is not None else None
-    if not isinstance(head, torch.nn.Linear) or type(head) is not torch.nn.Linear:
+    if type(head) is not torch.nn.Linear:
         yield
         return
     base.set_output_embeddings(_CandidateHead(head, ids))
