@@ -173,7 +173,8 @@ def load_split(path: Path | str) -> Split:
     return Split(path, tuple(questions), tuple(mismatches))
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
+    """This tool's cache: $JSQUAD_LORA_CACHE, else $XDG_CACHE_HOME/jsquad-lora or ~/.cache/jsquad-lora."""
     root = os.environ.get("JSQUAD_LORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "jsquad-lora")
     return Path(root)
 
@@ -182,7 +183,7 @@ def download_jglue(version: str) -> Path:
     """Download JGLUE's JSQuAD files for `version` into the cache (once) and return the directory."""
     if version not in JGLUE_SPLITS:
         raise InputError(f"jglue:{version}", f"unknown JGLUE version (known: {', '.join(JGLUE_SPLITS)})", fix="use jglue:v1.3")
-    target = _cache_dir() / "jglue" / version
+    target = cache_dir() / "jglue" / version
     for split in JGLUE_SPLITS[version]:
         out = target / f"{split}-{version}.json"
         if out.exists():

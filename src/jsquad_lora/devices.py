@@ -12,8 +12,8 @@ import platform
 from functools import lru_cache
 from pathlib import Path
 
-#: flags worth naming in a benchmark row, in order of how much they speed up bfloat16
-BF16_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
+#: the vector flags worth naming in a benchmark row, the bfloat16 ones first
+NAMED_FLAGS = ("amx_bf16", "avx512_bf16", "avx512f", "avx2")
 
 
 @lru_cache(maxsize=1)
@@ -25,13 +25,13 @@ def _cpuinfo() -> str:
 
 
 def cpu_flags() -> list[str]:
-    """The flags of BF16_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
+    """The flags of NAMED_FLAGS this CPU has (empty where /proc/cpuinfo is missing)."""
     words = set()
     for line in _cpuinfo().splitlines():
         if line.startswith("flags"):
             words = set(line.split(":", 1)[1].split())
             break
-    return [f for f in BF16_FLAGS if f in words]
+    return [f for f in NAMED_FLAGS if f in words]
 
 
 def cpu_name() -> str:
@@ -55,9 +55,9 @@ def usable_isa() -> str:
 
 
 def fast_cpu_bf16() -> bool:
-    """Whether bfloat16 runs faster than float32 on this CPU: with AMX-BF16 or AVX512-BF16 it was
-    measured faster (training 1.4x, prefill 1.7x on AVX512-BF16, BENCHMARKS.md); with AVX2 alone
-    bfloat16 has no instructions of its own, so float32 stays there."""
+    """Whether bfloat16 runs faster than float32 on this CPU: with AVX512-BF16 it was measured
+    faster (train step 1.9x, prefill 1.64x, BENCHMARKS.md §0), and AMX-BF16 is faster still; with
+    AVX2 alone bfloat16 has no instructions of its own, so float32 stays there."""
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags())) and usable_isa().startswith("AVX512")
 
 
@@ -75,7 +75,7 @@ def inference_dtype(setting: str, model_dtype: str) -> str:
 
 
 def train_in_bf16(setting: str) -> bool:
-    """`train.mixed_precision` resolved for this machine: "auto" → a CUDA GPU with bf16, or AMX."""
+    """`train.mixed_precision` resolved for this machine: "auto" → a CUDA GPU with bf16, or a CPU where `fast_cpu_bf16`."""
     import torch
 
     if setting != "auto":

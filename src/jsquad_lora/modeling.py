@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 from pathlib import Path
 from typing import Iterable
 
@@ -80,9 +79,10 @@ GEMMA_CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if messag
 
 
 def models_cache() -> Path:
-    """Where converted model directories live: $JSQUAD_LORA_CACHE/models or ~/.cache/jsquad-lora/models."""
-    root = os.environ.get("JSQUAD_LORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "jsquad-lora")
-    return Path(root) / "models"
+    """Where converted model directories live: the tool's cache (`data.cache_dir`) / models."""
+    from .data import cache_dir
+
+    return cache_dir() / "models"
 
 
 def resolve_model_source(cfg: ModelConfig) -> str:
@@ -90,8 +90,11 @@ def resolve_model_source(cfg: ModelConfig) -> str:
     built-in source or a `model.gguf_file`, a safetensors directory converted once into the cache
     (written atomically, reused by later runs; its path is logged)."""
     if cfg.name in BUILTIN_SOURCES:
-        gguf = _builtin_gguf(cfg.name)
         target = models_cache() / cfg.name
+        if (target / "config.json").exists():  # converted already: no need to assemble and hash the GGUF again
+            log.info("model directory: %s", target)
+            return str(target)
+        gguf = _builtin_gguf(cfg.name)
     elif cfg.gguf_file:
         gguf = Path(cfg.gguf_file) if Path(cfg.gguf_file).is_absolute() or cfg.name in ("", TINY) else Path(cfg.name) / cfg.gguf_file
         if not gguf.is_file():

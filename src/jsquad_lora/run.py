@@ -330,7 +330,7 @@ def _for_inference(model, cfg: RunConfig, *, keep_original: bool):
 
 def _merged(model):
     """LoRA folded into the base weights for generation: peft's unmerged layers run two extra
-    small matmuls per linear layer per token (measured 2.4x slower generation, BENCHMARKS.md).
+    small matmuls per linear layer per token (1.25x slower generation, BENCHMARKS.md §0).
     Quantised bases keep the adapter unmerged (merging would round it into 8-/4-bit weights)."""
     if not hasattr(model, "merge_and_unload"):
         return model
