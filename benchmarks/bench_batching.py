@@ -20,37 +20,56 @@ from pathlib import Path
 
 import torch
 
-from jsquad_lora.batching import AnswerOnlyCollator, FlatteningCollator, SharedPrefixCollator, encode_train_set, padding_fraction, share_prefixes
+from jsquad_lora.batching import (
+    AnswerOnlyCollator,
+    FlatteningCollator,
+    SharedPrefixCollator,
+    encode_train_set,
+    padding_fraction,
+    share_prefixes,
+)
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
 from jsquad_lora.prompts import render_prompt
 from jsquad_lora.training import EpochBatchOrder
 
-MODES = {"random (naive)": "random", "length_grouped": "length_grouped", "padding_free": "padding_free",
-         "shared_prefix": "shared_prefix"}
+MODES = {
+    "random (naive)": "random",
+    "length_grouped": "length_grouped",
+    "padding_free": "padding_free",
+    "shared_prefix": "shared_prefix",
+}
 
 
 def batches(items, batch_size, order, mode):
-    collator = {"padding_free": FlatteningCollator, "shared_prefix": lambda: SharedPrefixCollator(0)}.get(mode, lambda: AnswerOnlyCollator(0))()
+    collator = {"padding_free": FlatteningCollator, "shared_prefix": lambda: SharedPrefixCollator(0)}.get(
+        mode, lambda: AnswerOnlyCollator(0)
+    )()
     indices = list(order)
     for i in range(0, len(indices), batch_size):
-        chosen = indices[i:i + batch_size]
+        chosen = indices[i : i + batch_size]
         yield collator([vars(items[j]) for j in chosen]), collator, chosen
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=30, help="timed optimizer steps per mode")
-    parser.add_argument("--batch-size", type=int, default=16, help="examples per step (shared-prefix: rows holding about that many)")
+    parser.add_argument(
+        "--batch-size", type=int, default=16, help="examples per step (shared-prefix: rows holding about that many)"
+    )
     parser.add_argument("--out", default="benchmarks/results/batching.json")
     parser.add_argument("--modes", nargs="+", choices=list(MODES.values()), default=list(MODES.values()))
-    parser.add_argument("--no-row-cap", action="store_true", help="shared-prefix rows without run.py's 2 x max_length cap")
+    parser.add_argument(
+        "--no-row-cap", action="store_true", help="shared-prefix rows without run.py's 2 x max_length cap"
+    )
     args = parser.parse_args()
     torch.set_num_threads(2)
     cfg = load_config("tiny-cpu")
     questions = load_split(resolve_split(None, cfg.data.train_split)).questions
-    tokenizer = build_char_tokenizer([q.context + q.question + "".join(q.answers) for q in questions] + [render_prompt(questions[0])])
+    tokenizer = build_char_tokenizer(
+        [q.context + q.question + "".join(q.answers) for q in questions] + [render_prompt(questions[0])]
+    )
     examples, _ = encode_train_set(questions, render_prompt, tokenizer, cfg.model.max_length)
     cap = None if args.no_row_cap else 2 * cfg.model.max_length  # as run.py
     shared = share_prefixes(examples, [q.context for q in questions], max_tokens=cap)
@@ -85,13 +104,33 @@ def main() -> None:
             if step == args.steps + 3:
                 break
         seconds = time.perf_counter() - start
-        rows.append({"batching": name, "padding_fraction": epoch_padding, "tokens_per_second": real / seconds,
-                     "examples_per_second": done / seconds, "batch_size": batch_size, "steps": args.steps, "seconds": seconds})
+        rows.append(
+            {
+                "batching": name,
+                "padding_fraction": epoch_padding,
+                "tokens_per_second": real / seconds,
+                "examples_per_second": done / seconds,
+                "batch_size": batch_size,
+                "steps": args.steps,
+                "seconds": seconds,
+            }
+        )
     print(f"{'batching':<18}{'padding %':>10}{'tokens/s':>12}{'examples/s':>12}")
     for r in rows:
-        print(f"{r['batching']:<18}{100 * r['padding_fraction']:>10.2f}{r['tokens_per_second']:>12,.0f}{r['examples_per_second']:>12.1f}")
-    result = {"benchmark": "training batches", "date": datetime.date.today().isoformat(), "machine": platform.processor() or platform.machine(),
-              "threads": torch.get_num_threads(), "examples_per_step": args.batch_size, "model": "tiny-cpu shape", "shared_prefix_row_cap": cap, "rows": rows}
+        print(
+            f"{r['batching']:<18}{100 * r['padding_fraction']:>10.2f}"
+            f"{r['tokens_per_second']:>12,.0f}{r['examples_per_second']:>12.1f}"
+        )
+    result = {
+        "benchmark": "training batches",
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "examples_per_step": args.batch_size,
+        "model": "tiny-cpu shape",
+        "shared_prefix_row_cap": cap,
+        "rows": rows,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

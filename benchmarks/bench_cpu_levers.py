@@ -7,7 +7,8 @@ Prefill (the evaluation's compute-bound part): float32 vs bfloat16 weights.
 Generation: a LoRA adapter unmerged (peft) vs merged into the weights.
 Prints a table and writes benchmarks/results/cpu_levers.json with the CPU's name and flags.
 
-    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_cpu_levers.py [--steps 3] [--batch 8] [--adapter RUN_DIR/adapter]
+    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_cpu_levers.py [--steps 3] [--batch 8] \
+        [--adapter RUN_DIR/adapter]
 """
 
 from __future__ import annotations
@@ -69,10 +70,18 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed optimizer steps per row (after one warm-up)")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--questions", type=int, default=64, help="dev questions for the generation rows")
-    parser.add_argument("--adapter", help="a trained LoRA adapter (RUN_DIR/adapter) for the generation rows; default: untrained")
-    parser.add_argument("--fast-only", action="store_true",
-                        help="only the rows of the default's own settings (train: head at labels; generation: all levers), float32 and bf16")
-    parser.add_argument("--float32-only", action="store_true", help="skip the bfloat16 rows (CPUs without bf16 instructions)")
+    parser.add_argument(
+        "--adapter", help="a trained LoRA adapter (RUN_DIR/adapter) for the generation rows; default: untrained"
+    )
+    parser.add_argument(
+        "--fast-only",
+        action="store_true",
+        help="only the rows of the default's own settings (train: head at labels; generation: all levers), "
+        "float32 and bf16",
+    )
+    parser.add_argument(
+        "--float32-only", action="store_true", help="skip the bfloat16 rows (CPUs without bf16 instructions)"
+    )
     parser.add_argument("--out", help=f"JSON file (default {RESULTS})")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -85,8 +94,10 @@ def main() -> None:
     render = lambda q: render_prompt(q, "newline")  # noqa: E731
     examples, _ = encode_train_set(train_qs[: args.batch * (args.steps + 1)], render, tokenizer, 512)
     collate = AnswerOnlyCollator(tokenizer.pad_token_id)
-    batches = [collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[k:k + args.batch]])
-               for k in range(0, len(examples), args.batch)]
+    batches = [
+        collate([{"input_ids": e.input_ids, "labels": e.labels} for e in examples[k : k + args.batch]])
+        for k in range(0, len(examples), args.batch)
+    ]
     tokens = sum(int(b["attention_mask"].sum()) for b in batches[1:]) / max(1, len(batches) - 1)
     rows = []
 
@@ -95,15 +106,28 @@ def main() -> None:
         if (args.fast_only and not head) or (args.float32_only and bf16):
             continue
         seconds = _train_steps(lora, batches, head, bf16)
-        rows.append({"lever": "train step", "setting": f"{'head at labels' if head else 'head everywhere'}, {'bf16 autocast' if bf16 else 'float32'}",
-                     "seconds": seconds, "tokens_per_second": tokens / seconds})
+        rows.append(
+            {
+                "lever": "train step",
+                "setting": f"{'head at labels' if head else 'head everywhere'}, "
+                f"{'bf16 autocast' if bf16 else 'float32'}",
+                "seconds": seconds,
+                "tokens_per_second": tokens / seconds,
+            }
+        )
 
     ids = torch.tensor([b for b in batches[1]["input_ids"].tolist()])
     for dtype in (torch.float32,) if args.float32_only else (torch.float32, torch.bfloat16):
         model = copy.deepcopy(base).to(dtype)
         seconds = _prefill(model, ids)
-        rows.append({"lever": "prefill", "setting": str(dtype).replace("torch.", ""), "seconds": seconds,
-                     "tokens_per_second": ids.numel() / seconds})
+        rows.append(
+            {
+                "lever": "prefill",
+                "setting": str(dtype).replace("torch.", ""),
+                "seconds": seconds,
+                "tokens_per_second": ids.numel() / seconds,
+            }
+        )
 
     # whole passages (as the default's evaluation sample), so that prefix sharing has something to share
     dev = stratified_sample(load_split(resolve_split(None, "valid")).questions, args.questions, 20231)
@@ -114,7 +138,9 @@ def main() -> None:
         lora = PeftModel.from_pretrained(copy.deepcopy(base), args.adapter)
     merged = copy.deepcopy(lora).merge_and_unload()
     merged_bf16 = None if args.float32_only else copy.deepcopy(merged).to(torch.bfloat16)
-    plain = DecodingConfig(max_new_tokens=20, batch_size=32, mode="extractive", share_prefix=False, candidate_head=False)
+    plain = DecodingConfig(
+        max_new_tokens=20, batch_size=32, mode="extractive", share_prefix=False, candidate_head=False
+    )
     settings = [  # each row adds one lever to the previous one (the first compares adapter handling)
         ("LoRA unmerged (peft), float32", lora, plain),
         ("LoRA merged, float32", merged, plain),
@@ -123,7 +149,10 @@ def main() -> None:
         ("+ bfloat16 weights", merged_bf16, dataclass_replace(plain, candidate_head=True, share_prefix=True)),
     ]
     if args.fast_only:  # the default's generation settings only, float32 and bfloat16
-        settings = [("LoRA merged, float32, head on passage tokens, shared prefixes", merged, settings[3][2]), settings[4]]
+        settings = [
+            ("LoRA merged, float32, head on passage tokens, shared prefixes", merged, settings[3][2]),
+            settings[4],
+        ]
     if args.float32_only:
         settings = settings[:-1]
     answers = {}
@@ -131,24 +160,55 @@ def main() -> None:
         start = time.perf_counter()
         answers[name] = generate_answers(model, tokenizer, prompts, passages, decoding)
         seconds = time.perf_counter() - start
-        rows.append({"lever": "generation (extractive)",
-                     "setting": name, "seconds": seconds, "questions_per_second": len(prompts) / seconds,
-                     "answers_equal_to_first_row": sum(a == b for a, b in zip(answers[settings[0][0]], answers[name]))})
+        rows.append(
+            {
+                "lever": "generation (extractive)",
+                "setting": name,
+                "seconds": seconds,
+                "questions_per_second": len(prompts) / seconds,
+                "answers_equal_to_first_row": sum(a == b for a, b in zip(answers[settings[0][0]], answers[name])),
+            }
+        )
     same = rows[-1]["answers_equal_to_first_row"]
 
-    print(f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}; torch uses {usable_isa()}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads")
-    print(f"train batch: {args.batch} rows, {tokens:.0f} tokens; generation: {len(prompts)} dev questions (whole passages); "
-          f"bfloat16 answers equal to float32 unmerged: {same}/{len(prompts)}")
-    print("| lever | setting | seconds | throughput | answers equal to the first generation row |\n|---|---|---|---|---|")
+    print(
+        f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}; torch uses {usable_isa()}), "
+        f"torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads"
+    )
+    print(
+        f"train batch: {args.batch} rows, {tokens:.0f} tokens; "
+        f"generation: {len(prompts)} dev questions (whole passages); "
+        f"bfloat16 answers equal to float32 unmerged: {same}/{len(prompts)}"
+    )
+    print(
+        "| lever | setting | seconds | throughput | answers equal to the first generation row |\n|---|---|---|---|---|"
+    )
     for row in rows:
-        rate = f"{row['tokens_per_second']:.0f} tok/s" if "tokens_per_second" in row else f"{row['questions_per_second']:.2f} q/s"
+        rate = (
+            f"{row['tokens_per_second']:.0f} tok/s"
+            if "tokens_per_second" in row
+            else f"{row['questions_per_second']:.2f} q/s"
+        )
         equal = f"{row['answers_equal_to_first_row']}/{len(prompts)}" if "answers_equal_to_first_row" in row else ""
         print(f"| {row['lever']} | {row['setting']} | {row['seconds']:.2f} | {rate} | {equal} |")
     out = Path(args.out) if args.out else RESULTS
-    out.write_text(json.dumps({"cpu": cpu_name(), "cpu_flags": cpu_flags(), "isa_used": usable_isa(), "torch": torch.__version__,
-                                   "machine": platform.machine(), "batch": args.batch, "tokens_per_batch": tokens,
-                                   "bf16_equal_answers": [same, len(prompts)], "rows": rows}, indent=1))
+    out.write_text(
+        json.dumps(
+            {
+                "cpu": cpu_name(),
+                "cpu_flags": cpu_flags(),
+                "isa_used": usable_isa(),
+                "torch": torch.__version__,
+                "machine": platform.machine(),
+                "batch": args.batch,
+                "tokens_per_batch": tokens,
+                "bf16_equal_answers": [same, len(prompts)],
+                "rows": rows,
+            },
+            indent=1,
+        )
+    )
 
 
 def dataclass_replace(obj, **changes):

@@ -50,23 +50,42 @@ def main() -> None:
     prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
     rows, answers = [], {}
     for batch_size, share in ((1, False), (args.batch_size, False), (args.batch_size, True)):
-        decoding = DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=batch_size, mode=args.decoding, share_prefix=share)
+        decoding = DecodingConfig(
+            max_new_tokens=cfg.eval.max_new_tokens, batch_size=batch_size, mode=args.decoding, share_prefix=share
+        )
         start = time.perf_counter()
         answers[batch_size, share] = generate_answers(model, tokenizer, prompts, passages, decoding)
         seconds = time.perf_counter() - start
-        rows.append({"batch_size": batch_size, "share_prefix": share, "seconds": seconds, "questions_per_second": len(prompts) / seconds})
+        rows.append(
+            {
+                "batch_size": batch_size,
+                "share_prefix": share,
+                "seconds": seconds,
+                "questions_per_second": len(prompts) / seconds,
+            }
+        )
     identical = all(a == answers[1, False] for a in answers.values())
     assert identical, "batched predictions differ from one-at-a-time predictions"
     ratio = rows[-1]["questions_per_second"] / rows[0]["questions_per_second"]
     print(f"{'batch size':<12}{'shared prefix':<15}{'seconds':>10}{'questions/s':>14}{'speed-up':>10}")
     for r in rows:
-        print(f"{r['batch_size']:<12}{str(r['share_prefix']):<15}{r['seconds']:>10.1f}{r['questions_per_second']:>14.2f}"
-              f"{r['questions_per_second'] / rows[0]['questions_per_second']:>9.2f}x")
+        print(
+            f"{r['batch_size']:<12}{str(r['share_prefix']):<15}{r['seconds']:>10.1f}{r['questions_per_second']:>14.2f}"
+            f"{r['questions_per_second'] / rows[0]['questions_per_second']:>9.2f}x"
+        )
     print(f"speed-up {ratio:.2f}x; predictions identical: {identical}")
-    result = {"benchmark": "evaluation batched vs one at a time", "date": datetime.date.today().isoformat(),
-              "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
-              "model": str(args.run or "random tiny (tiny-cpu shape)"), "decoding": args.decoding, "questions": len(prompts),
-              "rows": rows, "speedup": ratio, "identical_predictions": identical}
+    result = {
+        "benchmark": "evaluation batched vs one at a time",
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "model": str(args.run or "random tiny (tiny-cpu shape)"),
+        "decoding": args.decoding,
+        "questions": len(prompts),
+        "rows": rows,
+        "speedup": ratio,
+        "identical_predictions": identical,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -77,8 +77,13 @@ class Skip(Exception):
 
 def summary(values: list[int]) -> dict:
     ordered = sorted(values)
-    return {"p50": ordered[len(ordered) // 2], "p90": ordered[int(0.9 * (len(ordered) - 1))], "max": ordered[-1],
-            "mean": round(statistics.fmean(ordered), 1), "n": len(ordered)}
+    return {
+        "p50": ordered[len(ordered) // 2],
+        "p90": ordered[int(0.9 * (len(ordered) - 1))],
+        "max": ordered[-1],
+        "mean": round(statistics.fmean(ordered), 1),
+        "n": len(ordered),
+    }
 
 
 def char_tokenizer():
@@ -87,15 +92,23 @@ def char_tokenizer():
     <pad>, <unk>, <eos>, <NL>; the rest are CJK ideographs then Hangul syllables (letters only:
     no whitespace or combining marks that could merge or vanish when decoded)."""
     letters = [chr(c) for c in range(0x4E00, 0xA000)] + [chr(c) for c in range(0xAC00, 0xD7A4)]
-    tokenizer = build_char_tokenizer(["".join(letters[:VOCAB - 4])])
+    tokenizer = build_char_tokenizer(["".join(letters[: VOCAB - 4])])
     assert len(tokenizer) == VOCAB, len(tokenizer)
     return tokenizer, tokenizer.convert_ids_to_tokens(list(range(VOCAB)))
 
 
 def model_config(shape: str, tokenizer) -> GPTNeoXConfig:
-    return GPTNeoXConfig(vocab_size=VOCAB, max_position_embeddings=2048, rotary_pct=1.0, use_parallel_residual=False,
-                         tie_word_embeddings=False, bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, **SHAPES[shape])
+    return GPTNeoXConfig(
+        vocab_size=VOCAB,
+        max_position_embeddings=2048,
+        rotary_pct=1.0,
+        use_parallel_residual=False,
+        tie_word_embeddings=False,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **SHAPES[shape],
+    )
 
 
 def random_model(config: GPTNeoXConfig, dtype, device: torch.device, attn: str | None):
@@ -105,7 +118,8 @@ def random_model(config: GPTNeoXConfig, dtype, device: torch.device, attn: str |
 
 
 def seed_model(config: GPTNeoXConfig, cfg, device: torch.device):
-    """The seed's 8-bit base through the project's loader: random fp16 weights saved as safetensors, loaded back 8-bit."""
+    """The seed's 8-bit base through the project's loader: random fp16 weights saved as safetensors,
+    loaded back 8-bit."""
     if device.type != "cuda":
         raise Skip("8-bit loading needs bitsandbytes on a CUDA GPU")
     if importlib.util.find_spec("bitsandbytes") is None:
@@ -133,7 +147,7 @@ def example(j: int, length: int, answer_tokens: int, seed: int) -> dict:
     """Random ids, answer-only labels on the last `answer_tokens` tokens (the answer + EOS of a real example)."""
     rng = random.Random(seed * 1_000_003 + j)
     ids = [rng.randrange(FIRST_ID, VOCAB) for _ in range(length)]
-    return {"input_ids": ids, "labels": [-100] * (length - answer_tokens) + ids[length - answer_tokens:]}
+    return {"input_ids": ids, "labels": [-100] * (length - answer_tokens) + ids[length - answer_tokens :]}
 
 
 def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dict:
@@ -143,9 +157,11 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
     micro = max(1, args.batch_size // accum)
     order = list(EpochBatchOrder(lengths, micro, seed=args.seed, grouped=cfg.train.batching != "random"))
     # examples made before timing: the Trainer's are tokenised in advance too (collation is timed)
-    needed = [order[i:i + micro] for i in range(0, (args.warmup + args.steps) * accum * micro, micro)]
+    needed = [order[i : i + micro] for i in range(0, (args.warmup + args.steps) * accum * micro, micro)]
     chunks = iter([[example(j, lengths[j], args.answer_tokens, args.seed) for j in chunk] for chunk in needed])
-    collator = FlatteningCollator() if cfg.train.batching == "padding_free" else AnswerOnlyCollator(model.config.pad_token_id)
+    collator = (
+        FlatteningCollator() if cfg.train.batching == "padding_free" else AnswerOnlyCollator(model.config.pad_token_id)
+    )
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=cfg.train.learning_rate, weight_decay=cfg.train.weight_decay)
     # no KV cache in training: with one, a padding-free row loses its packed-sequence mask (training.py)
@@ -175,12 +191,22 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
     frozen = total - trainable - model.get_input_embeddings().weight.numel()
     tokens_per_second = collator.real_tokens / seconds
     flops_per_token = 4 * frozen + 6 * trainable
-    return {"tokens_per_second": tokens_per_second, "padding_fraction": padding_fraction(collator),
-            "mfu": flops_per_token * tokens_per_second / (args.peak_tflops * 1e12),
-            "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
-            "seconds": seconds, "steps": args.steps, "micro_batch": micro, "grad_accum": accum, "bf16_autocast": bf16,
-            "batching": cfg.train.batching, "trainable_parameters": trainable, "total_parameters": total,
-            "flops_per_token": flops_per_token, "final_loss": float(loss.detach()) * accum}
+    return {
+        "tokens_per_second": tokens_per_second,
+        "padding_fraction": padding_fraction(collator),
+        "mfu": flops_per_token * tokens_per_second / (args.peak_tflops * 1e12),
+        "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "seconds": seconds,
+        "steps": args.steps,
+        "micro_batch": micro,
+        "grad_accum": accum,
+        "bf16_autocast": bf16,
+        "batching": cfg.train.batching,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+        "flops_per_token": flops_per_token,
+        "final_loss": float(loss.detach()) * accum,
+    }
 
 
 def eval_row(model, tokenizer, letters: list[str], prompt_lengths: list[int], args, device: torch.device) -> dict:
@@ -195,11 +221,17 @@ def eval_row(model, tokenizer, letters: list[str], prompt_lengths: list[int], ar
     answers = generate_answers(model, tokenizer, prompts, None, decoding)
     sync(device)
     seconds = time.perf_counter() - start
-    return {"prompts": len(prompts), "seconds": seconds, "prompts_per_second": len(prompts) / seconds,
-            "batch_size": args.eval_batch_size, "max_new_tokens": args.max_new_tokens, "decoding": "greedy",
-            # shorter answers stopped early (EOS/<NL>) or hold special tokens: expected ~0 for a random model
-            "answers_shorter_than_max": sum(len(a) < args.max_new_tokens for a in answers),
-            "prompt_tokens": summary(lengths)}
+    return {
+        "prompts": len(prompts),
+        "seconds": seconds,
+        "prompts_per_second": len(prompts) / seconds,
+        "batch_size": args.eval_batch_size,
+        "max_new_tokens": args.max_new_tokens,
+        "decoding": "greedy",
+        # shorter answers stopped early (EOS/<NL>) or hold special tokens: expected ~0 for a random model
+        "answers_shorter_than_max": sum(len(a) < args.max_new_tokens for a in answers),
+        "prompt_tokens": summary(lengths),
+    }
 
 
 def version(package: str) -> str | None:
@@ -212,10 +244,20 @@ def version(package: str) -> str | None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="JSQuAD file or directory for the length distribution (default: $JSQUAD_DIR)")
-    parser.add_argument("--split", default="test", help="split of --data standing in for the training split (the train file is not offline)")
-    parser.add_argument("--chars-per-token", type=float, default=1.0, help="characters per rinna token; 1.0 = worst case")
-    parser.add_argument("--max-length", type=int, default=1024, help="configs' model.max_length: longer sequences are cut to it")
-    parser.add_argument("--answer-tokens", type=int, default=6, help="labelled tokens at the end of each example (answer + EOS)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="split of --data standing in for the training split (the train file is not offline)",
+    )
+    parser.add_argument(
+        "--chars-per-token", type=float, default=1.0, help="characters per rinna token; 1.0 = worst case"
+    )
+    parser.add_argument(
+        "--max-length", type=int, default=1024, help="configs' model.max_length: longer sequences are cut to it"
+    )
+    parser.add_argument(
+        "--answer-tokens", type=int, default=6, help="labelled tokens at the end of each example (answer + EOS)"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="examples per optimizer step")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first")
     parser.add_argument("--steps", type=int, default=20, help="timed optimizer steps per recipe")
@@ -236,17 +278,30 @@ def main() -> None:
 
     # length distribution of the real training prompts, in (estimated) tokens
     questions = load_split(resolve_split(args.data, args.split)).questions
+
     def to_tokens(chars: int, low: int, high: int) -> int:  # cut to max_length as training/eval cut passages
         return min(high, max(low, round(chars / args.chars_per_token)))
 
-    train_lengths = [to_tokens(len(render_prompt(q, "seed", with_answer=True)), args.answer_tokens + 1, args.max_length) for q in questions]
-    prompt_lengths = [to_tokens(len(render_prompt(q, "seed")), 1, args.max_length - args.max_new_tokens) for q in questions]
-    lengths = {"source": str(resolve_split(args.data, args.split)), "chars_per_token": args.chars_per_token,
-               "train_tokens": summary(train_lengths), "prompt_tokens": summary(prompt_lengths)}
-    print(f"{len(questions)} questions, {args.chars_per_token} chars/token: training sequence tokens "
-          f"p50 {lengths['train_tokens']['p50']}, p90 {lengths['train_tokens']['p90']}, max {lengths['train_tokens']['max']}, "
-          f"mean {lengths['train_tokens']['mean']}; eval prompt tokens p50 {lengths['prompt_tokens']['p50']}, "
-          f"p90 {lengths['prompt_tokens']['p90']}, max {lengths['prompt_tokens']['max']}")
+    train_lengths = [
+        to_tokens(len(render_prompt(q, "seed", with_answer=True)), args.answer_tokens + 1, args.max_length)
+        for q in questions
+    ]
+    prompt_lengths = [
+        to_tokens(len(render_prompt(q, "seed")), 1, args.max_length - args.max_new_tokens) for q in questions
+    ]
+    lengths = {
+        "source": str(resolve_split(args.data, args.split)),
+        "chars_per_token": args.chars_per_token,
+        "train_tokens": summary(train_lengths),
+        "prompt_tokens": summary(prompt_lengths),
+    }
+    print(
+        f"{len(questions)} questions, {args.chars_per_token} chars/token: training sequence tokens "
+        f"p50 {lengths['train_tokens']['p50']}, p90 {lengths['train_tokens']['p90']}, "
+        f"max {lengths['train_tokens']['max']}, "
+        f"mean {lengths['train_tokens']['mean']}; eval prompt tokens p50 {lengths['prompt_tokens']['p50']}, "
+        f"p90 {lengths['prompt_tokens']['p90']}, max {lengths['prompt_tokens']['max']}"
+    )
     rng = random.Random(args.seed)
     pool = rng.choices(train_lengths, k=max(len(train_lengths), (args.warmup + args.steps) * args.batch_size))
 
@@ -266,10 +321,17 @@ def main() -> None:
                 dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
                 model = random_model(config, dtype, device, attn)
                 row["attn_implementation"] = attn
-            model = attach_lora(model, cfg.lora, quantized=cfg.model.load_in_8bit, gradient_checkpointing=cfg.model.gradient_checkpointing)
+            model = attach_lora(
+                model,
+                cfg.lora,
+                quantized=cfg.model.load_in_8bit,
+                gradient_checkpointing=cfg.model.gradient_checkpointing,
+            )
             print(f"{recipe}: training {args.warmup} + {args.steps} steps ...", flush=True)
             row.update(train_row(model, cfg, pool, args, device))
-            row["projected_minutes"] = args.epochs * args.train_questions * lengths["train_tokens"]["mean"] / row["tokens_per_second"] / 60
+            row["projected_minutes"] = (
+                args.epochs * args.train_questions * lengths["train_tokens"]["mean"] / row["tokens_per_second"] / 60
+            )
             if recipe.endswith("best"):
                 print(f"{recipe}: generating {args.eval_prompts} answers ...", flush=True)
                 evaluation = eval_row(model, tokenizer, letters, prompt_lengths, args, device)
@@ -280,36 +342,56 @@ def main() -> None:
         free_memory()
         rows.append(row)
 
-    print(f"\n{'recipe':<18}{'tokens/s':>10}{'padding %':>11}{'MFU %':>8}{'peak GiB':>10}{f'{args.epochs:g}-epoch min':>14}")
+    print(
+        f"\n{'recipe':<18}{'tokens/s':>10}{'padding %':>11}{'MFU %':>8}{'peak GiB':>10}"
+        f"{f'{args.epochs:g}-epoch min':>14}"
+    )
     for r in rows:
         if "skipped" in r:
             print(f"{r['recipe']:<18}  skipped: {r['skipped']}")
             continue
         peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(f"{r['recipe']:<18}{r['tokens_per_second']:>10,.0f}{100 * r['padding_fraction']:>11.1f}{100 * r['mfu']:>8.1f}"
-              f"{peak:>10}{r['projected_minutes']:>14.1f}")
+        print(
+            f"{r['recipe']:<18}{r['tokens_per_second']:>10,.0f}{100 * r['padding_fraction']:>11.1f}"
+            f"{100 * r['mfu']:>8.1f}"
+            f"{peak:>10}{r['projected_minutes']:>14.1f}"
+        )
     best = next(r for r in rows if r["recipe"].endswith("best"))
     if "tokens_per_second" in best:
-        print(f"goal (best): >= {GOAL_TOKENS_PER_SECOND:,} tokens/s: {'met' if best['tokens_per_second'] >= GOAL_TOKENS_PER_SECOND else 'NOT met'}; "
-              f"2 epochs of {args.train_questions:,} questions <= {GOAL_TRAIN_MINUTES:.0f} min "
-              f"({args.epochs:g} epochs projected at the mean length, {lengths['train_tokens']['mean']} tokens): "
-              f"{'met' if best['projected_minutes'] * 2 / args.epochs <= GOAL_TRAIN_MINUTES else 'NOT met'}")
+        print(
+            f"goal (best): >= {GOAL_TOKENS_PER_SECOND:,} tokens/s: "
+            f"{'met' if best['tokens_per_second'] >= GOAL_TOKENS_PER_SECOND else 'NOT met'}; "
+            f"2 epochs of {args.train_questions:,} questions <= {GOAL_TRAIN_MINUTES:.0f} min "
+            f"({args.epochs:g} epochs projected at the mean length, {lengths['train_tokens']['mean']} tokens): "
+            f"{'met' if best['projected_minutes'] * 2 / args.epochs <= GOAL_TRAIN_MINUTES else 'NOT met'}"
+        )
     if evaluation:
-        print(f"eval (best model, greedy, random weights = worst case, never stops early): {evaluation['prompts']} prompts in "
-              f"{evaluation['seconds']:.1f} s ({evaluation['prompts_per_second']:.1f} prompts/s, batch {args.eval_batch_size}, "
-              f"max_new_tokens {args.max_new_tokens}); goal <= {GOAL_EVAL_SECONDS:.0f} s for 4,442 dev prompts: "
-              f"{'met' if evaluation['seconds'] * 4442 / evaluation['prompts'] <= GOAL_EVAL_SECONDS else 'NOT met'}")
+        print(
+            f"eval (best model, greedy, random weights = worst case, never stops early): "
+            f"{evaluation['prompts']} prompts in "
+            f"{evaluation['seconds']:.1f} s ({evaluation['prompts_per_second']:.1f} prompts/s, "
+            f"batch {args.eval_batch_size}, "
+            f"max_new_tokens {args.max_new_tokens}); goal <= {GOAL_EVAL_SECONDS:.0f} s for 4,442 dev prompts: "
+            f"{'met' if evaluation['seconds'] * 4442 / evaluation['prompts'] <= GOAL_EVAL_SECONDS else 'NOT met'}"
+        )
 
-    result = {"benchmark": "real architecture on one GPU", "date": datetime.date.today().isoformat(),
-              "machine": platform.processor() or platform.machine(),
-              "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-              "versions": {p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "flash-attn")},
-              "model": {"shape": args.shape, **SHAPES[args.shape], "vocab_size": VOCAB, "weights": "random"},
-              "options": vars(args), "lengths": lengths,
-              "formulas": {"mfu": "(4 * N_frozen + 6 * N_trainable) * non-padding tokens/s / (peak_tflops * 1e12); "
-                                  "N_frozen excludes the input embedding; attention FLOPs omitted",
-                           "projected_minutes": "epochs * train_questions * mean train tokens / tokens/s / 60"},
-              "rows": rows, "eval": evaluation}
+    result = {
+        "benchmark": "real architecture on one GPU",
+        "date": datetime.date.today().isoformat(),
+        "machine": platform.processor() or platform.machine(),
+        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
+        "versions": {p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "flash-attn")},
+        "model": {"shape": args.shape, **SHAPES[args.shape], "vocab_size": VOCAB, "weights": "random"},
+        "options": vars(args),
+        "lengths": lengths,
+        "formulas": {
+            "mfu": "(4 * N_frozen + 6 * N_trainable) * non-padding tokens/s / (peak_tflops * 1e12); "
+            "N_frozen excludes the input embedding; attention FLOPs omitted",
+            "projected_minutes": "epochs * train_questions * mean train tokens / tokens/s / 60",
+        },
+        "rows": rows,
+        "eval": evaluation,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {args.out}")

@@ -48,13 +48,23 @@ def main() -> None:
     answers["vllm"] = generate(prompts, decoding, None)
     seconds["vllm"] = time.perf_counter() - start
     same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"]))
-    em = {k: score_predictions(questions, {q.id: a for q, a in zip(questions, v)}, "jglue").exact_match for k, v in answers.items()}
+    em = {
+        k: score_predictions(questions, {q.id: a for q, a in zip(questions, v)}, "jglue").exact_match
+        for k, v in answers.items()
+    }
     print(f"{'backend':<8}{'seconds':>10}{'EM (jglue)':>12}")
     for k in answers:
         print(f"{k:<8}{seconds[k]:>10.1f}{em[k]:>12.2f}")
     print(f"identical answers: {same}/{len(questions)}")
-    result = {"check": "vllm vs hf greedy answers", "date": datetime.date.today().isoformat(), "run": str(run_dir),
-              "questions": len(questions), "identical": same, "seconds": seconds, "exact_match": em}
+    result = {
+        "check": "vllm vs hf greedy answers",
+        "date": datetime.date.today().isoformat(),
+        "run": str(run_dir),
+        "questions": len(questions),
+        "identical": same,
+        "seconds": seconds,
+        "exact_match": em,
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 

@@ -32,7 +32,11 @@ def main() -> None:
     parser.add_argument("run", type=Path)
     parser.add_argument("--stage", default="after", choices=("before", "after"))
     args = parser.parse_args()
-    rows = [json.loads(line) for line in (args.run / f"predictions-{args.stage}.jsonl").read_text(encoding="utf-8").split("\n") if line]
+    rows = [
+        json.loads(line)
+        for line in (args.run / f"predictions-{args.stage}.jsonl").read_text(encoding="utf-8").split("\n")
+        if line
+    ]
     counts: dict[str, int] = {}
     for row in rows:
         counts[kind(row)] = counts.get(kind(row), 0) + 1

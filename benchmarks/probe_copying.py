@@ -38,10 +38,10 @@ def copy_losses(model, tokenizer, render, questions, rng: random.Random, n: int 
     totals, count = [0.0] * CHUNK, 0
     for q in rng.sample([q for q in questions if len(q.context) >= CHUNK + 10], n):
         start = rng.randrange(0, len(q.context) - CHUNK)
-        chunk = q.context[start:start + CHUNK]
+        chunk = q.context[start : start + CHUNK]
         ids = prompt_ids(tokenizer, render(dataclasses.replace(q, question=chunk)))
         chunk_ids = tokenizer(chunk, add_special_tokens=False)["input_ids"]
-        at = max(i for i in range(len(ids) - len(chunk_ids) + 1) if ids[i:i + len(chunk_ids)] == chunk_ids)
+        at = max(i for i in range(len(ids) - len(chunk_ids) + 1) if ids[i : i + len(chunk_ids)] == chunk_ids)
         logp = _log_probs(model, ids)
         for k in range(1, len(chunk_ids)):
             totals[k] -= logp[at + k - 1, ids[at + k]].item()
@@ -62,7 +62,12 @@ def answer_losses(model, tokenizer, render, questions, max_length: int) -> dict:
         rest_count += len(losses) - 2
         top1 += int(logp[where[0]].argmax().item() == targets[where[0]])
     n = len(questions)
-    return {"first_char_loss": first / n, "first_char_top1": top1 / n, "continuation_loss": rest / max(1, rest_count), "eos_loss": end / n}
+    return {
+        "first_char_loss": first / n,
+        "first_char_top1": top1 / n,
+        "continuation_loss": rest / max(1, rest_count),
+        "eos_loss": end / n,
+    }
 
 
 def main() -> None:
@@ -85,8 +90,11 @@ def main() -> None:
     print("  " + "  ".join(f"k={k}: {losses[k]:.2f}" for k in (1, 2, 3, 5, 8, 12, 20, 29)))
     for name, split in (("train", train), ("dev", dev)):
         r = answer_losses(model, tokenizer, render, rng.sample(split, 300), cfg.model.max_length)
-        print(f"answers ({name}, 300): first character {r['first_char_loss']:.2f} nats (top-1 {100 * r['first_char_top1']:.0f} %), "
-              f"continuation {r['continuation_loss']:.2f} nats/char, EOS {r['eos_loss']:.2f} nats")
+        print(
+            f"answers ({name}, 300): first character {r['first_char_loss']:.2f} nats "
+            f"(top-1 {100 * r['first_char_top1']:.0f} %), "
+            f"continuation {r['continuation_loss']:.2f} nats/char, EOS {r['eos_loss']:.2f} nats"
+        )
 
 
 if __name__ == "__main__":

@@ -27,13 +27,17 @@ def main() -> None:
     args = parser.parse_args()
     path = resolve_model_source(ModelConfig(name="gemma-3-270m"))
     tokenizer = load_tokenizer(path)
-    model = attach_lora(load_base_model(ModelConfig(name=path)),
-                        LoraSettings(r=8, alpha=16, dropout=args.dropout, target_modules=["all-linear"]))
+    model = attach_lora(
+        load_base_model(ModelConfig(name=path)),
+        LoraSettings(r=8, alpha=16, dropout=args.dropout, target_modules=["all-linear"]),
+    )
     questions = stratified_sample(load_split(resolve_split(None, "test")).questions, 120, 20231)
     examples, _ = encode_train_set(questions, lambda q: render_prompt(q, "chat", tokenizer=tokenizer), tokenizer, 640)
     rows = share_prefixes(examples, [q.context for q in questions], max_tokens=1280)
     collate = SharedPrefixCollator(tokenizer.pad_token_id, sliding_window(model.config))
-    batches = [collate([r.__dict__ for r in rows[k:k + 4]]) for k in range(0, 16, 4)]  # 4 rows per step, as the default
+    batches = [
+        collate([r.__dict__ for r in rows[k : k + 4]]) for k in range(0, 16, 4)
+    ]  # 4 rows per step, as the default
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
     model.train()
 
@@ -47,7 +51,10 @@ def main() -> None:
     for i, batch in enumerate(batches):
         start = time.perf_counter()
         step(batch)
-        print(f"step {i}: {tuple(batch['input_ids'].shape)} tokens, {time.perf_counter() - start:.2f} s" + (" (warm-up)" if i == 0 else ""))
+        print(
+            f"step {i}: {tuple(batch['input_ids'].shape)} tokens, {time.perf_counter() - start:.2f} s"
+            + (" (warm-up)" if i == 0 else "")
+        )
     with profile() as prof:
         step(batches[1])
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=8))

@@ -32,9 +32,17 @@ def main() -> None:
         rows = share_prefixes(examples, [q.context for q in questions], max_tokens=cap)
         lengths = [len(r.input_ids) for r in rows]
         order = list(EpochBatchOrder(lengths, cfg.train.batch_size, cfg.train.seed, grouped=True))
-        work = sorted(len(b) * max(b) ** 2 for b in ([lengths[j] for j in order[k:k + cfg.train.batch_size]]
-                                                     for k in range(0, len(order), cfg.train.batch_size)))
-        print(f"{name:<28}{len(rows):>7}{max(lengths):>8}{sum(work) / 1e6:>19.1f}{100 * sum(work[-5:]) / sum(work):>14.1f}%")
+        work = sorted(
+            len(b) * max(b) ** 2
+            for b in (
+                [lengths[j] for j in order[k : k + cfg.train.batch_size]]
+                for k in range(0, len(order), cfg.train.batch_size)
+            )
+        )
+        print(
+            f"{name:<28}{len(rows):>7}{max(lengths):>8}{sum(work) / 1e6:>19.1f}"
+            f"{100 * sum(work[-5:]) / sum(work):>14.1f}%"
+        )
 
 
 if __name__ == "__main__":

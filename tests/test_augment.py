@@ -3,6 +3,7 @@
 from collections import Counter
 
 from conftest import needs_data
+
 from jsquad_lora.augment import cloze_questions, noun_spans
 from jsquad_lora.data import load_split, resolve_split
 
@@ -12,8 +13,14 @@ def test_cloze_question_forms():
 
     sentence = "1958年7月24日、日本新聞協会加盟の各社は、報道管制を決定した"
     start, end = 0, len("1958年7月24日")
-    assert _cloze_question(sentence, start, end, 2) == "日本新聞協会加盟の各社は、報道管制を決定した のは何か？".replace(" ", "")
-    assert _cloze_question(sentence, start, end, 1) == _cloze_question(sentence, start, end, 0) == "何、日本新聞協会加盟の各社は、か。"
+    assert _cloze_question(
+        sentence, start, end, 2
+    ) == "日本新聞協会加盟の各社は、報道管制を決定した のは何か？".replace(" ", "")
+    assert (
+        _cloze_question(sentence, start, end, 1)
+        == _cloze_question(sentence, start, end, 0)
+        == "何、日本新聞協会加盟の各社は、か。"
+    )
     s2 = sentence.index("報道管制")
     assert _cloze_question(sentence, s2, s2 + 4, 1) == "1958年7月24日、日本新聞協会加盟の各社はのは何か？"
     assert _cloze_question(sentence, s2, s2 + 4, 2) == "決定したのは何か？"
@@ -32,7 +39,7 @@ def test_cloze_questions_are_valid_reproducible_and_length_matched():
     passages = {q.context for q in questions}
     assert cloze and all(c.context in passages for c in cloze)  # training passages only
     for c in cloze:
-        assert c.context[c.answer_starts[0]:].startswith(c.answers[0])
+        assert c.context[c.answer_starts[0] :].startswith(c.answers[0])
         assert "何" in c.question and c.question.endswith(("か。", "のは何か？"))
     assert all(sum(c.question.endswith(end) for c in cloze) > len(cloze) / 5 for end in ("か。", "のは何か？"))
     assert cloze == cloze_questions(questions, 6, seed=1) != cloze_questions(questions, 6, seed=2)

@@ -79,8 +79,12 @@ def test_corpus_has_at_least_twenty_malformed_inputs():
 @pytest.mark.parametrize("name", sorted(DATA))
 def test_bad_data_files(capsys, tmp_path, name):
     path, (problem, where) = HERE / name, DATA[name]
-    for argv in (["score", path, GOOD_PREDICTIONS], ["prompt", path, "--id", "a1p0q0"], ["stats", path],
-                 ["run", "--output", tmp_path / "run", f"data.dir={path}"]):
+    for argv in (
+        ["score", path, GOOD_PREDICTIONS],
+        ["prompt", path, "--id", "a1p0q0"],
+        ["stats", path],
+        ["run", "--output", tmp_path / "run", f"data.dir={path}"],
+    ):
         check(*run_cli(capsys, *argv), path, problem, where)
 
 
@@ -108,8 +112,11 @@ def test_good_files_score(capsys):
 
 
 def test_process_exit_code_and_no_traceback():
-    result = subprocess.run([sys.executable, "-m", "jsquad_lora.cli", "score", str(HERE / "data_non_utf8.json"), str(GOOD_PREDICTIONS)],
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "jsquad_lora.cli", "score", str(HERE / "data_non_utf8.json"), str(GOOD_PREDICTIONS)],
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr and "not UTF-8" in result.stderr
 
 
@@ -118,7 +125,15 @@ def test_vllm_backend_where_it_cannot_run_is_a_clear_error(capsys, tmp_path):
     code, err = run_cli(capsys, "run", "--output", tmp_path / "run", "eval.backend=vllm", f"data.dir={GOOD_DATA}")
     assert code == 2 and "eval.backend=vllm" in err and "fix:" in err and "Traceback" not in err
     assert not (tmp_path / "run" / "base").exists()
-    code, err = run_cli(capsys, "run", "--output", tmp_path / "run2", "eval.backend=vllm", "eval.decoding=extractive", f"data.dir={GOOD_DATA}")
+    code, err = run_cli(
+        capsys,
+        "run",
+        "--output",
+        tmp_path / "run2",
+        "eval.backend=vllm",
+        "eval.decoding=extractive",
+        f"data.dir={GOOD_DATA}",
+    )
     assert code == 2 and "extractive decoding is only implemented on the HF backend" in err
 
 
@@ -133,8 +148,21 @@ def test_context_longer_than_the_window_is_truncated_and_counted(tmp_path, caplo
     path = HERE / "data_long_context.json"
     run = tmp_path / "run"
     with caplog.at_level(logging.INFO):
-        assert main(["run", "--output", str(run), *TINY_TEST, "model.max_length=256", f"data.dir={path}", "eval.side_check=false",
-                     "train.synthetic_per_passage=0"]) == 0
+        assert (
+            main(
+                [
+                    "run",
+                    "--output",
+                    str(run),
+                    *TINY_TEST,
+                    "model.max_length=256",
+                    f"data.dir={path}",
+                    "eval.side_check=false",
+                    "train.synthetic_per_passage=0",
+                ]
+            )
+            == 0
+        )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["truncated_prompts"] == 1 and metrics["eval"]["truncated_prompts"] == 1
     assert "1 of 1 training prompts exceed model.max_length=256" in caplog.text

@@ -7,7 +7,10 @@ from jsquad_lora.data import Question
 from jsquad_lora.modeling import build_char_tokenizer
 from jsquad_lora.prompts import render_prompt
 
-BODY = "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。しかし、8,000mを超えると、人体は適応できず、死に至ることもある。"
+BODY = (
+    "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。"
+    "しかし、8,000mを超えると、人体は適応できず、死に至ることもある。"
+)
 Q = Question("q1", "高度", BODY, "何mを超えると適応できなくなるか?", ("8,000m",), (BODY.index("8,000m"),))
 TOKENIZER = build_char_tokenizer([render_prompt(Q, "seed", with_answer=True)])
 
@@ -34,7 +37,7 @@ def test_truncation_keeps_answer_span():
     cut, ids, truncated = fit_question(Q, render, TOKENIZER, budget, around_answer=True)
     assert truncated and len(ids) <= budget
     assert "8,000m" in cut.context and cut.context in BODY
-    assert cut.context[cut.answer_starts[0]:].startswith("8,000m")
+    assert cut.context[cut.answer_starts[0] :].startswith("8,000m")
     # at evaluation the answer is unknown: the passage loses its end
     cut, ids, _ = fit_question(Q, render, TOKENIZER, budget, around_answer=False)
     assert BODY.startswith(cut.context) and len(ids) <= budget
@@ -59,7 +62,9 @@ def test_padding_free_batch_gives_the_padded_loss():
     from jsquad_lora.modeling import build_tiny_model
 
     torch.manual_seed(0)
-    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    model = build_tiny_model(
+        ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER
+    ).eval()
     short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
     feats = [dict(vars(encode_train_example(q, render, TOKENIZER, 1024)[0])) for q in (Q, short)]
     with torch.no_grad():
@@ -70,7 +75,7 @@ def test_padding_free_batch_gives_the_padded_loss():
         for k, f in enumerate(feats):
             alone = model(input_ids=torch.tensor([f["input_ids"]])).logits[0]
             offset = sum(len(g["input_ids"]) for g in feats[:k])
-            torch.testing.assert_close(flat_logits[offset:offset + len(f["input_ids"])], alone, atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(flat_logits[offset : offset + len(f["input_ids"])], alone, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("prompt_loss_weight", [0.0, 0.5])
@@ -88,10 +93,22 @@ def test_padding_free_training_matches_padded_training(tmp_path, prompt_loss_wei
     logs = {}
     for batching in ("length_grouped", "padding_free"):
         torch.manual_seed(0)
-        model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER)
-        cfg = TrainConfig(epochs=1, batch_size=4, learning_rate=1e-3, batching=batching, logging_steps=1, save_steps=100, seed=3,
-                          prompt_loss_weight=prompt_loss_weight)
-        logs[batching] = [row["loss"] for row in train(model, examples, cfg, tmp_path / batching, tmp_path / f"{batching}.jsonl").log]
+        model = build_tiny_model(
+            ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER
+        )
+        cfg = TrainConfig(
+            epochs=1,
+            batch_size=4,
+            learning_rate=1e-3,
+            batching=batching,
+            logging_steps=1,
+            save_steps=100,
+            seed=3,
+            prompt_loss_weight=prompt_loss_weight,
+        )
+        logs[batching] = [
+            row["loss"] for row in train(model, examples, cfg, tmp_path / batching, tmp_path / f"{batching}.jsonl").log
+        ]
     assert len(logs["length_grouped"]) == 2
     assert logs["length_grouped"] == pytest.approx(logs["padding_free"], rel=1e-4)
 
@@ -107,7 +124,9 @@ def test_weighted_prompt_loss():
     from jsquad_lora.training import weighted_prompt_loss
 
     torch.manual_seed(0)
-    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    model = build_tiny_model(
+        ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER
+    ).eval()
     model.config.use_cache = False
     short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
     feats = [dict(vars(encode_train_example(q, render, TOKENIZER, 1024)[0])) for q in (Q, short)]
@@ -132,18 +151,25 @@ def test_shared_prefix_rows_equal_separate_examples():
     from jsquad_lora.training import weighted_prompt_loss
 
     torch.manual_seed(0)
-    model = build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER).eval()
+    model = build_tiny_model(
+        ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), TOKENIZER
+    ).eval()
     model.config.use_cache = False
-    questions = [Q, Question("q3", "", BODY, "何を速めるか?", ("呼吸や心拍数",), (BODY.index("呼吸や心拍数"),)),
-                 Question("q4", "", BODY, "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))]
+    questions = [
+        Q,
+        Question("q3", "", BODY, "何を速めるか?", ("呼吸や心拍数",), (BODY.index("呼吸や心拍数"),)),
+        Question("q4", "", BODY, "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),)),
+    ]
     other = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
     examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in (*questions, other)]
     rows = share_prefixes(examples, [q.context for q in (*questions, other)])
     assert len(rows) == 2 and len(rows[0].input_ids) < sum(len(e.input_ids) for e in examples[:3]) / 2
     batch = SharedPrefixCollator(TOKENIZER.pad_token_id)([vars(r) for r in rows])
     with torch.no_grad():
-        logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"]).logits
-        row, prefix = rows[0], rows[0].segments.count(0)
+        logits = model(
+            input_ids=batch["input_ids"], position_ids=batch["position_ids"], attention_mask=batch["attention_mask"]
+        ).logits
+        row = rows[0]
         for k, e in enumerate(examples[:3], 1):
             alone = model(input_ids=torch.tensor([e.input_ids])).logits[0]
             where = [i for i, s in enumerate(row.segments) if s in (0, k)]
@@ -154,7 +180,9 @@ def test_shared_prefix_rows_equal_separate_examples():
         single = share_prefixes(examples[3:], ["x"])
         one = SharedPrefixCollator(TOKENIZER.pad_token_id)([vars(r) for r in single])
         alone = AnswerOnlyCollator(TOKENIZER.pad_token_id)([vars(examples[3])])
-        assert weighted_prompt_loss(model, one, 0.5)[0].item() == pytest.approx(weighted_prompt_loss(model, alone, 0.5)[0].item(), rel=1e-5)
+        assert weighted_prompt_loss(model, one, 0.5)[0].item() == pytest.approx(
+            weighted_prompt_loss(model, alone, 0.5)[0].item(), rel=1e-5
+        )
 
 
 def test_shared_prefix_rows_stop_at_max_tokens():
@@ -162,7 +190,10 @@ def test_shared_prefix_rows_stop_at_max_tokens():
     than the cap still gets a row of its own; every example lands in exactly one row."""
     from jsquad_lora.batching import share_prefixes
 
-    questions = [Question(f"q{k}", "", BODY, BODY[k:k + 3] + "は何か?", ("血液組成",), (BODY.index("血液組成"),)) for k in range(6)]
+    questions = [
+        Question(f"q{k}", "", BODY, BODY[k : k + 3] + "は何か?", ("血液組成",), (BODY.index("血液組成"),))
+        for k in range(6)
+    ]
     examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in questions]
     uncapped = share_prefixes(examples, [BODY] * 6)
     assert len(uncapped) == 1

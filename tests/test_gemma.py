@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import needs_data
+
 from jsquad_lora.batching import AnswerOnlyCollator, Encoded, SharedPrefixCollator, encode_train_set, share_prefixes
 from jsquad_lora.config import LoraSettings, ModelConfig
 from jsquad_lora.data import Question
@@ -23,7 +23,10 @@ from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
 from jsquad_lora.prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
 
 WINDOW = 6
-BODY = "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。しかし、8,000mを超えると、人体は適応できず、死に至ることもある。"
+BODY = (
+    "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。"
+    "しかし、8,000mを超えると、人体は適応できず、死に至ることもある。"
+)
 OTHER = "梅雨は東アジアの気象現象である。初夏に雨の多い時期が続く。"
 
 
@@ -32,8 +35,12 @@ def _q(qid: str, context: str, question: str, answer: str) -> Question:
 
 
 #: three questions of one passage (one shared-prefix row of 3 branches) and one of another passage
-QUESTIONS = [_q("q1", BODY, "何mを超えると適応できなくなるか?", "8,000m"), _q("q2", BODY, "何を速めるか?", "呼吸や心拍数"),
-             _q("q3", BODY, "何が変化するか?", "血液組成"), _q("q4", OTHER, "梅雨はどこの現象か?", "東アジア")]
+QUESTIONS = [
+    _q("q1", BODY, "何mを超えると適応できなくなるか?", "8,000m"),
+    _q("q2", BODY, "何を速めるか?", "呼吸や心拍数"),
+    _q("q3", BODY, "何が変化するか?", "血液組成"),
+    _q("q4", OTHER, "梅雨はどこの現象か?", "東アジア"),
+]
 TOKENIZER = build_char_tokenizer([render_prompt(q, "seed", with_answer=True) for q in QUESTIONS])
 
 
@@ -55,24 +62,39 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-def tiny_gemma(tokenizer, *, layer_types=("sliding_attention", "full_attention", "sliding_attention"), softcap=None, seed=0):
+def tiny_gemma(
+    tokenizer, *, layer_types=("sliding_attention", "full_attention", "sliding_attention"), softcap=None, seed=0
+):
     """A random Gemma 3 text model in eval mode (dropout off), float32, sdpa attention."""
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     config = Gemma3TextConfig(
-        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=len(layer_types),
-        layer_types=list(layer_types), num_attention_heads=2, num_key_value_heads=1, head_dim=8,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=len(layer_types),
+        layer_types=list(layer_types),
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
         query_pre_attn_scalar=8,  # sharper attention than the default 256 with 8-wide heads: the window matters more
-        sliding_window=WINDOW, max_position_embeddings=1024, final_logit_softcapping=softcap,
-        pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id, bos_token_id=None,
-        attn_implementation="sdpa")
+        sliding_window=WINDOW,
+        max_position_embeddings=1024,
+        final_logit_softcapping=softcap,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=None,
+        attn_implementation="sdpa",
+    )
     torch.manual_seed(seed)
     return Gemma3ForCausalLM(config).to(torch.float32).eval()
 
 
 def tiny_neox(tokenizer, seed=0):
     torch.manual_seed(seed)
-    return build_tiny_model(ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), tokenizer).eval()
+    return build_tiny_model(
+        ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64), tokenizer
+    ).eval()
 
 
 def examples_and_rows():
@@ -109,8 +131,12 @@ def branch_losses(row_logits: torch.Tensor, row) -> dict[int, torch.Tensor]:
 
 def row_logits(model, batch) -> torch.Tensor:
     with torch.no_grad():
-        return model(input_ids=batch["input_ids"], position_ids=batch["position_ids"],
-                     attention_mask=batch["attention_mask"], use_cache=False).logits
+        return model(
+            input_ids=batch["input_ids"],
+            position_ids=batch["position_ids"],
+            attention_mask=batch["attention_mask"],
+            use_cache=False,
+        ).logits
 
 
 # ---------------------------------------------------------------- 1. sliding-window shared-prefix rows
@@ -137,7 +163,10 @@ def test_shared_prefix_rows_honour_the_sliding_window():
 
     collator = SharedPrefixCollator(TOKENIZER.pad_token_id, sliding_window=model.config.sliding_window)
     batch = collator([vars(r) for r in rows])  # two rows of different widths: the second is right-padded
-    assert isinstance(batch["attention_mask"], dict) and set(batch["attention_mask"]) == {"full_attention", "sliding_attention"}
+    assert isinstance(batch["attention_mask"], dict) and set(batch["attention_mask"]) == {
+        "full_attention",
+        "sliding_attention",
+    }
     logits = row_logits(model, batch)
     for r, row in enumerate(rows):
         got = branch_losses(logits[r], row)
@@ -164,7 +193,9 @@ def neox_batch():
 
 def gemma_batch(model):
     _, rows = examples_and_rows()
-    return SharedPrefixCollator(TOKENIZER.pad_token_id, sliding_window=model.config.sliding_window)([vars(r) for r in rows])
+    return SharedPrefixCollator(TOKENIZER.pad_token_id, sliding_window=model.config.sliding_window)(
+        [vars(r) for r in rows]
+    )
 
 
 def _model_and_batch(kind: str):
@@ -187,13 +218,21 @@ def test_answer_only_loss_equals_the_model_loss(kind):
 
         # the sum over labelled tokens, from the full logits
         logits, labels = full.logits[:, :-1], batch["labels"][:, 1:]
-        total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum")
+        total = F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=-100, reduction="sum"
+        )
         labelled = int((labels != -100).sum())
         for num_items in (labelled + 7, torch.tensor(labelled + 7)):  # the Trainer passes a tensor
-            torch.testing.assert_close(answer_only_loss(model, batch, num_items), total / (labelled + 7), atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(
+                answer_only_loss(model, batch, num_items), total / (labelled + 7), atol=1e-5, rtol=1e-5
+            )
         # and what the model itself computes for a gradient-accumulation count
-        torch.testing.assert_close(answer_only_loss(model, batch, labelled + 7),
-                                   model(**batch, num_items_in_batch=labelled + 7).loss, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(
+            answer_only_loss(model, batch, labelled + 7),
+            model(**batch, num_items_in_batch=labelled + 7).loss,
+            atol=1e-5,
+            rtol=1e-5,
+        )
 
 
 @pytest.mark.parametrize("kind", ["neox", "gemma"])
@@ -256,7 +295,9 @@ def write_tiny_gguf(path: Path, model) -> None:
     writer.add_tokenizer_model("llama")
     writer.add_token_list(GGUF_TOKENS)
     writer.add_token_scores([0.0] * len(GGUF_TOKENS))
-    writer.add_token_types([gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.UNKNOWN] + [gguf.TokenType.NORMAL] * (len(GGUF_TOKENS) - 4))
+    writer.add_token_types(
+        [gguf.TokenType.CONTROL] * 3 + [gguf.TokenType.UNKNOWN] + [gguf.TokenType.NORMAL] * (len(GGUF_TOKENS) - 4)
+    )
     writer.add_pad_token_id(0)
     writer.add_eos_token_id(1)
     writer.add_bos_token_id(2)
@@ -281,9 +322,20 @@ def gguf_source(tmp_path_factory):
     from transformers import Gemma3ForCausalLM, Gemma3TextConfig
 
     # Default layer types: a GGUF does not store them, so the loaded model gets the defaults too
-    config = Gemma3TextConfig(vocab_size=len(GGUF_TOKENS), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                              num_attention_heads=2, num_key_value_heads=1, head_dim=8, sliding_window=WINDOW,
-                              max_position_embeddings=128, pad_token_id=0, eos_token_id=1, bos_token_id=2)
+    config = Gemma3TextConfig(
+        vocab_size=len(GGUF_TOKENS),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        head_dim=8,
+        sliding_window=WINDOW,
+        max_position_embeddings=128,
+        pad_token_id=0,
+        eos_token_id=1,
+        bos_token_id=2,
+    )
     torch.manual_seed(0)
     model = Gemma3ForCausalLM(config).eval()
     with torch.no_grad():  # random norm weights, so a wrong 1 + w offset would show
@@ -311,12 +363,20 @@ def test_gguf_converts_once_into_a_model_directory(gguf_source, tmp_path, monkey
     ids = torch.tensor([[2, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17]])  # longer than the window
     with torch.no_grad():
         from_dir = AutoModelForCausalLM.from_pretrained(converted).eval()(ids).logits
-        from_gguf = AutoModelForCausalLM.from_pretrained(source_dir, gguf_file="tiny.gguf", dtype=torch.float32).eval()(ids).logits
+        from_gguf = (
+            AutoModelForCausalLM.from_pretrained(source_dir, gguf_file="tiny.gguf", dtype=torch.float32)
+            .eval()(ids)
+            .logits
+        )
         torch.testing.assert_close(from_dir, from_gguf, atol=0, rtol=0)
-        torch.testing.assert_close(from_dir, source_model(ids).logits, atol=1e-5, rtol=1e-5)  # the fixture writes what it means to
+        torch.testing.assert_close(
+            from_dir, source_model(ids).logits, atol=1e-5, rtol=1e-5
+        )  # the fixture writes what it means to
     text = "人体は呼吸を速め"
-    assert AutoTokenizer.from_pretrained(converted)(text)["input_ids"] == \
-        AutoTokenizer.from_pretrained(source_dir, gguf_file="tiny.gguf")(text)["input_ids"]
+    assert (
+        AutoTokenizer.from_pretrained(converted)(text)["input_ids"]
+        == AutoTokenizer.from_pretrained(source_dir, gguf_file="tiny.gguf")(text)["input_ids"]
+    )
 
     # a second call (same file, here by absolute path) reuses the directory: no conversion, no rewrite
     stamp = (converted / "model.safetensors").stat().st_mtime_ns
@@ -325,7 +385,10 @@ def test_gguf_converts_once_into_a_model_directory(gguf_source, tmp_path, monkey
         raise AssertionError("converted again")
 
     monkeypatch.setattr(modeling, "convert_gguf", no_conversion)
-    for cfg in (ModelConfig(name=str(source_dir), gguf_file="tiny.gguf"), ModelConfig(gguf_file=str(source_dir / "tiny.gguf"))):
+    for cfg in (
+        ModelConfig(name=str(source_dir), gguf_file="tiny.gguf"),
+        ModelConfig(gguf_file=str(source_dir / "tiny.gguf")),
+    ):
         assert Path(resolve_model_source(cfg)) == converted
     assert (converted / "model.safetensors").stat().st_mtime_ns == stamp
 
@@ -415,14 +478,37 @@ def test_lora_run_on_a_gemma_model_directory(tmp_path):
     tokenizer.save_pretrained(model_dir)
 
     out = tmp_path / "run"
-    assert main(["run", "--config", "tiny-cpu", "--output", str(out), f"model.name={model_dir}", "lora.enabled=true",
-                 "lora.target_modules=[all-linear]", "train.synthetic_per_passage=0", "train.prompt_loss_weight=0",
-                 "data.train_limit=48", "data.eval_limit=12", "train.epochs=1", "train.batch_size=4", "eval.batch_size=8",
-                 "eval.max_new_tokens=8", "model.max_length=640", "train.save_steps=4"]) == 0
+    assert (
+        main(
+            [
+                "run",
+                "--config",
+                "tiny-cpu",
+                "--output",
+                str(out),
+                f"model.name={model_dir}",
+                "lora.enabled=true",
+                "lora.target_modules=[all-linear]",
+                "train.synthetic_per_passage=0",
+                "train.prompt_loss_weight=0",
+                "data.train_limit=48",
+                "data.eval_limit=12",
+                "train.epochs=1",
+                "train.batch_size=4",
+                "eval.batch_size=8",
+                "eval.max_new_tokens=8",
+                "model.max_length=640",
+                "train.save_steps=4",
+            ]
+        )
+        == 0
+    )
 
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "report.md").is_file()
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
-    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(adapter["target_modules"])
+    assert {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"} <= set(
+        adapter["target_modules"]
+    )
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["finished"] and {"before", "after"} <= set(metrics)
     assert metrics["after"]["jglue"]["count"] == 12

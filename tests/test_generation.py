@@ -12,7 +12,14 @@ import random
 import pytest
 import torch
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast, T5Tokenizer
+from transformers import (
+    GPT2Config,
+    GPT2LMHeadModel,
+    GPTNeoXConfig,
+    GPTNeoXForCausalLM,
+    PreTrainedTokenizerFast,
+    T5Tokenizer,
+)
 
 from jsquad_lora.batching import prompt_ids
 from jsquad_lora.generation import DecodingConfig, _vocab, generate_answers, generate_free
@@ -29,8 +36,18 @@ PASSAGES = [
     "水は100度で沸騰する。",
     "源氏物語は紫式部が書いた長編物語で、平安時代の宮廷を描いている。" * 2,
 ]
-QUESTIONS = ["日本の首都は？", "富士山の標高は？", "大阪城を築いたのは？", "有名な寺は？", "AIとは？",
-             "鉄道はどこを走った？", "猫の特徴は？", "りんごの産地は？", "水が沸騰する温度は？", "源氏物語の作者は？"]
+QUESTIONS = [
+    "日本の首都は？",
+    "富士山の標高は？",
+    "大阪城を築いたのは？",
+    "有名な寺は？",
+    "AIとは？",
+    "鉄道はどこを走った？",
+    "猫の特徴は？",
+    "りんごの産地は？",
+    "水が沸騰する温度は？",
+    "源氏物語の作者は？",
+]
 
 
 def prompt(passage: str, question: str) -> str:
@@ -62,8 +79,12 @@ def bytelevel_bpe() -> PreTrainedTokenizerFast:
     core = Tokenizer(models.BPE())
     core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     core.decoder = decoders.ByteLevel()
-    core.train_from_iterator(CORPUS, trainers.BpeTrainer(vocab_size=330, special_tokens=SPECIALS,
-                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    core.train_from_iterator(
+        CORPUS,
+        trainers.BpeTrainer(
+            vocab_size=330, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return _fast(core)
 
 
@@ -81,8 +102,9 @@ def t5_unigram() -> T5Tokenizer:
     `▁` always prepended, `</s>` appended to every encoded text."""
     core = Tokenizer(models.Unigram())
     core.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="always")
-    core.train_from_iterator(CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"],
-                                                             unk_token="<unk>"))
+    core.train_from_iterator(
+        CORPUS, trainers.UnigramTrainer(vocab_size=300, special_tokens=["<pad>", "</s>", "<unk>"], unk_token="<unk>")
+    )
     tokenizer = T5Tokenizer(vocab=[tuple(v) for v in json.loads(core.to_str())["model"]["vocab"]], extra_ids=0)
     tokenizer.add_tokens(["<NL>"])
     return tokenizer
@@ -93,19 +115,37 @@ TOKENIZERS = {"char": char_tokenizer, "bytelevel": bytelevel_bpe, "metaspace": m
 
 def tiny_model(tokenizer, seed: int = 0) -> GPTNeoXForCausalLM:
     torch.manual_seed(seed)
-    config = GPTNeoXConfig(vocab_size=len(tokenizer), hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                           intermediate_size=128, max_position_embeddings=1024, initializer_range=0.3,
-                           rotary_pct=1.0, tie_word_embeddings=False, eos_token_id=tokenizer.eos_token_id,
-                           bos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    config = GPTNeoXConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=128,
+        max_position_embeddings=1024,
+        initializer_range=0.3,
+        rotary_pct=1.0,
+        tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return GPTNeoXForCausalLM(config).eval()
 
 
 def tiny_gpt2(tokenizer, seed: int = 0) -> GPT2LMHeadModel:
     """Learned absolute positions: unlike rotary GPT-NeoX, wrong position ids under left padding change answers."""
     torch.manual_seed(seed)
-    config = GPT2Config(vocab_size=len(tokenizer), n_positions=1024, n_embd=64, n_layer=2, n_head=4, initializer_range=0.3,
-                        eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.eos_token_id,
-                        pad_token_id=tokenizer.pad_token_id)
+    config = GPT2Config(
+        vocab_size=len(tokenizer),
+        n_positions=1024,
+        n_embd=64,
+        n_layer=2,
+        n_head=4,
+        initializer_range=0.3,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
     return GPT2LMHeadModel(config).eval()
 
 
@@ -159,8 +199,13 @@ def test_extractive_answers_are_spans_of_their_passage(setup):
     for seed in range(3):
         model = tiny_model(tokenizer, seed=seed + 1)
         picks = [rng.randrange(len(PROMPTS)) for _ in range(10)]
-        answers = generate_answers(model, tokenizer, [PROMPTS[i] for i in picks], [PASSAGES[i] for i in picks],
-                                   DecodingConfig(max_new_tokens=16, batch_size=4, mode="extractive"))
+        answers = generate_answers(
+            model,
+            tokenizer,
+            [PROMPTS[i] for i in picks],
+            [PASSAGES[i] for i in picks],
+            DecodingConfig(max_new_tokens=16, batch_size=4, mode="extractive"),
+        )
         assert all(a in PASSAGES[i] for a, i in zip(answers, picks)), list(zip(answers, picks))
         assert sum(bool(a) for a in answers) >= 5, answers
 
@@ -180,8 +225,16 @@ def test_greedy_is_plain_argmax_whatever_the_generation_config(setup):
     text = tokenizer.decode(generated, skip_special_tokens=True)
     expected = text.split("<NL>")[0].split("\n")[0].strip()
     saved = model.generation_config
-    model.generation_config = saved.__class__(**{**saved.to_dict(), "do_sample": True, "temperature": 5.0, "top_k": 3,
-                                                 "repetition_penalty": 3.0, "no_repeat_ngram_size": 1})
+    model.generation_config = saved.__class__(
+        **{
+            **saved.to_dict(),
+            "do_sample": True,
+            "temperature": 5.0,
+            "top_k": 3,
+            "repetition_penalty": 3.0,
+            "no_repeat_ngram_size": 1,
+        }
+    )
     try:
         model.train()
         assert generate_answers(model, tokenizer, PROMPTS[1:2], None, DecodingConfig(max_new_tokens=10)) == [expected]
@@ -197,7 +250,9 @@ def test_position_ids_follow_the_attention_mask(setup):
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
-        generate_answers(model, tokenizer, PROMPTS[:4], None, DecodingConfig(max_new_tokens=3, batch_size=4, share_prefix=False))
+        generate_answers(
+            model, tokenizer, PROMPTS[:4], None, DecodingConfig(max_new_tokens=3, batch_size=4, share_prefix=False)
+        )
     finally:
         hook.remove()
     mask, positions = seen[0]["attention_mask"], seen[0]["position_ids"]
@@ -205,7 +260,7 @@ def test_position_ids_follow_the_attention_mask(setup):
     for row_mask, row_positions in zip(mask, positions):
         real = row_mask.bool()
         assert row_positions[real].tolist() == list(range(int(real.sum())))
-        assert not row_mask[real.nonzero().min():].eq(0).any(), "padding must be on the left"
+        assert not row_mask[real.nonzero().min() :].eq(0).any(), "padding must be on the left"
     assert seen[1]["position_ids"][:, -1].tolist() == mask.sum(-1).tolist()  # next step: one past the prompt
 
 
@@ -221,16 +276,22 @@ def test_shared_prefix_answers_equal_one_at_a_time_and_run_the_passage_once(setu
     seen = []
     hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
     try:
-        shared = generate_answers(model, tokenizer, SHARED, SHARED_PASSAGES, DecodingConfig(max_new_tokens=8, batch_size=6, mode=mode))
+        shared = generate_answers(
+            model, tokenizer, SHARED, SHARED_PASSAGES, DecodingConfig(max_new_tokens=8, batch_size=6, mode=mode)
+        )
     finally:
         hook.remove()
-    alone = [generate_answers(model, tokenizer, [p], [c], DecodingConfig(max_new_tokens=8, batch_size=1, mode=mode, share_prefix=False))[0]
-             for p, c in zip(SHARED, SHARED_PASSAGES)]
+    alone = [
+        generate_answers(
+            model, tokenizer, [p], [c], DecodingConfig(max_new_tokens=8, batch_size=1, mode=mode, share_prefix=False)
+        )[0]
+        for p, c in zip(SHARED, SHARED_PASSAGES)
+    ]
     assert shared == alone and len(set(alone)) > 2
     # prompt tokens through the model: each passage's prefix once, then each question's rest
     lengths = [len(prompt_ids(tokenizer, p)) for p in SHARED]
     prompt_calls = [k for k in seen if k["input_ids"].shape[1] > 1]
-    processed = sum(int(k["attention_mask"][:, -k["input_ids"].shape[1]:].sum()) for k in prompt_calls)
+    processed = sum(int(k["attention_mask"][:, -k["input_ids"].shape[1] :].sum()) for k in prompt_calls)
     assert processed < sum(lengths) * 0.6, (processed, sum(lengths))
     # the generate calls: full rows [pad, prefix, pad, rest]; the new part's positions continue the real tokens
     for k in prompt_calls:
@@ -262,12 +323,15 @@ class ScriptedLM(GPTNeoXForCausalLM):
         return out
 
 
-@pytest.mark.parametrize("after, stops, expected", [
-    ("<NL>", ("<NL>", "\n"), "答え"),
-    ("\n", ("<NL>", "\n"), "答え"),
-    ("<eos>", ("<NL>", "\n"), "答え"),
-    ("<NL>", (), "答え<NL>答え<NL>答え<NL>"),
-])
+@pytest.mark.parametrize(
+    "after, stops, expected",
+    [
+        ("<NL>", ("<NL>", "\n"), "答え"),
+        ("\n", ("<NL>", "\n"), "答え"),
+        ("<eos>", ("<NL>", "\n"), "答え"),
+        ("<NL>", (), "答え<NL>答え<NL>答え<NL>"),
+    ],
+)
 def test_stop_strings_and_eos_cut_the_answer(after, stops, expected):
     tokenizer = char_tokenizer()
     ids = tokenizer.convert_tokens_to_ids
@@ -275,9 +339,13 @@ def test_stop_strings_and_eos_cut_the_answer(after, stops, expected):
     model = ScriptedLM(tiny_model(tokenizer).config).eval()
     ScriptedLM.script = {ids(" "): ids("答"), ids("答"): ids("え"), ids("え"): ids(after), ids("<NL>"): ids("答")}
     ScriptedLM.calls = 0
-    answers = generate_answers(model, tokenizer, PROMPTS[:2], None, DecodingConfig(max_new_tokens=9, stop_strings=stops))
+    answers = generate_answers(
+        model, tokenizer, PROMPTS[:2], None, DecodingConfig(max_new_tokens=9, stop_strings=stops)
+    )
     assert answers == [expected, expected]
-    assert ScriptedLM.calls == 1 + (9 if not stops else 3)  # the prompts' shared-prefix pass, then stopped as soon as the stop string appeared
+    assert ScriptedLM.calls == 1 + (
+        9 if not stops else 3
+    )  # the prompts' shared-prefix pass, then stopped as soon as the stop string appeared
     # free generation stops at EOS only
     expected_free = "答え<NL>答え<NL>" if after == "<NL>" else "答え"  # 6 tokens; a trailing "\n" is stripped
     assert generate_free(model, tokenizer, PROMPTS[0], max_new_tokens=6) == expected_free
@@ -299,7 +367,9 @@ def test_extractive_blocks_text_outside_the_passage():
         answer = generate_answers(model, tokenizer, [prompt("東京です", "何？")], ["東京です"], config)[0]
         assert answer == "京"
         # greedy mode is not constrained
-        free = generate_answers(model, tokenizer, [prompt("東京です", "何？")], None, DecodingConfig(max_new_tokens=8))[0]
+        free = generate_answers(model, tokenizer, [prompt("東京です", "何？")], None, DecodingConfig(max_new_tokens=8))[
+            0
+        ]
         assert free == "答え"
     finally:
         ScriptedLM.second = None
@@ -347,8 +417,9 @@ def test_extractive_whitespace_policy(passage, expected):
     model = ScriptedLM(tiny_model(tokenizer).config).eval()
     ScriptedLM.script, ScriptedLM.second = {ids("▁"): ids("▁答え"), ids("▁答え"): ids("▁は")}, tokenizer.eos_token_id
     try:
-        answer = generate_answers(model, tokenizer, [prompt(passage, "何？")], [passage],
-                                  DecodingConfig(max_new_tokens=4, mode="extractive"))[0]
+        answer = generate_answers(
+            model, tokenizer, [prompt(passage, "何？")], [passage], DecodingConfig(max_new_tokens=4, mode="extractive")
+        )[0]
         assert answer == expected if expected else answer in passage
     finally:
         ScriptedLM.second = None

@@ -8,7 +8,10 @@ from jsquad_lora.modeling import _builtin_gguf, resolve_model_source
 
 
 def test_plain_names_pass_through():
-    assert resolve_model_source(ModelConfig(name="rinna/japanese-gpt-neox-3.6b-instruction-ppo")) == "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+    assert (
+        resolve_model_source(ModelConfig(name="rinna/japanese-gpt-neox-3.6b-instruction-ppo"))
+        == "rinna/japanese-gpt-neox-3.6b-instruction-ppo"
+    )
 
 
 def test_missing_gguf_file_is_named(tmp_path, monkeypatch):

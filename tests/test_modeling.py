@@ -8,15 +8,27 @@ from jsquad_lora.modeling import NL_TOKEN, attach_lora, build_char_tokenizer, bu
 
 
 def rinna_shaped_on_meta():
-    config = GPTNeoXConfig(vocab_size=32000, hidden_size=2816, num_hidden_layers=36, num_attention_heads=22,
-                           intermediate_size=11264, max_position_embeddings=2048)
+    config = GPTNeoXConfig(
+        vocab_size=32000,
+        hidden_size=2816,
+        num_hidden_layers=36,
+        num_attention_heads=22,
+        intermediate_size=11264,
+        max_position_embeddings=2048,
+    )
     with torch.device("meta"):
         return GPTNeoXForCausalLM(config)
 
 
 def test_seed_lora_attaches_to_every_query_key_value():
-    model = attach_lora(rinna_shaped_on_meta(), LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=["query_key_value"]))
-    wrapped = [name for name, module in model.named_modules() if name.endswith("attention.query_key_value") and hasattr(module, "lora_A")]
+    model = attach_lora(
+        rinna_shaped_on_meta(), LoraSettings(r=8, alpha=16, dropout=0.05, target_modules=["query_key_value"])
+    )
+    wrapped = [
+        name
+        for name, module in model.named_modules()
+        if name.endswith("attention.query_key_value") and hasattr(module, "lora_A")
+    ]
     assert len(wrapped) == 36
     trainable, _ = count_parameters(model)
     # per layer: A is 8 x 2816, B is (3·2816) x 8
@@ -26,7 +38,11 @@ def test_seed_lora_attaches_to_every_query_key_value():
 
 def test_all_linear_targets_every_linear_layer_but_the_head():
     model = attach_lora(rinna_shaped_on_meta(), LoraSettings(r=8, alpha=16, target_modules=["all-linear"]))
-    wrapped = {name.split(".")[-1] for name, module in model.named_modules() if hasattr(module, "lora_A") and not name.endswith("lora_A")}
+    wrapped = {
+        name.split(".")[-1]
+        for name, module in model.named_modules()
+        if hasattr(module, "lora_A") and not name.endswith("lora_A")
+    }
     assert {"query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"} <= wrapped
     assert "embed_out" not in wrapped
 
@@ -61,8 +77,16 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, capsys):
     torch.save(model.state_dict(), path / "pytorch_model.bin")
     tokenizer.save_pretrained(path)
     assert (path / "pytorch_model.bin").exists() and not (path / "model.safetensors").exists()
-    code = main(["run", "--output", str(tmp_path / "run"), f"model.name={path}", "eval.before=false",
-                 f"data.dir={Path(__file__).parent / 'bad_inputs' / 'good.json'}"])
+    code = main(
+        [
+            "run",
+            "--output",
+            str(tmp_path / "run"),
+            f"model.name={path}",
+            "eval.before=false",
+            f"data.dir={Path(__file__).parent / 'bad_inputs' / 'good.json'}",
+        ]
+    )
     err = capsys.readouterr().err
     assert code == 2 and "model.allow_pickle=true" in err and str(path) in err and "Traceback" not in err
     loaded = load_base_model(ModelConfig(name=str(path), allow_pickle=True))

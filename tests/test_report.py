@@ -23,7 +23,9 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 def _scores(em: float, f1: float) -> dict:
-    return {s: {"exact_match": em + i, "f1": f1 + i, "count": 4442} for i, s in enumerate(("jglue", "stability", "llmjp"))}
+    return {
+        s: {"exact_match": em + i, "f1": f1 + i, "count": 4442} for i, s in enumerate(("jglue", "stability", "llmjp"))
+    }
 
 
 def make_run(root: Path, name: str, *, full: bool = True) -> Path:
@@ -32,20 +34,52 @@ def make_run(root: Path, name: str, *, full: bool = True) -> Path:
     run.mkdir(parents=True)
     metrics: dict = {"model": "tiny", "recipe": name, "finished": True}
     if full:
-        metrics |= {"before": _scores(3.25, 10.5), "after": _scores(41.75, 55.125),
-                    "train": {"seconds": 123.4, "tokens_per_second": 45678.9, "padding_fraction": 0.1, "steps": 20,
-                              "final_loss": 1.2},
-                    "eval": {"seconds": 67.8, "questions": 4442}, "eval_before": {"seconds": 60.0, "questions": 4442}}
+        metrics |= {
+            "before": _scores(3.25, 10.5),
+            "after": _scores(41.75, 55.125),
+            "train": {
+                "seconds": 123.4,
+                "tokens_per_second": 45678.9,
+                "padding_fraction": 0.1,
+                "steps": 20,
+                "final_loss": 1.2,
+            },
+            "eval": {"seconds": 67.8, "questions": 4442},
+            "eval_before": {"seconds": 60.0, "questions": 4442},
+        }
         (run / "loss.jsonl").write_text(
-            "".join(json.dumps({"step": s, "epoch": s / 10, "loss": 5.0 / s, "learning_rate": 1e-4}) + "\n"
-                    for s in range(1, 11)) + '{"step": 11, "lo', encoding="utf-8")  # torn tail is skipped
-        (run / "side_check.json").write_text(json.dumps(
-            {"prompt": "ユーザー: 自然言語処理について教えて下さい。<NL>システム:", "before": "ああああ", "after": "自然言語処理とは<b>"},
-            ensure_ascii=False), encoding="utf-8")
-        rows = [{"id": f"q{i}", "question": f"質問{i}", "prediction": "<script>x</script>" if i == 0 else f"答{i}",
-                 "golds": [f"答{i}"], "em": float(i % 2), "f1": float(i % 2)} for i in range(14)]
-        (run / "predictions-after.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
-                                                     encoding="utf-8")
+            "".join(
+                json.dumps({"step": s, "epoch": s / 10, "loss": 5.0 / s, "learning_rate": 1e-4}) + "\n"
+                for s in range(1, 11)
+            )
+            + '{"step": 11, "lo',
+            encoding="utf-8",
+        )  # torn tail is skipped
+        (run / "side_check.json").write_text(
+            json.dumps(
+                {
+                    "prompt": "ユーザー: 自然言語処理について教えて下さい。<NL>システム:",
+                    "before": "ああああ",
+                    "after": "自然言語処理とは<b>",
+                },
+                ensure_ascii=False,
+            ),
+            encoding="utf-8",
+        )
+        rows = [
+            {
+                "id": f"q{i}",
+                "question": f"質問{i}",
+                "prediction": "<script>x</script>" if i == 0 else f"答{i}",
+                "golds": [f"答{i}"],
+                "em": float(i % 2),
+                "f1": float(i % 2),
+            }
+            for i in range(14)
+        ]
+        (run / "predictions-after.jsonl").write_text(
+            "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8"
+        )
     else:
         metrics["before"] = _scores(7.5, 12.0)
         metrics["eval_before"] = {"seconds": 5.0, "questions": 100}

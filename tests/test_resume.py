@@ -9,14 +9,20 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from conftest import TINY_TEST, needs_data
 from safetensors.torch import load_file
 
-from conftest import TINY_TEST, needs_data
-
-TRAIN = TINY_TEST + ["lora.enabled=true", "lora.r=4", "lora.target_modules=[all-linear]", "lora.dropout=0.1",
-                     "data.train_limit=160", "train.epochs=2", "train.save_steps=5", "model.tiny_hidden=96",
-                     "train.learning_rate=3e-3"]
+TRAIN = TINY_TEST + [
+    "lora.enabled=true",
+    "lora.r=4",
+    "lora.target_modules=[all-linear]",
+    "lora.dropout=0.1",
+    "data.train_limit=160",
+    "train.epochs=2",
+    "train.save_steps=5",
+    "model.tiny_hidden=96",
+    "train.learning_rate=3e-3",
+]
 
 
 def cli(*argv):
@@ -51,8 +57,10 @@ def losses(run_dir: Path):
 def test_training_resumes_exactly_after_kill(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_to_end("train", "--output", reference, *TRAIN)
-    killed = kill_when(["train", "--output", interrupted, *TRAIN],
-                       lambda: any((p / "trainer_state.json").exists() for p in (interrupted / "checkpoints").glob("checkpoint-*")))
+    killed = kill_when(
+        ["train", "--output", interrupted, *TRAIN],
+        lambda: any((p / "trainer_state.json").exists() for p in (interrupted / "checkpoints").glob("checkpoint-*")),
+    )
     assert killed, "training finished before it could be killed; make it longer"
     assert not (interrupted / "adapter").exists()
     run_to_end("train", "--output", interrupted, *TRAIN)  # the same command again resumes
@@ -60,7 +68,10 @@ def test_training_resumes_exactly_after_kill(tmp_path):
     ref_log, got_log = losses(reference), losses(interrupted)
     assert [r["step"] for r in got_log] == [r["step"] for r in ref_log]  # no step repeated or skipped
     assert abs(got_log[-1]["loss"] - ref_log[-1]["loss"]) < 1e-6
-    ref_w, got_w = load_file(reference / "adapter" / "adapter_model.safetensors"), load_file(interrupted / "adapter" / "adapter_model.safetensors")
+    ref_w, got_w = (
+        load_file(reference / "adapter" / "adapter_model.safetensors"),
+        load_file(interrupted / "adapter" / "adapter_model.safetensors"),
+    )
     assert ref_w.keys() == got_w.keys()
     assert max((ref_w[k] - got_w[k]).abs().max().item() for k in ref_w) < 1e-6
 
@@ -71,8 +82,10 @@ def test_evaluation_resumes_without_regenerating(tmp_path):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
     run_to_end(*argv[:1], "--output", reference, *argv[1:])
     partial = interrupted / "predictions-before.partial.jsonl"
-    killed = kill_when([argv[0], "--output", interrupted, *argv[1:]],
-                       lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 12)
+    killed = kill_when(
+        [argv[0], "--output", interrupted, *argv[1:]],
+        lambda: partial.exists() and partial.read_bytes().count(b"\n") >= 12,
+    )
     assert killed, "evaluation finished before it could be killed"
     answered = len(partial.read_bytes().splitlines())
     run_to_end(argv[0], "--output", interrupted, *argv[1:])

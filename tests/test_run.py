@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import TINY_TEST, needs_data
+
 from jsquad_lora.cli import main
 from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.scoring import load_predictions, score_predictions
@@ -19,8 +19,19 @@ def run_dir(tmp_path_factory):
 
 @needs_data()
 def test_run_writes_every_artefact(run_dir):
-    for name in ("config.yaml", "metrics.json", "predictions-before.jsonl", "predictions-after.jsonl", "loss.jsonl",
-                 "side_check.json", "report.md", "report.html", "scores.png", "adapter/model.safetensors", "base/model.safetensors"):
+    for name in (
+        "config.yaml",
+        "metrics.json",
+        "predictions-before.jsonl",
+        "predictions-after.jsonl",
+        "loss.jsonl",
+        "side_check.json",
+        "report.md",
+        "report.html",
+        "scores.png",
+        "adapter/model.safetensors",
+        "base/model.safetensors",
+    ):
         assert (run_dir / name).exists(), name
     assert not list(run_dir.rglob("*.tmp")) and not list(run_dir.rglob("*.partial.jsonl"))
     assert not list((run_dir / "adapter").glob("*.bin"))
@@ -53,8 +64,22 @@ def test_finished_run_is_not_overwritten(run_dir, capsys):
 
 @needs_data()
 def test_ask_answers_from_a_run(run_dir, capsys):
-    assert main(["ask", "--run", str(run_dir), "--context", "梅雨は東アジアの気象現象である。", "--question", "梅雨はどこの現象か。",
-                 "--decoding", "extractive"]) == 0
+    assert (
+        main(
+            [
+                "ask",
+                "--run",
+                str(run_dir),
+                "--context",
+                "梅雨は東アジアの気象現象である。",
+                "--question",
+                "梅雨はどこの現象か。",
+                "--decoding",
+                "extractive",
+            ]
+        )
+        == 0
+    )
     answer = capsys.readouterr().out.strip()
     assert answer in "梅雨は東アジアの気象現象である。"
     assert main(["ask", "--run", str(run_dir), "--context", "x" * 30_000, "--question", "?"]) == 2

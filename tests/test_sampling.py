@@ -3,8 +3,8 @@
 import json
 
 import pytest
-
 from conftest import needs_data
+
 from jsquad_lora.cli import main
 from jsquad_lora.data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
 
@@ -46,7 +46,7 @@ def test_different_seeds_give_different_samples():
 def test_standard_error_by_clusters():
     # two clusters: values [100, 100] and [0, 0]; mean 50; residual sums +100 and -100;
     # variance = (1 - n/N) * k/(k-1) * sum(r^2) / n^2 = (1 - 4/8) * 2 * 20000 / 16 = 1250
-    assert sample_standard_error([100, 100, 0, 0], ["a", "a", "b", "b"], population=8) == pytest.approx(1250 ** 0.5)
+    assert sample_standard_error([100, 100, 0, 0], ["a", "a", "b", "b"], population=8) == pytest.approx(1250**0.5)
     assert sample_standard_error([100, 0, 100, 0], ["a", "a", "b", "b"], population=8) == 0.0  # clusters alike
     assert sample_standard_error([100, 0, 100], ["a", "b", "c"], population=3) == 0.0  # the whole population
 
@@ -72,7 +72,11 @@ def test_float32_cpu_training_takes_its_own_sample_size():
     from jsquad_lora.config import load_config
     from jsquad_lora.run import train_sample_size
 
-    cfg = load_config("gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=float32"])
+    cfg = load_config(
+        "gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=float32"]
+    )
     assert train_sample_size(cfg) == (2000 if torch.cuda.is_available() else 700)
-    cfg = load_config("gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=bf16"])
+    cfg = load_config(
+        "gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=bf16"]
+    )
     assert train_sample_size(cfg) == 2000

@@ -6,8 +6,8 @@ import json
 import pytest
 
 from jsquad_lora.data import Question
-from jsquad_lora.scoring import jglue_question, llmjp_question, load_predictions, score_predictions, stability_question
 from jsquad_lora.errors import InputError
+from jsquad_lora.scoring import jglue_question, llmjp_question, load_predictions, score_predictions, stability_question
 
 # (prediction, golds) → {metric: (em, f1)}
 CASES = [
@@ -74,14 +74,17 @@ def test_load_predictions_formats(tmp_path):
     assert load_predictions(jsonl, questions) == {"a": "東京", "b": ""}
 
 
-@pytest.mark.parametrize("content,needle", [
-    ('{"a": 3}', "must be a string"),
-    ('{"zzz": "x"}', "not questions of the data file"),
-    ('[1, 2]', '"id"'),
-    ('{"id": "a", "prediction": "x"}\n{"id": "a", "prediction": "y"}\n', "duplicate"),
-    ('{"a": "x"', "invalid JSON"),
-    ('', "empty"),
-])
+@pytest.mark.parametrize(
+    "content,needle",
+    [
+        ('{"a": 3}', "must be a string"),
+        ('{"zzz": "x"}', "not questions of the data file"),
+        ("[1, 2]", '"id"'),
+        ('{"id": "a", "prediction": "x"}\n{"id": "a", "prediction": "y"}\n', "duplicate"),
+        ('{"a": "x"', "invalid JSON"),
+        ("", "empty"),
+    ],
+)
 def test_bad_predictions_name_file_and_fix(tmp_path, content, needle):
     path = tmp_path / "bad.json"
     path.write_text(content, encoding="utf-8")

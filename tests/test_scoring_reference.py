@@ -53,13 +53,18 @@ def ref_jglue(questions, preds):
 
 
 # ---- jp-stable harness (lm_eval/jasquad/evaluate.py) ----
-_PUNCT = "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏." + string.punctuation
+_PUNCT = (
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
+    + string.punctuation
+)
 _TAGGER = Tagger("-Owakati")
 
 
 def _ref_stab_norm(s):
     s = "".join("" if emoji.is_emoji(c) else c for c in s)
-    s = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF\U00002702-\U000027B0]+").sub("", s)
+    s = re.compile(
+        "[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+"
+    ).sub("", s)
     return " ".join(neologdn.normalize(s).split())
 
 

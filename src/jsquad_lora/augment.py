@@ -51,7 +51,11 @@ def noun_spans(sentence: str) -> list[tuple[int, int]]:
         if e - s > maximal.get(s, (0, 0))[1] - s:
             maximal[s] = (s, e)
     runs = sorted(set(maximal.values()))
-    return [(s, e) for s, e in runs if 2 <= e - s <= 15 and not any(s2 <= s and e <= e2 and (s2, e2) != (s, e) for s2, e2 in runs)]
+    return [
+        (s, e)
+        for s, e in runs
+        if 2 <= e - s <= 15 and not any(s2 <= s and e <= e2 and (s2, e2) != (s, e) for s2, e2 in runs)
+    ]
 
 
 def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -> list[Question]:
@@ -94,10 +98,10 @@ def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -
 def _cloze_question(sentence: str, start: int, end: int, form: int) -> str:
     """The question asking for `sentence[start:end]`: 0 in place, 1 from the words before it,
     2 from the words after it (forms 1 and 2 fall back to 0 when that side has under 4 characters)."""
-    before = sentence[max(0, start - 2 * WINDOW):start].rstrip("、，,「『（(")
-    after = _LEADING_PARTICLE.sub("", sentence[end:end + 2 * WINDOW])
+    before = sentence[max(0, start - 2 * WINDOW) : start].rstrip("、，,「『（(")
+    after = _LEADING_PARTICLE.sub("", sentence[end : end + 2 * WINDOW])
     if form == 1 and len(before) >= 4:
         return before + "のは何か？"
     if form == 2 and len(after) >= 4:
         return after + "のは何か？"
-    return sentence[max(0, start - WINDOW):start] + "何" + sentence[end:end + WINDOW] + "か。"
+    return sentence[max(0, start - WINDOW) : start] + "何" + sentence[end : end + WINDOW] + "か。"

@@ -55,11 +55,14 @@ def _cut_passage(question: Question, keep: int, around_answer: bool) -> Question
         start = min(start, a_start)
         if a_end - start > keep:
             start = a_start
-    return dataclasses.replace(question, context=context[start:start + keep],
-                               answer_starts=tuple(s - start for s in question.answer_starts))
+    return dataclasses.replace(
+        question, context=context[start : start + keep], answer_starts=tuple(s - start for s in question.answer_starts)
+    )
 
 
-def fit_question(question: Question, render: Render, tokenizer, budget: int, *, around_answer: bool) -> tuple[Question, list[int], bool]:
+def fit_question(
+    question: Question, render: Render, tokenizer, budget: int, *, around_answer: bool
+) -> tuple[Question, list[int], bool]:
     """`question` with its passage shortened until its prompt fits `budget` tokens:
     (question as rendered, prompt ids, was_truncated)."""
     ids = prompt_ids(tokenizer, render(question))
@@ -78,7 +81,10 @@ def fit_question(question: Question, render: Render, tokenizer, budget: int, *, 
         if keep == 0:
             break
     if len(ids) > budget:
-        raise ValueError(f"question {question.id}: the prompt is {len(ids)} tokens even with a shortened passage; raise model.max_length")
+        raise ValueError(
+            f"question {question.id}: the prompt is {len(ids)} tokens even with a shortened passage; "
+            "raise model.max_length"
+        )
     return cut, ids, True
 
 
@@ -89,7 +95,9 @@ def encode_train_example(question: Question, render: Render, tokenizer, max_leng
     return Encoded(ids + answer, [-100] * len(ids) + answer), truncated
 
 
-def encode_train_set(questions: Sequence[Question], render: Render, tokenizer, max_length: int) -> tuple[list[Encoded], int]:
+def encode_train_set(
+    questions: Sequence[Question], render: Render, tokenizer, max_length: int
+) -> tuple[list[Encoded], int]:
     """All training examples and the number whose passage was shortened."""
     out, truncated = [], 0
     for q in questions:
@@ -104,14 +112,16 @@ class SharedPrefixRow:
     """Several examples of one passage in one row: their common prompt prefix once, then each
     example's remaining tokens (a branch). `segments` is 0 on the prefix and k on branch k;
     `position_ids` restart at the prefix length in every branch."""
+
     input_ids: list[int]
     labels: list[int]
     position_ids: list[int]
     segments: list[int]
 
 
-def share_prefixes(examples: Sequence[Encoded], keys: Sequence[str], max_branches: int = 16,
-                   max_tokens: int | None = None) -> list[SharedPrefixRow]:
+def share_prefixes(
+    examples: Sequence[Encoded], keys: Sequence[str], max_branches: int = 16, max_tokens: int | None = None
+) -> list[SharedPrefixRow]:
     """Rows of up to `max_branches` examples with the same `keys` (their passage), the common
     token prefix computed once. Exactly equivalent to the separate examples (each branch sees
     the prefix and itself at the same positions), at a fraction of the tokens: all questions of
@@ -154,10 +164,15 @@ def _row_width(part: Sequence[Encoded]) -> int:
 
 def _shared_row(part: Sequence[Encoded]) -> SharedPrefixRow:
     common = _common_prefix(part)
-    ids, labels, positions, segments = list(part[0].input_ids[:common]), list(part[0].labels[:common]), list(range(common)), [0] * common
+    ids, labels, positions, segments = (
+        list(part[0].input_ids[:common]),
+        list(part[0].labels[:common]),
+        list(range(common)),
+        [0] * common,
+    )
     for k, e in enumerate(part, 1):
         ids += e.input_ids[common:]
-        labels += [-100] + e.labels[common + 1:]
+        labels += [-100] + e.labels[common + 1 :]
         positions += range(common, len(e.input_ids))
         segments += [k] * (len(e.input_ids) - common)
     return SharedPrefixRow(ids, labels, positions, segments)
@@ -209,10 +224,16 @@ class SharedPrefixCollator(_PaddingCollator):
         attention: torch.Tensor | dict = mask[:, None]
         if self.sliding_window:
             near = positions[:, :, None] - positions[:, None, :] < self.sliding_window
-            attention = {"full_attention": mask[:, None], "sliding_attention": (mask & near)[:, None]}  # near keeps the diagonal
-        return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
-                "labels": self._pad(features, "labels", -100, width),
-                "position_ids": positions, "attention_mask": attention}
+            attention = {
+                "full_attention": mask[:, None],
+                "sliding_attention": (mask & near)[:, None],
+            }  # near keeps the diagonal
+        return {
+            "input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
+            "labels": self._pad(features, "labels", -100, width),
+            "position_ids": positions,
+            "attention_mask": attention,
+        }
 
 
 class AnswerOnlyCollator(_PaddingCollator):
@@ -221,8 +242,11 @@ class AnswerOnlyCollator(_PaddingCollator):
     def __call__(self, features: list[dict]) -> dict:
         width = self._width(features)
         ones = [{"mask": [1] * len(f["input_ids"])} for f in features]
-        return {"input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
-                "labels": self._pad(features, "labels", -100, width), "attention_mask": self._pad(ones, "mask", 0, width)}
+        return {
+            "input_ids": self._pad(features, "input_ids", self.pad_token_id, width),
+            "labels": self._pad(features, "labels", -100, width),
+            "attention_mask": self._pad(ones, "mask", 0, width),
+        }
 
 
 class FlatteningCollator:

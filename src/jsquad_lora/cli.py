@@ -31,7 +31,9 @@ def cmd_score(args: argparse.Namespace) -> int:
         from .data import select_ids
 
         questions = select_ids(questions, args.ids)
-    predictions = load_predictions(args.predictions, questions, allow_unknown_ids=args.ignore_unknown_ids or bool(args.ids))
+    predictions = load_predictions(
+        args.predictions, questions, allow_unknown_ids=args.ignore_unknown_ids or bool(args.ids)
+    )
     print(json.dumps(score_predictions(questions, predictions, args.metric).as_dict()))
     return 0
 
@@ -42,7 +44,11 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     split = _load(args.data)
     question = split.by_id().get(args.id)
     if question is None:
-        raise InputError(split.path, f"no question with id {args.id!r}", fix="pick an id from the file (e.g. " + split.questions[0].id + ")")
+        raise InputError(
+            split.path,
+            f"no question with id {args.id!r}",
+            fix="pick an id from the file (e.g. " + split.questions[0].id + ")",
+        )
     examples = []
     if args.fewshot:
         pool = _load(args.train, "train").questions if args.train else split.questions
@@ -52,9 +58,13 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         from .modeling import load_tokenizer
 
         if not args.tokenizer:
-            raise InputError("--tokenizer", "the chat template needs a tokenizer", fix="pass --tokenizer HUB_ID_OR_PATH")
+            raise InputError(
+                "--tokenizer", "the chat template needs a tokenizer", fix="pass --tokenizer HUB_ID_OR_PATH"
+            )
         tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=False)
-    sys.stdout.write(render_prompt(question, args.template, with_answer=args.with_answer, examples=examples, tokenizer=tokenizer))
+    sys.stdout.write(
+        render_prompt(question, args.template, with_answer=args.with_answer, examples=examples, tokenizer=tokenizer)
+    )
     sys.stdout.flush()
     return 0
 
@@ -66,12 +76,16 @@ def cmd_stats(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0
-    print(f"{stats['file']}: {stats['questions']} questions, {stats['paragraphs']} paragraphs, "
-          f"{stats['articles']} articles, {stats['gold_answers']} gold answers")
+    print(
+        f"{stats['file']}: {stats['questions']} questions, {stats['paragraphs']} paragraphs, "
+        f"{stats['articles']} articles, {stats['gold_answers']} gold answers"
+    )
     print(f"{'chars':<10}{'min':>7}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>7}{'mean':>9}")
     for key in ("context_chars", "question_chars", "answer_chars"):
         s = stats[key]
-        print(f"{key.split('_')[0]:<10}{s['min']:>7}{s['p50']:>8.1f}{s['p90']:>8.1f}{s['p99']:>8.1f}{s['max']:>7}{s['mean']:>9.2f}")
+        print(
+            f"{key.split('_')[0]:<10}{s['min']:>7}{s['p50']:>8.1f}{s['p90']:>8.1f}{s['p99']:>8.1f}{s['max']:>7}{s['mean']:>9.2f}"
+        )
     examples = ", ".join(stats["answer_start_mismatch_examples"])
     print(f"answer_start mismatches: {stats['answer_start_mismatches']}" + (f" (e.g. {examples})" if examples else ""))
     return 0
@@ -80,7 +94,9 @@ def cmd_stats(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from .run import main_job
 
-    main_job(args.config, args.output, args.overrides, resume=args.resume, overwrite=args.overwrite, stages=args.command)
+    main_job(
+        args.config, args.output, args.overrides, resume=args.resume, overwrite=args.overwrite, stages=args.command
+    )
     return 0
 
 
@@ -100,14 +116,18 @@ def cmd_ask(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="jsquad-lora", description="LoRA fine-tuning and honest evaluation of Japanese causal LLMs on JSQuAD.")
+    parser = argparse.ArgumentParser(
+        prog="jsquad-lora", description="LoRA fine-tuning and honest evaluation of Japanese causal LLMs on JSQuAD."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a predictions file against a JSQuAD data file")
     p.add_argument("data", help="JSQuAD JSON file (or a directory: its valid split)")
     p.add_argument("predictions", help='{"<id>": "<answer>"} JSON, or this tool\'s predictions JSONL')
     p.add_argument("--metric", choices=("jglue", "stability", "llmjp"), default="jglue")
-    p.add_argument("--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing")
+    p.add_argument(
+        "--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing"
+    )
     p.add_argument("--ids", help="score only these questions of DATA: a JSON list of ids (a run's eval_ids.json)")
     p.set_defaults(func=cmd_score)
 
@@ -115,7 +135,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("data")
     p.add_argument("--id", required=True)
     p.add_argument("--template", choices=TEMPLATES, default="seed")
-    p.add_argument("--with-answer", action="store_true", help="append the first gold answer (the training text, without EOS)")
+    p.add_argument(
+        "--with-answer", action="store_true", help="append the first gold answer (the training text, without EOS)"
+    )
     p.add_argument("--fewshot", type=int, default=0, help="number of few-shot examples")
     p.add_argument("--train", help="where few-shot examples come from (default: DATA itself)")
     p.add_argument("--seed", type=int, default=1234)
@@ -127,15 +149,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_stats)
 
-    for name, text in (("run", "the main job: evaluate before, train, evaluate after, report"),
-                       ("train", "train only (and save the adapter)"),
-                       ("evaluate", "evaluate only (before, or the run's trained adapter if present)")):
+    for name, text in (
+        ("run", "the main job: evaluate before, train, evaluate after, report"),
+        ("train", "train only (and save the adapter)"),
+        ("evaluate", "evaluate only (before, or the run's trained adapter if present)"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--config", help="YAML config (default: configs/tiny-cpu.yaml, the offline default)")
         p.add_argument("--output", help="run directory (default: runs/<config name>)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
         p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3 lora.r=16")
+        p.add_argument(
+            "overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.epochs=3 lora.r=16"
+        )
         p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("report", help="compare run directories in one report")

@@ -172,7 +172,12 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         if isinstance(value, str):
             value = [value]
         if not isinstance(value, list):
-            _fail(source, key, f"expected a list, got {type(value).__name__} {value!r}", "write a YAML list, e.g. [query_key_value]")
+            _fail(
+                source,
+                key,
+                f"expected a list, got {type(value).__name__} {value!r}",
+                "write a YAML list, e.g. [query_key_value]",
+            )
         return [_coerce(v, args[0], source, key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
@@ -183,13 +188,20 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         except ValueError:
             pass
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
-        _fail(source, key, f"expected {hint.__name__}, got {type(value).__name__} {value!r}", f"give a {hint.__name__} value")
+        _fail(
+            source,
+            key,
+            f"expected {hint.__name__}, got {type(value).__name__} {value!r}",
+            f"give a {hint.__name__} value",
+        )
     return value
 
 
 def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     if not isinstance(data, dict):
-        _fail(source, prefix or "top level", f"expected a mapping, got {type(data).__name__}", "write `key: value` lines")
+        _fail(
+            source, prefix or "top level", f"expected a mapping, got {type(data).__name__}", "write `key: value` lines"
+        )
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     kwargs = {}
@@ -198,7 +210,11 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
         if key not in names:
             _fail(source, path, "unknown key", f"known keys here: {', '.join(sorted(names))}")
         hint = hints[key]
-        kwargs[key] = _build(hint, value, source, path + ".") if dataclasses.is_dataclass(hint) else _coerce(value, hint, source, path)
+        kwargs[key] = (
+            _build(hint, value, source, path + ".")
+            if dataclasses.is_dataclass(hint)
+            else _coerce(value, hint, source, path)
+        )
     return cls(**kwargs)
 
 
@@ -213,20 +229,45 @@ def _validate(cfg: RunConfig) -> None:
         ("train.grad_accum", cfg.train.grad_accum > 0, "must be positive"),
         ("train.prompt_loss_weight", 0 <= cfg.train.prompt_loss_weight <= 1, "must be in [0, 1]"),
         ("eval.batch_size", cfg.eval.batch_size > 0, "must be positive"),
-        ("data.eval_sample", cfg.data.eval_sample is None or cfg.data.eval_sample > 0, "must be positive (or null: all questions)"),
-        ("data.train_sample", cfg.data.train_sample is None or cfg.data.train_sample > 0, "must be positive (or null: all questions)"),
-        ("data.train_sample_cpu_float32", cfg.data.train_sample_cpu_float32 is None or cfg.data.train_sample_cpu_float32 > 0,
-         "must be positive (or null: use data.train_sample)"),
-        ("data.train_limit", cfg.data.train_limit is None or cfg.data.train_limit > 0, "must be positive (or null: all questions)"),
-        ("data.eval_limit", cfg.data.eval_limit is None or cfg.data.eval_limit > 0, "must be positive (or null: all questions)"),
+        (
+            "data.eval_sample",
+            cfg.data.eval_sample is None or cfg.data.eval_sample > 0,
+            "must be positive (or null: all questions)",
+        ),
+        (
+            "data.train_sample",
+            cfg.data.train_sample is None or cfg.data.train_sample > 0,
+            "must be positive (or null: all questions)",
+        ),
+        (
+            "data.train_sample_cpu_float32",
+            cfg.data.train_sample_cpu_float32 is None or cfg.data.train_sample_cpu_float32 > 0,
+            "must be positive (or null: use data.train_sample)",
+        ),
+        (
+            "data.train_limit",
+            cfg.data.train_limit is None or cfg.data.train_limit > 0,
+            "must be positive (or null: all questions)",
+        ),
+        (
+            "data.eval_limit",
+            cfg.data.eval_limit is None or cfg.data.eval_limit > 0,
+            "must be positive (or null: all questions)",
+        ),
         ("eval.max_new_tokens", cfg.eval.max_new_tokens > 0, "must be positive"),
         ("model.max_length", cfg.model.max_length >= 64, "must be at least 64"),
         ("prompt.fewshot", cfg.prompt.fewshot >= 0, "must be >= 0"),
-        ("model.load_in_8bit", not (cfg.model.load_in_8bit and cfg.model.load_in_4bit), "8-bit and 4-bit are exclusive"),
+        (
+            "model.load_in_8bit",
+            not (cfg.model.load_in_8bit and cfg.model.load_in_4bit),
+            "8-bit and 4-bit are exclusive",
+        ),
     ]
     for key, ok, problem in checks:
         if not ok:
-            _fail("config", key, f"{problem} (got {_get(cfg, key)!r})", "change the value in the config or with key=value")
+            _fail(
+                "config", key, f"{problem} (got {_get(cfg, key)!r})", "change the value in the config or with key=value"
+            )
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -251,7 +292,9 @@ def find_config(name: str | None) -> Path:
 
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
-        raise InputError(text, "an override must look like key=value", fix="e.g. train.epochs=3 or lora.target_modules=[all-linear]")
+        raise InputError(
+            text, "an override must look like key=value", fix="e.g. train.epochs=3 or lora.target_modules=[all-linear]"
+        )
     key, raw = text.split("=", 1)
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
@@ -268,11 +311,17 @@ def load_config(path: Path | str | None = None, overrides: list[str] = ()) -> Ru
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        raise InputError(source, f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix="repair the YAML syntax") from None
+        raise InputError(
+            source, f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix="repair the YAML syntax"
+        ) from None
     except UnicodeDecodeError:
         raise InputError(source, "not UTF-8 text", fix="re-save the config as UTF-8") from None
     if not isinstance(data, dict):
-        raise InputError(source, f"a config must be a mapping, got {type(data).__name__}", fix="write `section:` blocks of `key: value`")
+        raise InputError(
+            source,
+            f"a config must be a mapping, got {type(data).__name__}",
+            fix="write `section:` blocks of `key: value`",
+        )
     for text in overrides:
         keys, value = parse_override(text)
         node = data

@@ -70,7 +70,14 @@ def strip_title(context: str, title: str | None) -> tuple[str, int]:
 
 def json_type_name(kind: type) -> str:
     """A Python type as its JSON name with an article: str → "a string"."""
-    names = {str: "a string", int: "an integer", float: "a number", list: "a list", dict: "an object", bool: "a boolean"}
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        bool: "a boolean",
+    }
     return names.get(kind, f"a {kind.__name__}")
 
 
@@ -84,7 +91,8 @@ def _expect(value: Any, kind: type | tuple[type, ...], path: Path, where: str, w
             f"{what} must be {expected}, got {got}",
             where=where,
             fix="the file must follow the SQuAD v1.1 layout "
-            '{"data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}',
+            '{"data": [{"title", "paragraphs": [{"context", "qas": '
+            '[{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}',
         )
     return value
 
@@ -93,7 +101,9 @@ def read_json_file(path: Path, what: str = "file") -> Any:
     """Read a UTF-8 JSON file; every failure becomes one InputError naming the file and the spot."""
     path = Path(path)
     if not path.exists():
-        raise InputError(path, f"{what} not found", fix="check the path (relative paths are taken from the current directory)")
+        raise InputError(
+            path, f"{what} not found", fix="check the path (relative paths are taken from the current directory)"
+        )
     if path.is_dir():
         raise InputError(path, f"expected a {what}, got a directory", fix="pass the JSON file inside it")
     raw = path.read_bytes()
@@ -102,12 +112,18 @@ def read_json_file(path: Path, what: str = "file") -> Any:
     try:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise InputError(path, f"not UTF-8 text (bad byte at offset {err.start})", fix="re-save the file as UTF-8") from None
+        raise InputError(
+            path, f"not UTF-8 text (bad byte at offset {err.start})", fix="re-save the file as UTF-8"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as err:
-        raise InputError(path, f"invalid JSON: {err.msg}", where=f"line {err.lineno}, column {err.colno}",
-                         fix="repair the JSON (e.g. check quotes and commas near that position)") from None
+        raise InputError(
+            path,
+            f"invalid JSON: {err.msg}",
+            where=f"line {err.lineno}, column {err.colno}",
+            fix="repair the JSON (e.g. check quotes and commas near that position)",
+        ) from None
 
 
 def load_split(path: Path | str) -> Split:
@@ -115,8 +131,11 @@ def load_split(path: Path | str) -> Split:
     path = Path(path)
     root = read_json_file(path, "data file")
     if not isinstance(root, dict):
-        raise InputError(path, f"top level must be a JSON object with a \"data\" list, got {json_type_name(type(root))}",
-                         fix='wrap the articles as {"version": "v1.1", "data": [...]}')
+        raise InputError(
+            path,
+            f'top level must be a JSON object with a "data" list, got {json_type_name(type(root))}',
+            fix='wrap the articles as {"version": "v1.1", "data": [...]}',
+        )
     articles = _expect(root.get("data"), list, path, "data", '"data"')
     questions: list[Question] = []
     mismatches: list[str] = []
@@ -139,31 +158,55 @@ def load_split(path: Path | str) -> Split:
                 _expect(qa, dict, path, where_q, "a question")
                 qid = _expect(qa.get("id"), str, path, f"{where_q}.id", '"id"')
                 if not qid.strip():
-                    raise InputError(path, "empty question id", where=f"{where_q}.id", fix="give every question a unique non-empty id")
+                    raise InputError(
+                        path,
+                        "empty question id",
+                        where=f"{where_q}.id",
+                        fix="give every question a unique non-empty id",
+                    )
                 where_q = f"{where_q} (id {qid})"
                 if qid in seen:
-                    raise InputError(path, f"duplicate question id {qid!r} (first at {seen[qid]})", where=where_q,
-                                     fix="question ids must be unique; rename or remove one of them")
+                    raise InputError(
+                        path,
+                        f"duplicate question id {qid!r} (first at {seen[qid]})",
+                        where=where_q,
+                        fix="question ids must be unique; rename or remove one of them",
+                    )
                 seen[qid] = where_q
                 text = _expect(qa.get("question"), str, path, f"{where_q}.question", '"question"')
                 if not text.strip():
-                    raise InputError(path, "empty question text", where=f"{where_q}.question", fix="remove the question or fill it in")
+                    raise InputError(
+                        path,
+                        "empty question text",
+                        where=f"{where_q}.question",
+                        fix="remove the question or fill it in",
+                    )
                 answers = _expect(qa.get("answers"), list, path, f"{where_q}.answers", '"answers"')
                 if not answers:
-                    raise InputError(path, "no gold answers (unanswerable SQuAD-v2 questions are not supported)",
-                                     where=f"{where_q}.answers", fix="give at least one answer {\"text\", \"answer_start\"}")
+                    raise InputError(
+                        path,
+                        "no gold answers (unanswerable SQuAD-v2 questions are not supported)",
+                        where=f"{where_q}.answers",
+                        fix='give at least one answer {"text", "answer_start"}',
+                    )
                 texts, starts = [], []
                 for k, answer in enumerate(answers):
                     where_k = f"{where_q}.answers[{k}]"
                     _expect(answer, dict, path, where_k, "an answer")
                     answer_text = _expect(answer.get("text"), str, path, f"{where_k}.text", '"text"')
                     if not answer_text.strip():
-                        raise InputError(path, "empty answer text", where=f"{where_k}.text", fix="fill in the answer or remove it")
+                        raise InputError(
+                            path, "empty answer text", where=f"{where_k}.text", fix="fill in the answer or remove it"
+                        )
                     start = _expect(answer.get("answer_start"), int, path, f"{where_k}.answer_start", '"answer_start"')
                     if not 0 <= start < len(full_context):
-                        raise InputError(path, f"answer_start {start} is outside the context (length {len(full_context)})",
-                                         where=f"{where_k}.answer_start", fix="answer_start counts characters from the start of the full context")
-                    if full_context[start:start + len(answer_text)] != answer_text:
+                        raise InputError(
+                            path,
+                            f"answer_start {start} is outside the context (length {len(full_context)})",
+                            where=f"{where_k}.answer_start",
+                            fix="answer_start counts characters from the start of the full context",
+                        )
+                    if full_context[start : start + len(answer_text)] != answer_text:
                         mismatches.append(f"{qid}#{k}")
                     texts.append(answer_text)
                     starts.append(start - offset)
@@ -175,14 +218,18 @@ def load_split(path: Path | str) -> Split:
 
 def cache_dir() -> Path:
     """This tool's cache: $JSQUAD_LORA_CACHE, else $XDG_CACHE_HOME/jsquad-lora or ~/.cache/jsquad-lora."""
-    root = os.environ.get("JSQUAD_LORA_CACHE") or os.path.join(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "jsquad-lora")
+    root = os.environ.get("JSQUAD_LORA_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"), "jsquad-lora"
+    )
     return Path(root)
 
 
 def download_jglue(version: str) -> Path:
     """Download JGLUE's JSQuAD files for `version` into the cache (once) and return the directory."""
     if version not in JGLUE_SPLITS:
-        raise InputError(f"jglue:{version}", f"unknown JGLUE version (known: {', '.join(JGLUE_SPLITS)})", fix="use jglue:v1.3")
+        raise InputError(
+            f"jglue:{version}", f"unknown JGLUE version (known: {', '.join(JGLUE_SPLITS)})", fix="use jglue:v1.3"
+        )
     target = cache_dir() / "jglue" / version
     for split in JGLUE_SPLITS[version]:
         out = target / f"{split}-{version}.json"
@@ -193,10 +240,13 @@ def download_jglue(version: str) -> Path:
             with urllib.request.urlopen(url, timeout=30) as response:
                 write_bytes(out, response.read())
         except (urllib.error.URLError, OSError) as err:
-            raise InputError(f"jglue:{version}", f"could not download {url} ({err})",
-                             fix=f"without a network, download the JSQuAD {version} files from "
-                             f"https://github.com/yahoojapan/JGLUE/tree/main/datasets/jsquad-{version} elsewhere, "
-                             "put them in one directory and set JSQUAD_DIR=that directory") from None
+            raise InputError(
+                f"jglue:{version}",
+                f"could not download {url} ({err})",
+                fix=f"without a network, download the JSQuAD {version} files from "
+                f"https://github.com/yahoojapan/JGLUE/tree/main/datasets/jsquad-{version} elsewhere, "
+                "put them in one directory and set JSQUAD_DIR=that directory",
+            ) from None
     return target
 
 
@@ -209,8 +259,12 @@ def resolve_split(source: str | os.PathLike | None, split: str) -> Path:
     if source is None or str(source) == "":
         source = os.environ.get("JSQUAD_DIR")
         if not source:
-            raise InputError("JSQUAD_DIR", "no data directory given",
-                             fix="set JSQUAD_DIR to a directory with the JSQuAD files (e.g. ../shared/jsquad), pass data.dir=..., or use jglue:v1.3")
+            raise InputError(
+                "JSQUAD_DIR",
+                "no data directory given",
+                fix="set JSQUAD_DIR to a directory with the JSQuAD files (e.g. ../shared/jsquad), pass data.dir=..., "
+                "or use jglue:v1.3",
+            )
     text = str(source)
     directory = download_jglue(text.split(":", 1)[1]) if text.startswith("jglue:") else Path(text)
     if directory.is_file():
@@ -221,16 +275,27 @@ def resolve_split(source: str | os.PathLike | None, split: str) -> Path:
         candidate = directory / split
         if candidate.is_file():
             return candidate
-        raise InputError(candidate, "data file not found", fix=f"files in {directory}: {', '.join(sorted(p.name for p in directory.glob('*.json'))) or 'none'}")
+        raise InputError(
+            candidate,
+            "data file not found",
+            fix=f"files in {directory}: {', '.join(sorted(p.name for p in directory.glob('*.json'))) or 'none'}",
+        )
     if split not in SPLIT_NAMES:
-        raise InputError(split, f"unknown split name (known: {', '.join(SPLIT_NAMES)})", fix="use train, valid or test, or a file name")
+        raise InputError(
+            split,
+            f"unknown split name (known: {', '.join(SPLIT_NAMES)})",
+            fix="use train, valid or test, or a file name",
+        )
     # JGLUE names files <split>-v<major>.<minor>.json; prefer the newest version present.
     matches = sorted(directory.glob(f"{split}-v*.json"), key=lambda p: _version_key(p.stem.split("-v", 1)[1]))
     if not matches:
         present = ", ".join(sorted(p.name for p in directory.glob("*.json"))) or "no JSON files"
-        raise InputError(directory, f"no {split}-v*.json file here (found: {present})",
-                         fix=f"download JGLUE's {split} file into it, or point the {split} split at another file "
-                         "(e.g. data.train_split=test offline, where the train split is not available)")
+        raise InputError(
+            directory,
+            f"no {split}-v*.json file here (found: {present})",
+            fix=f"download JGLUE's {split} file into it, or point the {split} split at another file "
+            "(e.g. data.train_split=test offline, where the train split is not available)",
+        )
     return matches[-1]
 
 
@@ -241,8 +306,14 @@ def _version_key(version: str) -> tuple[int, ...]:
 def _percentiles(values: list[int]) -> dict[str, float]:
     ordered = sorted(values)
     cuts = statistics.quantiles(ordered, n=100, method="inclusive") if len(ordered) > 1 else [ordered[0]] * 99
-    return {"min": ordered[0], "p50": cuts[49], "p90": cuts[89], "p99": cuts[98], "max": ordered[-1],
-            "mean": round(statistics.fmean(ordered), 2)}
+    return {
+        "min": ordered[0],
+        "p50": cuts[49],
+        "p90": cuts[89],
+        "p99": cuts[98],
+        "max": ordered[-1],
+        "mean": round(statistics.fmean(ordered), 2),
+    }
 
 
 def split_stats(split: Split) -> dict[str, Any]:
@@ -307,8 +378,8 @@ def sample_standard_error(values: Sequence[float], clusters: Sequence[str], popu
     k = len(residual)
     if k < 2:
         return 0.0
-    variance = (1 - n / population) * k / (k - 1) * sum(r * r for r in residual.values()) / n ** 2
-    return variance ** 0.5
+    variance = (1 - n / population) * k / (k - 1) * sum(r * r for r in residual.values()) / n**2
+    return variance**0.5
 
 
 def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Question]:
@@ -318,7 +389,10 @@ def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Ques
         raise InputError(ids_file, "expected a JSON list of question ids (strings)", fix="pass a run's eval_ids.json")
     known = {q.id for q in questions}
     if missing := [i for i in ids if i not in known]:
-        raise InputError(ids_file, f"{len(missing)} ids are not in the data file (first: {missing[0]!r})",
-                         fix="pass the data file the run evaluated (its eval split)")
+        raise InputError(
+            ids_file,
+            f"{len(missing)} ids are not in the data file (first: {missing[0]!r})",
+            fix="pass the data file the run evaluated (its eval split)",
+        )
     wanted = set(ids)
     return [q for q in questions if q.id in wanted]

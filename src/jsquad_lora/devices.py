@@ -75,7 +75,8 @@ def inference_dtype(setting: str, model_dtype: str) -> str:
 
 
 def train_in_bf16(setting: str) -> bool:
-    """`train.mixed_precision` resolved for this machine: "auto" → a CUDA GPU with bf16, or a CPU where `fast_cpu_bf16`."""
+    """`train.mixed_precision` resolved for this machine: "auto" → a CUDA GPU with bf16, or a CPU
+    where `fast_cpu_bf16`."""
     import torch
 
     if setting != "auto":

@@ -28,7 +28,9 @@ class EvalResult:
     truncated_prompts: int
 
 
-def build_prompts(questions: Sequence[Question], render: Callable[[Question], str], tokenizer, budget: int) -> tuple[list[str], list[str], int]:
+def build_prompts(
+    questions: Sequence[Question], render: Callable[[Question], str], tokenizer, budget: int
+) -> tuple[list[str], list[str], int]:
     """Prompt texts and the passages they hold, shortened to `budget` tokens where needed."""
     prompts, passages, truncated = [], [], 0
     for q in questions:
@@ -44,8 +46,17 @@ def prediction_row(q: Question, prediction: str) -> dict:
     return {"id": q.id, "question": q.question, "prediction": prediction, "golds": list(q.answers), "em": em, "f1": f1}
 
 
-def evaluate(model, tokenizer, questions: Sequence[Question], render: Callable[[Question], str], decoding: DecodingConfig,
-             max_length: int, out_path: Path, progress: bool = True, generator: Callable | None = None) -> EvalResult:
+def evaluate(
+    model,
+    tokenizer,
+    questions: Sequence[Question],
+    render: Callable[[Question], str],
+    decoding: DecodingConfig,
+    max_length: int,
+    out_path: Path,
+    progress: bool = True,
+    generator: Callable | None = None,
+) -> EvalResult:
     """Answer every question (resuming from `out_path`'s partial log) and score all three ways.
 
     `generator(prompts, decoding, on_batch)` replaces the HF backend (the vLLM backend does)."""
@@ -61,7 +72,9 @@ def evaluate(model, tokenizer, questions: Sequence[Question], render: Callable[[
 
     if todo:
         if generator is None:
-            answers = generate_answers(model, tokenizer, prompts, passages, decoding, progress=progress, on_batch=save_batch)
+            answers = generate_answers(
+                model, tokenizer, prompts, passages, decoding, progress=progress, on_batch=save_batch
+            )
         else:
             answers = generator(prompts, decoding, save_batch)
         done.update({q.id: a for q, a in zip(todo, answers)})

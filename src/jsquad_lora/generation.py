@@ -30,8 +30,8 @@ import re
 import weakref
 from collections import defaultdict
 from contextlib import contextmanager
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Callable, Iterator, Literal, Sequence
 
 import torch
@@ -84,9 +84,11 @@ class _Vocab:
         anchor = next(i for i in range(size) if i not in special and _is_plain(tokenizer.decode([i])))
         head = tokenizer.decode([anchor], clean_up_tokenization_spaces=False)
         texts = tokenizer.batch_decode([[anchor, i] for i in range(size)], clean_up_tokenization_spaces=False)
-        self.texts = [t[len(head):] if t.startswith(head) else None for t in texts]
-        self.pieces = [None if i in special else _piece(text, token, alphabet)
-                       for i, (text, token) in enumerate(zip(self.texts, tokenizer.convert_ids_to_tokens(list(range(size)))))]
+        self.texts = [t[len(head) :] if t.startswith(head) else None for t in texts]
+        self.pieces = [
+            None if i in special else _piece(text, token, alphabet)
+            for i, (text, token) in enumerate(zip(self.texts, tokenizer.convert_ids_to_tokens(list(range(size)))))
+        ]
         # piece[:_KEY] → [(id, piece)], and the same with leading whitespace stripped
         self.by_start: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
         self.by_stripped_start: dict[bytes, list[tuple[int, bytes]]] = defaultdict(list)
@@ -103,9 +105,13 @@ class _Vocab:
         if passage not in self._openers:
             if len(self._openers) > 4096:
                 self._openers.clear()
-            keys = {passage[i:i + k] for k in range(1, _KEY + 1) for i in range(len(passage) - k + 1)} | {b""}
-            self._openers[passage] = frozenset(i for key in keys for i, stripped in self.by_stripped_start.get(key, ())
-                                               if len(stripped) <= _KEY or stripped in passage)
+            keys = {passage[i : i + k] for k in range(1, _KEY + 1) for i in range(len(passage) - k + 1)} | {b""}
+            self._openers[passage] = frozenset(
+                i
+                for key in keys
+                for i, stripped in self.by_stripped_start.get(key, ())
+                if len(stripped) <= _KEY or stripped in passage
+            )
         return self._openers[passage]
 
     def next_pieces(self, passage: bytes, answer: bytes) -> set[int]:
@@ -114,7 +120,9 @@ class _Vocab:
         while start >= 0:
             end = start + len(answer)
             for k in range(1, min(_KEY, len(passage) - end) + 1):
-                found.update(i for i, piece in self.by_start.get(passage[end:end + k], ()) if passage.startswith(piece, end))
+                found.update(
+                    i for i, piece in self.by_start.get(passage[end : end + k], ()) if passage.startswith(piece, end)
+                )
             start = passage.find(answer, start + 1)
         return found
 
@@ -126,8 +134,9 @@ class _Vocab:
         """Tokens whose text contains one of `strings`."""
         if strings not in self._containing:
             needles = [s.encode() for s in strings if s]
-            self._containing[strings] = frozenset(i for i, piece in enumerate(self.pieces)
-                                                  if piece and any(n in piece for n in needles))
+            self._containing[strings] = frozenset(
+                i for i, piece in enumerate(self.pieces) if piece and any(n in piece for n in needles)
+            )
         return self._containing[strings]
 
 
@@ -181,8 +190,15 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
     allowed token is tried, so the answer is exactly a span whatever the tokenizer's decoder does.
     """
 
-    def __init__(self, tokenizer, passages: Sequence[str], prompt_length: int, end_ids: set[int],
-                 eos_id: int, stop_strings: Sequence[str]) -> None:
+    def __init__(
+        self,
+        tokenizer,
+        passages: Sequence[str],
+        prompt_length: int,
+        end_ids: set[int],
+        eos_id: int,
+        stop_strings: Sequence[str],
+    ) -> None:
         self.tokenizer, self.vocab = tokenizer, _vocab(tokenizer)
         self.passages, self.prompt_length = list(passages), prompt_length
         self.end_ids, self.eos_id = frozenset(end_ids), eos_id
@@ -213,7 +229,7 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
         return _decode(self.tokenizer, ids).lstrip().rstrip("\ufffd") in self.passages[row]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        rows = input_ids[:, self.prompt_length:].tolist()
+        rows = input_ids[:, self.prompt_length :].tolist()
         mask = torch.zeros(scores.shape, dtype=torch.bool)
         active = []
         for r, generated in enumerate(rows):
@@ -245,9 +261,11 @@ class _StopOnText(StoppingCriteria):
         self.stop_strings, self.stop_ids = [s for s in stop_strings if s], stop_ids
 
     def __call__(self, input_ids: torch.LongTensor, scores, **kwargs) -> torch.BoolTensor:
-        generated = input_ids[:, self.prompt_length:].tolist()
-        done = [bool(ids) and ids[-1] in self.stop_ids or any(s in _decode(self.tokenizer, ids) for s in self.stop_strings)
-                for ids in generated]
+        generated = input_ids[:, self.prompt_length :].tolist()
+        done = [
+            bool(ids) and ids[-1] in self.stop_ids or any(s in _decode(self.tokenizer, ids) for s in self.stop_strings)
+            for ids in generated
+        ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
 
@@ -275,7 +293,7 @@ def _answer(tokenizer, ids: list[int], end_ids: set[int], stop_strings: Sequence
     text = _decode(tokenizer, ids[:cut])
     for stop in stop_strings:
         if stop and stop in text:
-            text = text[:text.index(stop)]
+            text = text[: text.index(stop)]
     return (text.rstrip("\ufffd") if extractive else text).strip()  # extractive: drop a character cut by max_new_tokens
 
 
@@ -289,7 +307,11 @@ def _inference(model) -> Iterator[torch.device]:
     # The head's input is a slice of the hidden states (the last position). CPU linear with a
     # non-contiguous 3-D input and a weight that does not require grad (a merged LoRA model)
     # takes a batched path that copies the weight per row: 8 GB and 8 s for Gemma's head.
-    hook = head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:])) if head is not None else None
+    hook = (
+        head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
+        if head is not None
+        else None
+    )
     try:
         with torch.inference_mode():
             yield model.get_input_embeddings().weight.device
@@ -334,13 +356,29 @@ def _head_restricted_to(model, ids: list[int] | None) -> Iterator[None]:
         base.set_output_embeddings(head)
 
 
-def _greedy(model, inputs: dict, max_new_tokens: int, eos_ids: list[int], pad_id: int,
-            processors: LogitsProcessorList, criteria: StoppingCriteriaList) -> torch.Tensor:
+def _greedy(
+    model,
+    inputs: dict,
+    max_new_tokens: int,
+    eos_ids: list[int],
+    pad_id: int,
+    processors: LogitsProcessorList,
+    criteria: StoppingCriteriaList,
+) -> torch.Tensor:
     """`model.generate`, greedy whatever `model.generation_config` says; position ids come from the mask."""
-    return model.generate(**inputs, max_new_tokens=max_new_tokens,
-                          do_sample=False, num_beams=1, repetition_penalty=1.0, no_repeat_ngram_size=0,
-                          eos_token_id=eos_ids, pad_token_id=pad_id, use_cache=True,
-                          logits_processor=processors, stopping_criteria=criteria)
+    return model.generate(
+        **inputs,
+        max_new_tokens=max_new_tokens,
+        do_sample=False,
+        num_beams=1,
+        repetition_penalty=1.0,
+        no_repeat_ngram_size=0,
+        eos_token_id=eos_ids,
+        pad_token_id=pad_id,
+        use_cache=True,
+        logits_processor=processors,
+        stopping_criteria=criteria,
+    )
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -357,7 +395,7 @@ def _plan_batches(encoded: list[list[int]], batch_size: int, share_prefix: bool)
     fit. Off: every prefix length is 0 and the batches are plain longest-first chunks."""
     if not share_prefix or min(map(len, encoded), default=2) < 2:
         order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i]))
-        return [[(i, 0) for i in order[k:k + batch_size]] for k in range(0, len(order), batch_size)]
+        return [[(i, 0) for i in order[k : k + batch_size]] for k in range(0, len(order), batch_size)]
     groups: list[tuple[list[int], int]] = []
     for i in sorted(range(len(encoded)), key=lambda i: encoded[i]):
         if groups:
@@ -379,10 +417,15 @@ def _plan_batches(encoded: list[list[int]], batch_size: int, share_prefix: bool)
 
 @lru_cache(maxsize=1)
 def _cache_argument() -> str:
-    """The keyword `forward`/`generate` take a KV cache under: `cache` in recent transformers 5, `past_key_values` before."""
+    """The keyword `forward`/`generate` take a KV cache under: `cache` in recent transformers 5,
+    `past_key_values` before."""
     from transformers import GenerationMixin
 
-    return "cache" if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters else "past_key_values"
+    return (
+        "cache"
+        if "cache" in inspect.signature(GenerationMixin.prepare_inputs_for_generation).parameters
+        else "past_key_values"
+    )
 
 
 @lru_cache(maxsize=8)
@@ -412,19 +455,35 @@ def _batch_inputs(model, encoded: list[list[int]], batch: list[tuple[int, int]],
     key = _cache_argument()
     base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model forwards **kwargs
     extra = {"logits_to_keep": 1} if _keeps_last_logits_only(type(base)) else {}
-    out = model(input_ids=torch.tensor(prefix_ids, device=device), attention_mask=mask,
-                position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=True, **extra)
+    out = model(
+        input_ids=torch.tensor(prefix_ids, device=device),
+        attention_mask=mask,
+        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+        use_cache=True,
+        **extra,
+    )
     cache = getattr(out, key, None)
     cache = out.past_key_values if cache is None else cache
     rows = [shared[prefix] for prefix in prefixes]
     cache.reorder_cache(torch.tensor(rows, device=device))  # one copy of its prefix's cache per row
     ids = [prefix_ids[g] + r for g, r in zip(rows, rest_ids)]
     full_mask = [prefix_mask[g] + m for g, m in zip(rows, rest_mask)]
-    return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(full_mask, device=device), key: cache}
+    return {
+        "input_ids": torch.tensor(ids, device=device),
+        "attention_mask": torch.tensor(full_mask, device=device),
+        key: cache,
+    }
 
 
-def generate_answers(model, tokenizer, prompts: list[str], passages: list[str] | None, config: DecodingConfig,
-                     progress: bool = False, on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+def generate_answers(
+    model,
+    tokenizer,
+    prompts: list[str],
+    passages: list[str] | None,
+    config: DecodingConfig,
+    progress: bool = False,
+    on_batch: Callable[[list[int], list[str]], None] | None = None,
+) -> list[str]:
     """One answer per prompt, in input order; each equals what generating that prompt alone gives.
 
     Prompts are batched longest first (least padding), a passage's questions together when
@@ -439,8 +498,10 @@ def generate_answers(model, tokenizer, prompts: list[str], passages: list[str] |
     _, pad_id = _special_ids(model, tokenizer)
     eos_ids, stop_ids, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
     answers: list[str] = [""] * len(prompts)
-    with _inference(model) as device, tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})",
-                                           disable=not progress) as bar:
+    with (
+        _inference(model) as device,
+        tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})", disable=not progress) as bar,
+    ):
         for planned in _plan_batches(encoded, config.batch_size, config.share_prefix):
             batch = [i for i, _ in planned]
             inputs = _batch_inputs(model, encoded, planned, pad_id, device)
@@ -448,14 +509,22 @@ def generate_answers(model, tokenizer, prompts: list[str], passages: list[str] |
             processors = LogitsProcessorList()
             candidates = None
             if extractive:
-                extract = ExtractiveLogitsProcessor(tokenizer, [passages[i] for i in batch], width,  # type: ignore[index]
-                                                    end_ids, eos_ids[0], config.stop_strings)
+                extract = ExtractiveLogitsProcessor(
+                    tokenizer,
+                    [passages[i] for i in batch],
+                    width,  # type: ignore[index]
+                    end_ids,
+                    eos_ids[0],
+                    config.stop_strings,
+                )
                 processors.append(extract)
                 candidates = extract.candidates() if config.candidate_head else None
             criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
             with _head_restricted_to(model, candidates):
                 output = _greedy(model, inputs, config.max_new_tokens, eos_ids, pad_id, processors, criteria)
-            batch_answers = [_answer(tokenizer, ids, end_ids, config.stop_strings, extractive) for ids in output[:, width:].tolist()]
+            batch_answers = [
+                _answer(tokenizer, ids, end_ids, config.stop_strings, extractive) for ids in output[:, width:].tolist()
+            ]
             for i, answer in zip(batch, batch_answers):
                 answers[i] = answer
             if on_batch is not None:
@@ -472,4 +541,4 @@ def generate_free(model, tokenizer, prompt: str, max_new_tokens: int = 64) -> st
         input_ids = torch.tensor([ids], device=device)
         inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         output = _greedy(model, inputs, max_new_tokens, eos_ids, pad_id, LogitsProcessorList(), StoppingCriteriaList())
-    return _answer(tokenizer, output[0, len(ids):].tolist(), set(eos_ids), (), extractive=False)
+    return _answer(tokenizer, output[0, len(ids) :].tolist(), set(eos_ids), (), extractive=False)

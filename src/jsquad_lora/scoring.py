@@ -34,6 +34,7 @@ METRICS: tuple[Metric, ...] = ("jglue", "stability", "llmjp")
 
 # --- jglue -------------------------------------------------------------------------------------
 
+
 def jglue_normalize(text: str) -> str:
     """lower → rstrip('。') → collapse whitespace, in the patch's order (no punctuation removal)."""
     return " ".join(text.lower().rstrip("。").split())
@@ -62,8 +63,13 @@ def jglue_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]
 
 # --- stability (jp-stable harness) -------------------------------------------------------------
 
-_EMOJI_RANGES = re.compile("[\U0001F600-\U0001F64F\U0001F300-\U0001F5FF\U0001F680-\U0001F6FF\U0001F1E0-\U0001F1FF\U00002702-\U000027B0]+")
-_STABILITY_PUNCT = frozenset("！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏." + string.punctuation)
+_EMOJI_RANGES = re.compile(
+    "[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+"
+)
+_STABILITY_PUNCT = frozenset(
+    "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
+    + string.punctuation
+)
 
 
 def stability_normalize(text: str) -> str:
@@ -105,6 +111,7 @@ def stability_question(prediction: str, golds: Sequence[str]) -> tuple[float, fl
 
 # --- llmjp (llm-jp-eval) -----------------------------------------------------------------------
 
+
 def llmjp_normalize_prediction(text: str) -> str:
     return unicodedata.normalize("NFKC", text.split("\n\n")[0]).strip()
 
@@ -126,6 +133,7 @@ QUESTION_SCORERS: dict[Metric, Callable[[str, Sequence[str]], tuple[float, float
 
 # --- aggregation -------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class Score:
     exact_match: float
@@ -136,7 +144,9 @@ class Score:
         return {"exact_match": self.exact_match, "f1": self.f1, "count": self.count}
 
 
-def score_each(questions: Sequence[Question], predictions: dict[str, str], metric: Metric) -> list[tuple[float, float] | None]:
+def score_each(
+    questions: Sequence[Question], predictions: dict[str, str], metric: Metric
+) -> list[tuple[float, float] | None]:
     """Per-question (em, f1) in data order; None where the question has no prediction."""
     scorer = QUESTION_SCORERS[metric]
     return [scorer(predictions[q.id], q.answers) if q.id in predictions else None for q in questions]
@@ -168,7 +178,10 @@ def score_predictions(questions: Sequence[Question], predictions: dict[str, str]
 
 # --- predictions files -------------------------------------------------------------------------
 
-def load_predictions(path: Path | str, questions: Sequence[Question] | None = None, *, allow_unknown_ids: bool = False) -> dict[str, str]:
+
+def load_predictions(
+    path: Path | str, questions: Sequence[Question] | None = None, *, allow_unknown_ids: bool = False
+) -> dict[str, str]:
     """Read predictions: a SQuAD-style JSON object {id: answer}, or this tool's JSONL
     (one object per line with "id" and "prediction"). Ids not in `questions` are an error
     unless `allow_unknown_ids`."""
@@ -189,27 +202,48 @@ def load_predictions(path: Path | str, questions: Sequence[Question] | None = No
     if rows is not None:
         for where, row in rows:
             if not isinstance(row, dict) or not isinstance(row.get("id"), str) or "prediction" not in row:
-                raise InputError(path, 'each record must be an object with "id" (string) and "prediction"', where=where,
-                                 fix='write JSONL lines like {"id": "a1p0q0", "prediction": "..."} or a JSON object {"a1p0q0": "..."}')
+                raise InputError(
+                    path,
+                    'each record must be an object with "id" (string) and "prediction"',
+                    where=where,
+                    fix='write JSONL lines like {"id": "a1p0q0", "prediction": "..."} '
+                    'or a JSON object {"a1p0q0": "..."}',
+                )
             if row["id"] in predictions:
-                raise InputError(path, f"duplicate prediction for id {row['id']!r}", where=where, fix="keep one prediction per question id")
+                raise InputError(
+                    path,
+                    f"duplicate prediction for id {row['id']!r}",
+                    where=where,
+                    fix="keep one prediction per question id",
+                )
             predictions[row["id"]] = row["prediction"]
     elif isinstance(obj, dict):
         predictions = obj
     else:
-        raise InputError(path, f"predictions must be a JSON object {{id: answer}} or JSONL, got {json_type_name(type(obj))}",
-                         fix='write {"<question id>": "<answer text>", ...}')
+        raise InputError(
+            path,
+            f"predictions must be a JSON object {{id: answer}} or JSONL, got {json_type_name(type(obj))}",
+            fix='write {"<question id>": "<answer text>", ...}',
+        )
     for qid, answer in predictions.items():
         if not isinstance(answer, str):
-            raise InputError(path, f"the prediction must be a string, got {json.dumps(answer, ensure_ascii=False)[:60]}",
-                             where=f"id {qid}", fix='use "" for a question the model did not answer')
+            raise InputError(
+                path,
+                f"the prediction must be a string, got {json.dumps(answer, ensure_ascii=False)[:60]}",
+                where=f"id {qid}",
+                fix='use "" for a question the model did not answer',
+            )
     if questions is not None and not allow_unknown_ids:
         known = {q.id for q in questions}
         unknown = [qid for qid in predictions if qid not in known]
         if unknown:
             sample = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise InputError(path, f"{len(unknown)} prediction id(s) are not questions of the data file: {sample}",
-                             where=f"id {unknown[0]}", fix="score against the data file these predictions were made for, or pass --ignore-unknown-ids")
+            raise InputError(
+                path,
+                f"{len(unknown)} prediction id(s) are not questions of the data file: {sample}",
+                where=f"id {unknown[0]}",
+                fix="score against the data file these predictions were made for, or pass --ignore-unknown-ids",
+            )
     return predictions
 
 
@@ -221,6 +255,10 @@ def _read_jsonl_rows(path: Path) -> list[tuple[str, object]]:
         try:
             rows.append((f"line {number}", json.loads(line)))
         except json.JSONDecodeError as err:
-            raise InputError(path, f"invalid JSON on this line: {err.msg}", where=f"line {number}",
-                             fix="each line of a JSONL file must be one complete JSON object; remove or repair this line") from None
+            raise InputError(
+                path,
+                f"invalid JSON on this line: {err.msg}",
+                where=f"line {number}",
+                fix="each line of a JSONL file must be one complete JSON object; remove or repair this line",
+            ) from None
     return rows

@@ -19,9 +19,16 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .batching import AnswerOnlyCollator, Encoded, FlatteningCollator, SharedPrefixCollator, SharedPrefixRow, padding_fraction
-from .errors import InputError
+from .batching import (
+    AnswerOnlyCollator,
+    Encoded,
+    FlatteningCollator,
+    SharedPrefixCollator,
+    SharedPrefixRow,
+    padding_fraction,
+)
 from .config import TrainConfig
+from .errors import InputError
 from .files import write_jsonl
 
 
@@ -48,8 +55,8 @@ class EpochBatchOrder(torch.utils.data.Sampler):
         chunk = self.batch_size * 64
         batches = []
         for i in range(0, len(order), chunk):
-            part = sorted(order[i:i + chunk], key=lambda j: -self.lengths[j])
-            batches += [part[k:k + self.batch_size] for k in range(0, len(part), self.batch_size)]
+            part = sorted(order[i : i + chunk], key=lambda j: -self.lengths[j])
+            batches += [part[k : k + self.batch_size] for k in range(0, len(part), self.batch_size)]
         full = [b for b in batches if len(b) == self.batch_size]
         partial = [b for b in batches if len(b) < self.batch_size]
         rng.shuffle(full)
@@ -73,7 +80,9 @@ def sliding_window(config) -> int | None:
     return None
 
 
-def _make_trainer(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, output_dir: Path, bf16: bool):
+def _make_trainer(
+    model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, output_dir: Path, bf16: bool
+):
     import datasets
     from transformers import Trainer, TrainingArguments
 
@@ -85,8 +94,11 @@ def _make_trainer(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: T
         if not isinstance(examples[0], SharedPrefixRow):
             raise ValueError("train.batching=shared_prefix needs rows from batching.share_prefixes")
         if model.config._attn_implementation != "sdpa":
-            raise InputError("train.batching=shared_prefix", f"needs sdpa attention, the model uses {model.config._attn_implementation}",
-                             fix="set model.attn_implementation=sdpa or use train.batching=length_grouped")
+            raise InputError(
+                "train.batching=shared_prefix",
+                f"needs sdpa attention, the model uses {model.config._attn_implementation}",
+                fix="set model.attn_implementation=sdpa or use train.batching=length_grouped",
+            )
         collator = SharedPrefixCollator(pad_id, sliding_window(model.config))
     else:
         collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(pad_id)
@@ -159,7 +171,9 @@ def weighted_prompt_loss(model, inputs: dict, prompt_weight: float):
     targets = torch.where(prompt, ids, labels)[:, 1:]
     weights = torch.where(prompt, prompt_weight, (labels != -100).float())[:, 1:]
     logits = outputs.logits[:, :-1]
-    losses = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none")
+    losses = F.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100, reduction="none"
+    )
     return (losses * weights.reshape(-1)).sum() / weights.sum().clamp(min=1e-8), outputs
 
 
@@ -200,7 +214,15 @@ def _complete(state_file: Path) -> bool:
         return False
 
 
-def train(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, checkpoint_dir: Path, loss_path: Path, *, bf16: bool = False) -> TrainResult:
+def train(
+    model,
+    examples: list[Encoded] | list[SharedPrefixRow],
+    cfg: TrainConfig,
+    checkpoint_dir: Path,
+    loss_path: Path,
+    *,
+    bf16: bool = False,
+) -> TrainResult:
     """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any."""
     trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16)
     resume_from = latest_checkpoint(checkpoint_dir)
@@ -214,10 +236,18 @@ def train(model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConf
     finally:
         model.config.use_cache = use_cache
     seconds = time.perf_counter() - start
-    log = [{k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
-           for row in trainer.state.log_history if "loss" in row]
+    log = [
+        {k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
+        for row in trainer.state.log_history
+        if "loss" in row
+    ]
     write_jsonl(loss_path, log)
     final_loss = log[-1]["loss"] if log else float(output.training_loss)
-    return TrainResult(seconds=seconds, tokens_per_second=collator.real_tokens / seconds if seconds else 0.0,
-                       padding_fraction=padding_fraction(collator), steps=trainer.state.global_step,
-                       final_loss=final_loss, log=log)
+    return TrainResult(
+        seconds=seconds,
+        tokens_per_second=collator.real_tokens / seconds if seconds else 0.0,
+        padding_fraction=padding_fraction(collator),
+        steps=trainer.state.global_step,
+        final_loss=final_loss,
+        log=log,
+    )

@@ -30,48 +30,86 @@ CHUNK = 512
 def check_available(decoding_mode: str) -> None:
     """A clear error, before any work, when the vLLM backend cannot run here."""
     if decoding_mode != "greedy":
-        raise InputError("eval.backend=vllm", "extractive decoding is only implemented on the HF backend",
-                         fix="use eval.decoding=greedy with vLLM, or eval.backend=hf")
+        raise InputError(
+            "eval.backend=vllm",
+            "extractive decoding is only implemented on the HF backend",
+            fix="use eval.decoding=greedy with vLLM, or eval.backend=hf",
+        )
     try:
         import vllm  # noqa: F401
     except ImportError:
-        raise InputError("eval.backend=vllm", "vLLM is not installed", fix="pip install -e '.[vllm]' on a CUDA machine, or use eval.backend=hf") from None
+        raise InputError(
+            "eval.backend=vllm",
+            "vLLM is not installed",
+            fix="pip install -e '.[vllm]' on a CUDA machine, or use eval.backend=hf",
+        ) from None
     import torch
 
     if not torch.cuda.is_available():
-        raise InputError("eval.backend=vllm", "vLLM needs a CUDA GPU and none is visible", fix="use eval.backend=hf on this machine")
+        raise InputError(
+            "eval.backend=vllm", "vLLM needs a CUDA GPU and none is visible", fix="use eval.backend=hf on this machine"
+        )
 
 
 class VllmGenerator:
     """One vLLM engine for a run: `model_path` is the base model (hub id or local path, or the
     full fine-tuned weights); `adapter_dir`, when given, a PEFT LoRA adapter applied per request."""
 
-    def __init__(self, model_path: str | Path, tokenizer, *, dtype: str, max_length: int, lora_rank: int | None,
-                 trust_remote_code: bool = False) -> None:
+    def __init__(
+        self,
+        model_path: str | Path,
+        tokenizer,
+        *,
+        dtype: str,
+        max_length: int,
+        lora_rank: int | None,
+        trust_remote_code: bool = False,
+    ) -> None:
         from vllm import LLM
 
         self.tokenizer = tokenizer
-        self.llm = LLM(model=str(model_path), tokenizer=str(model_path), dtype=dtype, max_model_len=max_length,
-                       trust_remote_code=trust_remote_code, gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
-                       enable_lora=lora_rank is not None, max_lora_rank=max(8, lora_rank or 8), seed=0)
+        self.llm = LLM(
+            model=str(model_path),
+            tokenizer=str(model_path),
+            dtype=dtype,
+            max_model_len=max_length,
+            trust_remote_code=trust_remote_code,
+            gpu_memory_utilization=GPU_MEMORY_UTILIZATION,
+            enable_lora=lora_rank is not None,
+            max_lora_rank=max(8, lora_rank or 8),
+            seed=0,
+        )
 
-    def generate(self, model, prompts: Sequence[str], config: DecodingConfig, adapter_dir: Path | None = None,
-                 on_batch: Callable[[list[int], list[str]], None] | None = None) -> list[str]:
+    def generate(
+        self,
+        model,
+        prompts: Sequence[str],
+        config: DecodingConfig,
+        adapter_dir: Path | None = None,
+        on_batch: Callable[[list[int], list[str]], None] | None = None,
+    ) -> list[str]:
         """One answer per prompt, in input order. `model` is the HF model (its generation config's EOS ids)."""
         from vllm import SamplingParams
         from vllm.lora.request import LoRARequest
 
         _, _, end_ids = end_token_ids(model, self.tokenizer, config.stop_strings)
-        params = SamplingParams(temperature=0.0, max_tokens=config.max_new_tokens, stop_token_ids=sorted(end_ids),
-                                stop=[s for s in config.stop_strings if s], skip_special_tokens=True)
+        params = SamplingParams(
+            temperature=0.0,
+            max_tokens=config.max_new_tokens,
+            stop_token_ids=sorted(end_ids),
+            stop=[s for s in config.stop_strings if s],
+            skip_special_tokens=True,
+        )
         lora = LoRARequest("adapter", 1, str(adapter_dir)) if adapter_dir is not None else None
         answers: list[str] = []
         for start in range(0, len(prompts), CHUNK):
             chunk = list(range(start, min(start + CHUNK, len(prompts))))
             requests = [{"prompt_token_ids": prompt_ids(self.tokenizer, prompts[i])} for i in chunk]
             outputs = self.llm.generate(requests, params, lora_request=lora, use_tqdm=False)
-            chunk_answers = [_answer(self.tokenizer, list(o.outputs[0].token_ids), end_ids, config.stop_strings, False)
-                             for o in outputs]
+            chunk_answers = [
+                _answer(self.tokenizer, list(o.outputs[0].token_ids), end_ids, config.stop_strings, False)
+                for o in outputs
+            ]
             answers += chunk_answers
             if on_batch is not None:
                 on_batch(chunk, chunk_answers)
