@@ -20,18 +20,13 @@ from pathlib import Path
 
 import torch
 
-from jsquad_lora.batching import (
-    AnswerOnlyCollator,
-    FlatteningCollator,
-    SharedPrefixCollator,
-    encode_train_set,
-    padding_fraction,
-    share_prefixes,
-)
+from jsquad_lora.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
+from jsquad_lora.packing import share_prefixes
 from jsquad_lora.prompts import render_prompt
+from jsquad_lora.tokenize import encode_train_set
 from jsquad_lora.training import EpochBatchOrder
 
 MODES = {
@@ -43,9 +38,11 @@ MODES = {
 
 
 def batches(items, batch_size, order, mode):
-    collator = {"padding_free": FlatteningCollator, "shared_prefix": lambda: SharedPrefixCollator(0)}.get(
-        mode, lambda: AnswerOnlyCollator(0)
-    )()
+    collator = PaddingMeter(
+        {"padding_free": FlatteningCollator, "shared_prefix": lambda: SharedPrefixCollator(0)}.get(
+            mode, lambda: AnswerOnlyCollator(0)
+        )()
+    )
     indices = list(order)
     for i in range(0, len(indices), batch_size):
         chosen = indices[i : i + batch_size]
@@ -85,7 +82,7 @@ def main() -> None:
         collator = None
         for _, collator, _ in batches(items, batch_size, order, mode):
             pass
-        epoch_padding = padding_fraction(collator)
+        epoch_padding = collator.padding_fraction
         torch.manual_seed(0)
         model = build_tiny_model(cfg.model, tokenizer)
         model.config.use_cache = False  # as in training: the packed masks need it

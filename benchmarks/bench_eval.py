@@ -21,9 +21,11 @@ import torch
 
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
+from jsquad_lora.decoding import DecodingConfig
 from jsquad_lora.evaluation import build_prompts
-from jsquad_lora.generation import DecodingConfig, generate_answers
-from jsquad_lora.run import _load_adapter, base_model_and_tokenizer, make_renderer
+from jsquad_lora.generation import generate_answers
+from jsquad_lora.modeling import load_trained
+from jsquad_lora.run import base_model_and_tokenizer, make_renderer
 
 
 def main() -> None:
@@ -45,7 +47,7 @@ def main() -> None:
     questions = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.questions]
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
     if (run_dir / "adapter").exists():
-        model = _load_adapter(model, run_dir / "adapter", cfg)
+        model = load_trained(model, run_dir / "adapter", cfg.lora.enabled)
     render = make_renderer(cfg, tokenizer, train)
     prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
     rows, answers = [], {}

@@ -52,10 +52,11 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from jsquad_lora.batching import AnswerOnlyCollator, FlatteningCollator, padding_fraction
+from jsquad_lora.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.generation import DecodingConfig, generate_answers
+from jsquad_lora.decoding import DecodingConfig
+from jsquad_lora.generation import generate_answers
 from jsquad_lora.modeling import attach_lora, build_char_tokenizer, count_parameters, load_base_model
 from jsquad_lora.prompts import render_prompt
 from jsquad_lora.training import EpochBatchOrder
@@ -159,7 +160,7 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
     # examples made before timing: the Trainer's are tokenised in advance too (collation is timed)
     needed = [order[i : i + micro] for i in range(0, (args.warmup + args.steps) * accum * micro, micro)]
     chunks = iter([[example(j, lengths[j], args.answer_tokens, args.seed) for j in chunk] for chunk in needed])
-    collator = (
+    collator = PaddingMeter(
         FlatteningCollator() if cfg.train.batching == "padding_free" else AnswerOnlyCollator(model.config.pad_token_id)
     )
     params = [p for p in model.parameters() if p.requires_grad]
@@ -173,7 +174,7 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
         if step == args.warmup:  # warm-up steps (allocator, kernels, autotuning) are not timed
             sync(device)
             start = time.perf_counter()
-            collator.real_tokens = collator.padded_tokens = 0
+            collator.reset()
         for _ in range(accum):
             batch = collator(next(chunks))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -193,7 +194,7 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
     flops_per_token = 4 * frozen + 6 * trainable
     return {
         "tokens_per_second": tokens_per_second,
-        "padding_fraction": padding_fraction(collator),
+        "padding_fraction": collator.padding_fraction,
         "mfu": flops_per_token * tokens_per_second / (args.peak_tflops * 1e12),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
         "seconds": seconds,

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
+from jsquad_lora.decoding import DecodingConfig
 from jsquad_lora.evaluation import build_prompts
-from jsquad_lora.generation import DecodingConfig, generate_answers
-from jsquad_lora.run import _load_adapter, _vllm, base_model_and_tokenizer, make_renderer
+from jsquad_lora.generation import generate_answers
+from jsquad_lora.modeling import load_trained
+from jsquad_lora.run import base_model_and_tokenizer, make_renderer, vllm_answerer
 from jsquad_lora.scoring import score_predictions
-from jsquad_lora.vllm_backend import check_available
+from jsquad_lora.vllm_backend import VllmEngines, check_available
 
 
 def main() -> None:
@@ -35,7 +37,7 @@ def main() -> None:
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
     adapter = run_dir / "adapter"
     if adapter.exists():
-        model = _load_adapter(model, adapter, cfg)
+        model = load_trained(model, adapter, cfg.lora.enabled)
     render = make_renderer(cfg, tokenizer, train)
     prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
     decoding = DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode="greedy")
@@ -43,7 +45,8 @@ def main() -> None:
     start = time.perf_counter()
     answers["hf"] = generate_answers(model, tokenizer, prompts, passages, decoding)
     seconds["hf"] = time.perf_counter() - start
-    generate = _vllm(cfg, run_dir, model, tokenizer, adapter if adapter.exists() else None)
+    engines = VllmEngines()
+    generate = vllm_answerer(cfg, run_dir, model, tokenizer, adapter if adapter.exists() else None, engines)
     start = time.perf_counter()
     answers["vllm"] = generate(prompts, decoding, None)
     seconds["vllm"] = time.perf_counter() - start

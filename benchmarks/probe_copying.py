@@ -21,9 +21,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jsquad_lora.batching import encode_train_example, prompt_ids
 from jsquad_lora.config import load_config
-from jsquad_lora.run import _load_adapter, base_model_and_tokenizer, load_questions, make_renderer
+from jsquad_lora.modeling import load_trained
+from jsquad_lora.run import base_model_and_tokenizer, load_questions, make_renderer
+from jsquad_lora.tokenize import encode_train_example, prompt_ids
 
 CHUNK = 30
 
@@ -81,7 +82,7 @@ def main() -> None:
     train, dev = load_questions(cfg)
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
     if (run_dir / "adapter").exists():
-        model = _load_adapter(model, run_dir / "adapter", cfg)
+        model = load_trained(model, run_dir / "adapter", cfg.lora.enabled)
     model.eval()
     render = make_renderer(cfg, tokenizer, train)
     rng = random.Random(args.seed)

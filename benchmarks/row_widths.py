@@ -13,9 +13,10 @@ import tempfile
 from pathlib import Path
 
 from jsquad_lora.augment import cloze_questions
-from jsquad_lora.batching import encode_train_set, share_prefixes
 from jsquad_lora.config import load_config
+from jsquad_lora.packing import share_prefixes
 from jsquad_lora.run import base_model_and_tokenizer, load_questions, make_renderer
+from jsquad_lora.tokenize import encode_train_set
 from jsquad_lora.training import EpochBatchOrder
 
 

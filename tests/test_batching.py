@@ -2,10 +2,11 @@
 
 import pytest
 
-from jsquad_lora.batching import AnswerOnlyCollator, encode_train_example, fit_question, padding_fraction, prompt_ids
+from jsquad_lora.collators import AnswerOnlyCollator, PaddingMeter
 from jsquad_lora.data import Question
 from jsquad_lora.modeling import build_char_tokenizer
 from jsquad_lora.prompts import render_prompt
+from jsquad_lora.tokenize import encode_train_example, fit_question, prompt_ids
 
 BODY = (
     "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。"
@@ -44,12 +45,12 @@ def test_truncation_keeps_answer_span():
 
 
 def test_collator_pads_right_with_ignored_labels():
-    collator = AnswerOnlyCollator(TOKENIZER.pad_token_id)
+    collator = PaddingMeter(AnswerOnlyCollator(TOKENIZER.pad_token_id))
     batch = collator([{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}, {"input_ids": [5], "labels": [5]}])
     assert batch["input_ids"].tolist() == [[5, 6, 7], [5, 0, 0]]
     assert batch["labels"].tolist() == [[-100, 6, 7], [5, -100, -100]]
     assert batch["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
-    assert abs(padding_fraction(collator) - 2 / 6) < 1e-12
+    assert abs(collator.padding_fraction - 2 / 6) < 1e-12
 
 
 def test_padding_free_batch_gives_the_padded_loss():
@@ -57,7 +58,7 @@ def test_padding_free_batch_gives_the_padded_loss():
     summed answer loss equals the padded batch's, example by example."""
     import torch
 
-    from jsquad_lora.batching import FlatteningCollator
+    from jsquad_lora.collators import FlatteningCollator
     from jsquad_lora.config import ModelConfig
     from jsquad_lora.modeling import build_tiny_model
 
@@ -118,7 +119,7 @@ def test_weighted_prompt_loss():
     and padded and flattened batches give the same weighted loss."""
     import torch
 
-    from jsquad_lora.batching import FlatteningCollator
+    from jsquad_lora.collators import FlatteningCollator
     from jsquad_lora.config import ModelConfig
     from jsquad_lora.modeling import build_tiny_model
     from jsquad_lora.training import weighted_prompt_loss
@@ -145,9 +146,10 @@ def test_shared_prefix_rows_equal_separate_examples():
     it gets alone, and the same answer-only and weighted losses as the padded batch."""
     import torch
 
-    from jsquad_lora.batching import SharedPrefixCollator, share_prefixes
+    from jsquad_lora.collators import SharedPrefixCollator
     from jsquad_lora.config import ModelConfig
     from jsquad_lora.modeling import build_tiny_model
+    from jsquad_lora.packing import share_prefixes
     from jsquad_lora.training import weighted_prompt_loss
 
     torch.manual_seed(0)
@@ -188,7 +190,7 @@ def test_shared_prefix_rows_equal_separate_examples():
 def test_shared_prefix_rows_stop_at_max_tokens():
     """A row stops growing at `max_tokens` (attention costs its width squared); an example longer
     than the cap still gets a row of its own; every example lands in exactly one row."""
-    from jsquad_lora.batching import share_prefixes
+    from jsquad_lora.packing import share_prefixes
 
     questions = [
         Question(f"q{k}", "", BODY, BODY[k : k + 3] + "は何か?", ("血液組成",), (BODY.index("血液組成"),))

@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from conftest import needs_data
 
-from jsquad_lora.batching import AnswerOnlyCollator, Encoded, SharedPrefixCollator, encode_train_set, share_prefixes
+from jsquad_lora.collators import AnswerOnlyCollator, SharedPrefixCollator
 from jsquad_lora.config import LoraSettings, ModelConfig
 from jsquad_lora.data import Question
 from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
+from jsquad_lora.packing import share_prefixes
 from jsquad_lora.prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
+from jsquad_lora.tokenize import Encoded, encode_train_set
 
 WINDOW = 6
 BODY = (
@@ -408,14 +410,14 @@ def test_missing_gguf_file_is_an_input_error(tmp_path, monkeypatch):
 
 
 def test_candidate_head_computes_only_the_candidates():
-    from jsquad_lora.generation import _CandidateHead
+    from jsquad_lora.extractive import CandidateHead
 
     torch.manual_seed(0)
     ids = [0, 3, 4, 17, 41]
     for head in (torch.nn.Linear(16, 50, bias=False), torch.nn.Linear(16, 50, bias=True)):
         hidden = torch.randn(2, 5, 16)[:, -2:]  # a non-contiguous slice, as generation hands the head
         with torch.no_grad():
-            full, restricted = head(hidden), _CandidateHead(head, ids)(hidden)
+            full, restricted = head(hidden), CandidateHead(head, ids)(hidden)
         assert restricted.shape == full.shape
         torch.testing.assert_close(restricted[..., ids], full[..., ids])
         others = [i for i in range(50) if i not in ids]
@@ -423,15 +425,15 @@ def test_candidate_head_computes_only_the_candidates():
 
 
 def test_head_restriction_is_undone_after_the_block():
-    from jsquad_lora.generation import _CandidateHead, _head_restricted_to
+    from jsquad_lora.extractive import CandidateHead, head_restricted_to
 
     model = tiny_neox(TOKENIZER)
     head = model.get_output_embeddings()
-    with pytest.raises(RuntimeError), _head_restricted_to(model, [1, 2, 3]):
-        assert isinstance(model.get_output_embeddings(), _CandidateHead)
+    with pytest.raises(RuntimeError), head_restricted_to(model, [1, 2, 3]):
+        assert isinstance(model.get_output_embeddings(), CandidateHead)
         raise RuntimeError("inside the block")
     assert model.get_output_embeddings() is head
-    with _head_restricted_to(model, None):  # no candidates (greedy decoding): the head stays
+    with head_restricted_to(model, None):  # no candidates (greedy decoding): the head stays
         assert model.get_output_embeddings() is head
 
 
@@ -439,20 +441,21 @@ def test_head_restriction_is_undone_after_the_block():
 def test_extractive_answers_are_the_same_with_the_candidate_head(kind, monkeypatch):
     """The head restricted to the passages' tokens changes no answer (Gemma: with logit softcapping,
     which maps the restricted head's -inf to -cap, still below every allowed token once masked)."""
-    from jsquad_lora import generation
-    from jsquad_lora.generation import DecodingConfig, generate_answers
+    from jsquad_lora import extractive, generation
+    from jsquad_lora.decoding import DecodingConfig
+    from jsquad_lora.generation import generate_answers
 
     model = tiny_neox(TOKENIZER) if kind == "neox" else tiny_gemma(TOKENIZER, softcap=3.0)
     prompts, passages = [render(q) for q in QUESTIONS], [q.context for q in QUESTIONS]
     config = DecodingConfig(mode="extractive", max_new_tokens=8, batch_size=3)
 
     calls = []
-    forward = generation._CandidateHead.forward
-    monkeypatch.setattr(generation._CandidateHead, "forward", lambda self, h: calls.append(1) or forward(self, h))
+    forward = extractive.CandidateHead.forward
+    monkeypatch.setattr(extractive.CandidateHead, "forward", lambda self, h: calls.append(1) or forward(self, h))
     restricted = generate_answers(model, TOKENIZER, prompts, passages, config)
     assert calls, "the restricted head was never used"
 
-    monkeypatch.setattr(generation, "_head_restricted_to", lambda model, ids: contextlib.nullcontext())
+    monkeypatch.setattr(generation, "head_restricted_to", lambda model, ids: contextlib.nullcontext())
     reference = generate_answers(model, TOKENIZER, prompts, passages, config)
     assert restricted == reference
     assert all(a in p for a, p in zip(reference, passages)) and any(reference)

@@ -21,8 +21,10 @@ from transformers import (
     T5Tokenizer,
 )
 
-from jsquad_lora.batching import prompt_ids
-from jsquad_lora.generation import DecodingConfig, _vocab, generate_answers, generate_free
+from jsquad_lora.decoding import DecodingConfig
+from jsquad_lora.generation import generate_answers, generate_free
+from jsquad_lora.tokenize import prompt_ids
+from jsquad_lora.vocab import token_vocab
 
 PASSAGES = [
     "東京都は日本の首都である。",
@@ -378,8 +380,8 @@ def test_extractive_blocks_text_outside_the_passage():
 @pytest.mark.parametrize("name", list(TOKENIZERS))
 def test_vocab_index_matches_brute_force(name):
     tokenizer = TOKENIZERS[name]()
-    vocab = _vocab(tokenizer)
-    assert vocab is _vocab(tokenizer)  # cached per tokenizer
+    vocab = token_vocab(tokenizer)
+    assert vocab is token_vocab(tokenizer)  # cached per tokenizer
     pieces = vocab.pieces
     for passage in PASSAGES:
         data = passage.encode()

@@ -7,7 +7,8 @@ from conftest import TINY_TEST, needs_data
 
 from jsquad_lora.cli import main
 from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.scoring import load_predictions, score_predictions
+from jsquad_lora.predictions import load_predictions
+from jsquad_lora.scoring import score_predictions
 
 
 @pytest.fixture(scope="module")

@@ -16,26 +16,19 @@ from __future__ import annotations
 import random
 import re
 from collections import Counter
-from functools import lru_cache
 from typing import Sequence
 
 from .data import Question
+from .mecab import tagger
 
 WINDOW = 14  # characters of the sentence kept on each side of the blank (real questions are short)
 _LEADING_PARTICLE = re.compile(r"^[、，,]?(?:は|が|を|に|で|の|と|も|へ|や)?[、，,]?")  # 「…日、」「…は、」
 
 
-@lru_cache(maxsize=1)
-def _tagger():
-    from fugashi import Tagger
-
-    return Tagger()
-
-
 def noun_spans(sentence: str) -> list[tuple[int, int]]:
     """(start, end) character spans of maximal runs of nouns (名詞) in `sentence`, 2-15 characters."""
     spans, start, pos, run_start = [], 0, 0, None
-    for word in _tagger()(sentence):
+    for word in tagger()(sentence):
         at = sentence.find(word.surface, pos)
         if at < 0:
             run_start = None

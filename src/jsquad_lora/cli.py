@@ -10,11 +10,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
+from .config import DEFAULT_CONFIG
+from .decoding import DECODING_MODES
 from .errors import InputError
 from .prompts import TEMPLATES
+from .scoring import SCORERS
 
 
 def _load(data: str, split: str = "valid"):
@@ -24,7 +28,8 @@ def _load(data: str, split: str = "valid"):
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .scoring import load_predictions, score_predictions
+    from .predictions import load_predictions
+    from .scoring import score_predictions
 
     questions = _load(args.data).questions
     if args.ids:
@@ -54,13 +59,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         pool = _load(args.train, "train").questions if args.train else split.questions
         examples = select_fewshot(pool, args.fewshot, args.seed, question)
     tokenizer = None
-    if args.template == "chat":
+    if args.tokenizer:
         from .modeling import load_tokenizer
 
-        if not args.tokenizer:
-            raise InputError(
-                "--tokenizer", "the chat template needs a tokenizer", fix="pass --tokenizer HUB_ID_OR_PATH"
-            )
         tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=False)
     sys.stdout.write(
         render_prompt(question, args.template, with_answer=args.with_answer, examples=examples, tokenizer=tokenizer)
@@ -124,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a predictions file against a JSQuAD data file")
     p.add_argument("data", help="JSQuAD JSON file (or a directory: its valid split)")
     p.add_argument("predictions", help='{"<id>": "<answer>"} JSON, or this tool\'s predictions JSONL')
-    p.add_argument("--metric", choices=("jglue", "stability", "llmjp"), default="jglue")
+    p.add_argument("--metric", choices=tuple(SCORERS), default="jglue")
     p.add_argument(
         "--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing"
     )
@@ -134,14 +135,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("prompt", help="print the prompt the model sees for one question")
     p.add_argument("data")
     p.add_argument("--id", required=True)
-    p.add_argument("--template", choices=TEMPLATES, default="seed")
+    p.add_argument("--template", choices=tuple(TEMPLATES), default="seed")
     p.add_argument(
         "--with-answer", action="store_true", help="append the first gold answer (the training text, without EOS)"
     )
     p.add_argument("--fewshot", type=int, default=0, help="number of few-shot examples")
     p.add_argument("--train", help="where few-shot examples come from (default: DATA itself)")
     p.add_argument("--seed", type=int, default=1234)
-    p.add_argument("--tokenizer", help="tokenizer (hub id or path) for --template chat")
+    p.add_argument("--tokenizer", help="tokenizer (hub id or path), for templates that need one (chat)")
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("stats", help="counts and length percentiles of a data file")
@@ -155,7 +156,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "evaluate only (before, or the run's trained adapter if present)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", help="YAML config (default: configs/tiny-cpu.yaml, the offline default)")
+        p.add_argument("--config", help=f"YAML config or preset name (default: configs/{DEFAULT_CONFIG})")
         p.add_argument("--output", help="run directory (default: runs/<config name>)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
         p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")
@@ -173,13 +174,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="a run directory")
     p.add_argument("--context", required=True)
     p.add_argument("--question", required=True)
-    p.add_argument("--decoding", choices=("greedy", "extractive"), default=None)
+    p.add_argument("--decoding", choices=tuple(DECODING_MODES), default=None)
     p.set_defaults(func=cmd_ask)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         return args.func(args)
     except InputError as err:

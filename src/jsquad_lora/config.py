@@ -15,7 +15,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
+from .decoding import DecodingName
 from .errors import InputError
+from .prompts import TemplateName
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = "gemma-3-270m.yaml"
@@ -84,7 +86,7 @@ class DataConfig:
 
 @dataclass
 class PromptConfig:
-    template: Literal["seed", "newline", "harness", "fintan", "chat"] = "seed"
+    template: TemplateName = "seed"  # a name registered in prompts.TEMPLATES
     fewshot: int = 0
     seed: int = 1234
 
@@ -125,7 +127,7 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    decoding: Literal["greedy", "extractive"] = "greedy"
+    decoding: DecodingName = "greedy"  # a name registered in decoding.DECODING_MODES
     batch_size: int = 32
     max_new_tokens: int = 48
     before: bool = True

@@ -14,7 +14,9 @@ import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Literal
+
+from .errors import InputError
 
 
 @contextmanager
@@ -83,6 +85,49 @@ def append_jsonl_lines(path: Path | str, rows: Iterable[Any]) -> None:
         os.fsync(handle.fileno())
 
 
+def _jsonl_lines(raw: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(line number, byte offset, line with its "\n") for every line of `raw`. Lines end at "\n"
+    only: JSON strings may hold U+2028, U+0085 and other characters `str.splitlines` splits on."""
+    offset = 3 if raw.startswith(b"\xef\xbb\xbf") else 0  # a UTF-8 byte order mark
+    number = 0
+    while offset < len(raw):
+        end = raw.find(b"\n", offset)
+        end = len(raw) if end < 0 else end + 1
+        number += 1
+        yield number, offset, raw[offset:end]
+        offset = end
+
+
+def _parse_line(line: bytes) -> Any:
+    """The JSON value of one line; ValueError if it is not UTF-8 JSON."""
+    return json.loads(line.decode("utf-8"))
+
+
+def read_jsonl(path: Path | str, *, on_bad_line: Literal["raise", "skip"] = "raise") -> list[tuple[int, Any]]:
+    """(line number, value) for every non-blank line of a JSONL file, in order.
+
+    A line that is not JSON: "raise" an InputError naming the file and the line; "skip" it (for
+    optional extras such as a report's loss curve)."""
+    path = Path(path)
+    rows = []
+    for number, _, line in _jsonl_lines(path.read_bytes()):
+        if not line.strip():
+            continue
+        try:
+            rows.append((number, _parse_line(line)))
+        except ValueError as err:
+            if on_bad_line == "skip":
+                continue
+            problem = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+            raise InputError(
+                path,
+                f"invalid JSON on this line: {problem}",
+                where=f"line {number}",
+                fix="each line of a JSONL file must be one complete JSON object; remove or repair this line",
+            ) from None
+    return rows
+
+
 def read_jsonl_prefix(path: Path | str) -> list[dict]:
     """Read the complete, valid lines of an append-only JSONL log and truncate any torn tail.
 
@@ -94,15 +139,15 @@ def read_jsonl_prefix(path: Path | str) -> list[dict]:
     raw = path.read_bytes()
     rows: list[dict] = []
     good_bytes = 0
-    for line in raw.splitlines(keepends=True):
+    for _, offset, line in _jsonl_lines(raw):
         if not line.endswith(b"\n"):
             break
-        try:
-            row = json.loads(line.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError):
-            break
-        rows.append(row)
-        good_bytes += len(line)
+        if line.strip():
+            try:
+                rows.append(_parse_line(line))
+            except ValueError:
+                break
+        good_bytes = offset + len(line)
     if good_bytes != len(raw):
         with open(path, "r+b") as handle:
             handle.truncate(good_bytes)

@@ -308,19 +308,25 @@ def save_trained(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
-def load_trained(base_dir: Path | str, adapter_dir: Path | None, cfg: ModelConfig, lora_enabled: bool):
-    """Reload a model for evaluation: the saved base (tiny) or pretrained base, plus the adapter."""
-    from transformers import AutoModelForCausalLM
+def load_trained(model, adapter_dir: Path, lora_enabled: bool):
+    """The trained model of a run for generation: `model` (the base) with the saved LoRA adapter
+    merged in, or the saved full weights when the run fine-tuned every weight."""
+    if not lora_enabled:
+        from transformers import AutoModelForCausalLM
 
-    if adapter_dir is not None and not lora_enabled:
-        model = AutoModelForCausalLM.from_pretrained(adapter_dir, use_safetensors=True)
+        return AutoModelForCausalLM.from_pretrained(adapter_dir, use_safetensors=True)
+    from peft import PeftModel
+
+    return merged(PeftModel.from_pretrained(model, adapter_dir))
+
+
+def merged(model):
+    """LoRA folded into the base weights for generation: peft's unmerged layers run two extra
+    small matmuls per linear layer per token (the cost is measured in BENCHMARKS.md §0).
+    Quantised bases keep the adapter unmerged (merging would round it into 8-/4-bit weights)."""
+    if not hasattr(model, "merge_and_unload"):
         return model
-    if str(base_dir) == cfg.name:
-        model = load_base_model(cfg)
-    else:
-        model = AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True)
-    if adapter_dir is not None:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter_dir)
-    return model
+    base = model.get_base_model()
+    if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
+        return model
+    return model.merge_and_unload()

@@ -17,11 +17,11 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import InputError
-from .files import write_bytes, write_text
+from .files import read_jsonl, write_bytes, write_text
+from .scoring import PRIMARY_SCORER, SCORERS
 
 log = logging.getLogger(__name__)
 
-SCORERS = ("jglue", "stability", "llmjp")
 STAGES = ("before", "after")
 EXAMPLES_PER_KIND = 5
 TINY_MODEL = "tiny"  # modeling.TINY; not imported so reports never pull in torch
@@ -107,17 +107,9 @@ def _dig(obj: Any, *keys: str) -> Any:
 def _read_jsonl(path: Path) -> list[dict]:
     """Valid object lines of a JSONL file; a torn or foreign line is skipped, not fatal,
     because these files are optional extras of the report."""
-    if not path.exists():
+    if not path.is_file():
         return []
-    rows = []
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
+    return [row for _, row in read_jsonl(path, on_bad_line="skip") if isinstance(row, dict)]
 
 
 def _pick_examples(rows: list[dict], k: int = EXAMPLES_PER_KIND) -> list[dict]:
@@ -304,7 +296,7 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
 def _evaluated_questions(metrics: dict) -> str:
     """Which dev questions the scores are over: the whole split, or the sample with its standard error."""
     sample = metrics.get("sample")
-    count = _dig(metrics, "after", "jglue", "count") or _dig(metrics, "before", "jglue", "count")
+    count = _dig(metrics, "after", PRIMARY_SCORER, "count") or _dig(metrics, "before", PRIMARY_SCORER, "count")
     if not isinstance(sample, dict):
         return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
     errors = sample.get("em_standard_error") or {}
@@ -371,7 +363,7 @@ def scores_png(runs: Sequence[RunSummary]) -> bytes:
     ]
     for run in runs:
         for stage in STAGES:
-            if (em := run.score(stage, "jglue", "exact_match")) is not None:
+            if (em := run.score(stage, PRIMARY_SCORER, "exact_match")) is not None:
                 bars.append((em, _ascii(f"{run.name} ({run.metrics.get('model', '?')}) {stage}"), stage))
     bars.sort(key=lambda b: b[0])
     fig = Figure(figsize=(9, 1.5 + 0.32 * len(bars)))

@@ -1,4 +1,7 @@
-"""The recipe: the whole main job as a readable sequence of stage calls.
+"""The recipe: the main job as stages (prepare → evaluate "before" → train → evaluate "after" → finish).
+
+`main_job` reads like a table of contents; each stage is a function of the `Job` the stages share
+(config, run directory, questions, model, metrics). The CLI configures logging and calls it.
 
 Run directory layout (every file written atomically):
     config.yaml                 the resolved config
@@ -18,14 +21,15 @@ Run directory layout (every file written atomically):
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import logging
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable, Literal
 
 from .config import RunConfig, config_to_yaml, load_config
-from .data import load_split, resolve_split, sample_standard_error, stratified_sample
+from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
 from .errors import InputError
 from .files import atomic_dir, read_jsonl_prefix, write_json, write_text
 
@@ -33,6 +37,73 @@ log = logging.getLogger(__name__)
 
 MAX_ASK_CONTEXT_CHARS = 20_000
 MAX_ASK_QUESTION_CHARS = 2_000
+Stage = Literal["before", "after"]
+#: metrics.json's key for each evaluation's timings (older runs' names, kept for their reports)
+EVAL_SUMMARY_KEY = {"before": "eval_before", "after": "eval"}
+
+
+@dataclass
+class Job:
+    """What the stages of one run share."""
+
+    cfg: RunConfig
+    run_dir: Path
+    train_questions: list[Question]
+    eval_questions: list[Question]
+    model: Any
+    tokenizer: Any
+    render: Callable[[Question], str]
+    metrics: dict
+    engines: Any = None  # vllm_backend.VllmEngines, when eval.backend=vllm
+    side_check: dict = field(default_factory=dict)
+    base_for_inference: Any = None  # the untouched base in eval.dtype (before tuning), made once
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    @property
+    def trained(self) -> bool:
+        return self.adapter_dir.exists()
+
+    def save_metrics(self) -> None:
+        write_json(self.run_dir / "metrics.json", self.metrics)
+
+
+def main_job(
+    config: str | None,
+    output: str | None,
+    overrides: list[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stages: str = "run",
+) -> Path:
+    """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
+    from .vllm_backend import VllmEngines
+
+    cfg = load_config(config, overrides)
+    run_dir = prepare_run_dir(cfg, output, resume=resume, overwrite=overwrite)
+    evaluating = stages in ("run", "evaluate")
+    with VllmEngines() as engines:
+        job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
+        if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
+            evaluate_stage(job, "before")
+        if evaluating and cfg.eval.side_check:
+            side_check_stage(job, "before")
+        if stages in ("run", "train") and not job.trained:
+            train_stage(job)
+        elif job.trained and evaluating:
+            load_trained_stage(job)
+        if evaluating and cfg.eval.after and job.trained:
+            evaluate_stage(job, "after")
+            if job.side_check:
+                side_check_stage(job, "after")
+    finish(job, finished=stages == "run", report=evaluating)
+    return run_dir
+
+
+# --- setup ---------------------------------------------------------------------------------------
 
 
 def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwrite: bool) -> Path:
@@ -62,16 +133,23 @@ def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwri
     return run_dir
 
 
-def load_questions(cfg: RunConfig):
+def load_questions(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
     """Training and evaluation questions: all of each split, or its seeded stratified sample
     (`data.train_sample` / `data.eval_sample`), then the first `*_limit` (smoke tests)."""
+    train, valid, _ = _questions(cfg)
+    return train, valid
+
+
+def _questions(cfg: RunConfig) -> tuple[list[Question], list[Question], int]:
+    """`load_questions`, and the size of the evaluation split the sample was drawn from."""
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     valid = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions
+    population = len(valid)
     if size := train_sample_size(cfg):
         train = stratified_sample(train, size, cfg.data.sample_seed)
     if cfg.data.eval_sample:
         valid = stratified_sample(valid, cfg.data.eval_sample, cfg.data.sample_seed)
-    return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit]
+    return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit], population
 
 
 def train_sample_size(cfg: RunConfig) -> int | None:
@@ -136,8 +214,8 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
     return AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), AutoTokenizer.from_pretrained(base)
 
 
-def _decoding(cfg: RunConfig, mode: str | None = None):
-    from .generation import DecodingConfig
+def decoding_config(cfg: RunConfig, mode: str | None = None):
+    from .decoding import DecodingConfig
 
     return DecodingConfig(
         max_new_tokens=cfg.eval.max_new_tokens,
@@ -145,202 +223,6 @@ def _decoding(cfg: RunConfig, mode: str | None = None):
         mode=mode or cfg.eval.decoding,
         share_prefix=cfg.eval.share_prefix,
     )
-
-
-def _side_check(model, tokenizer) -> str:
-    from .generation import generate_free
-    from .prompts import SIDE_CHECK_PROMPT
-
-    return generate_free(model, tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64)
-
-
-def main_job(
-    config: str | None,
-    output: str | None,
-    overrides: list[str],
-    *,
-    resume: bool = False,
-    overwrite: bool = False,
-    stages: str = "run",
-) -> Path:
-    """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
-    cfg = load_config(config, overrides)
-    run_dir = prepare_run_dir(cfg, output, resume=resume, overwrite=overwrite)
-    metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
-    metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
-    save = functools.partial(write_json, metrics_path)
-
-    train_qs, eval_qs = load_questions(cfg)  # bad data fails here, before any model is loaded
-    if cfg.data.eval_sample:
-        population = len(load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions)
-        write_json(run_dir / "eval_ids.json", [q.id for q in eval_qs])
-        metrics["sample"] = {
-            "questions": len(eval_qs),
-            "of": population,
-            "seed": cfg.data.sample_seed,
-            "stratified_by": "article",
-            "drawn_as": "whole passages",
-            "ids": "eval_ids.json",
-        }
-    if cfg.eval.backend == "vllm" and stages != "train":
-        from .vllm_backend import check_available
-
-        check_available(cfg.eval.decoding)
-
-    from .batching import encode_train_set
-    from .devices import train_in_bf16
-    from .evaluation import evaluate
-    from .modeling import attach_lora, count_parameters, save_trained
-    from .training import train
-
-    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_qs)
-    metrics["base_model"] = _model_card(cfg, model)
-    render = make_renderer(cfg, tokenizer, train_qs)
-    side = {"prompt": None}
-    adapter_dir = run_dir / "adapter"
-    want_eval = stages in ("run", "evaluate")
-
-    if want_eval and cfg.eval.before and not (adapter_dir.exists() and stages == "evaluate"):
-        log.info("evaluating %d questions before tuning", len(eval_qs))
-        infer = _for_inference(model, cfg, keep_original=True)
-        result = evaluate(
-            infer,
-            tokenizer,
-            eval_qs,
-            render,
-            _decoding(cfg),
-            cfg.model.max_length,
-            run_dir / "predictions-before.jsonl",
-            generator=_vllm(cfg, run_dir, model, tokenizer, adapter=None),
-        )
-        metrics["before"] = result.scores
-        _note_standard_error(metrics, "before", run_dir / "predictions-before.jsonl", eval_qs)
-        metrics["eval_before"] = _eval_summary(result)
-        save(metrics)
-    if cfg.eval.side_check and want_eval:
-        from .prompts import SIDE_CHECK_PROMPT
-
-        side = {
-            "prompt": SIDE_CHECK_PROMPT,
-            "before": _side_check(_for_inference(model, cfg, keep_original=True), tokenizer),
-        }
-
-    if stages in ("run", "train") and not adapter_dir.exists():
-        _INFERENCE_COPIES.clear()
-        quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
-        model = attach_lora(
-            model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
-        )
-        trainable, total = count_parameters(model)
-        log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
-        train_set = list(train_qs)
-        if cfg.train.synthetic_per_passage:
-            from .augment import cloze_questions
-
-            train_set += cloze_questions(train_qs, cfg.train.synthetic_per_passage, cfg.train.seed)
-        examples, truncated = encode_train_set(train_set, render, tokenizer, cfg.model.max_length)
-        n_examples = len(examples)
-        if cfg.train.batching == "shared_prefix":
-            from .batching import share_prefixes
-
-            examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
-            log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
-        if truncated:
-            log.info(
-                "%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
-                "around the answer (the answer span is kept)",
-                truncated,
-                n_examples,
-                cfg.model.max_length,
-            )
-        bf16 = train_in_bf16(cfg.train.mixed_precision)
-        log.info(
-            "training in %s (train.mixed_precision=%s)",
-            "bfloat16 autocast" if bf16 else cfg.model.dtype,
-            cfg.train.mixed_precision,
-        )
-        result = train(model, examples, cfg.train, run_dir / "checkpoints", run_dir / "loss.jsonl", bf16=bf16)
-        with atomic_dir(adapter_dir) as tmp:
-            save_trained(model, tokenizer, tmp)
-        model = _merged(model)
-        metrics["train"] = {
-            "seconds": result.seconds,
-            "tokens_per_second": result.tokens_per_second,
-            "padding_fraction": result.padding_fraction,
-            "steps": result.steps,
-            "final_loss": result.final_loss,
-            "examples": n_examples,
-            "rows": len(examples),
-            "synthetic_examples": len(train_set) - len(train_qs),
-            "truncated_prompts": truncated,
-            "trainable_parameters": trainable,
-            "total_parameters": total,
-        }
-        save(metrics)
-    elif adapter_dir.exists() and want_eval:
-        model = _load_adapter(model, adapter_dir, cfg)
-
-    if want_eval and cfg.eval.after and adapter_dir.exists():
-        log.info("evaluating %d questions after tuning", len(eval_qs))
-        model = _for_inference(model, cfg, keep_original=False)  # the adapter is saved: no copy needed
-        result = evaluate(
-            model,
-            tokenizer,
-            eval_qs,
-            render,
-            _decoding(cfg),
-            cfg.model.max_length,
-            run_dir / "predictions-after.jsonl",
-            generator=_vllm(cfg, run_dir, model, tokenizer, adapter=adapter_dir),
-        )
-        metrics["after"] = result.scores
-        _note_standard_error(metrics, "after", run_dir / "predictions-after.jsonl", eval_qs)
-        metrics["eval"] = _eval_summary(result)
-        if side["prompt"]:
-            side["after"] = _side_check(model, tokenizer)
-    if side["prompt"]:
-        write_json(run_dir / "side_check.json", side)
-    metrics["finished"] = stages == "run"  # train/evaluate alone leave the run open for the rest
-    save(metrics)
-    if want_eval:
-        from .report import write_report
-
-        write_report([run_dir], run_dir)
-    for metric in ("jglue", "stability", "llmjp"):
-        parts = [f"{tag} {metrics[tag][metric]['exact_match']:.2f}" for tag in ("before", "after") if tag in metrics]
-        if parts:
-            log.info("EM (%s): %s", metric, " → ".join(parts))
-    log.info("run directory: %s", run_dir)
-    return run_dir
-
-
-_ENGINES: dict = {}  # model path → VllmGenerator: one engine per process and model
-
-
-def _vllm(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None):
-    """The vLLM answer function for `evaluate` (None: the HF backend). A LoRA adapter is applied
-    per request on the base model; fully fine-tuned weights are served as the model."""
-    if cfg.eval.backend != "vllm":
-        return None
-    from .modeling import TINY, resolve_model_source
-    from .vllm_backend import VllmGenerator
-
-    base = run_dir / "base" if cfg.model.name == TINY else resolve_model_source(cfg.model)
-    full = adapter is not None and not cfg.lora.enabled
-    path = str(adapter if full else base)
-    if path not in _ENGINES:
-        _ENGINES[path] = VllmGenerator(
-            path,
-            tokenizer,
-            dtype=cfg.model.dtype,
-            max_length=cfg.model.max_length,
-            lora_rank=cfg.lora.r if cfg.lora.enabled else None,
-            trust_remote_code=cfg.model.trust_remote_code,
-        )
-    engine, lora = _ENGINES[path], (adapter if adapter is not None and cfg.lora.enabled else None)
-    return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
 
 
 def _model_card(cfg: RunConfig, model) -> dict:
@@ -364,80 +246,223 @@ def _model_card(cfg: RunConfig, model) -> dict:
     return card
 
 
-def _note_standard_error(metrics: dict, tag: str, predictions: Path, questions) -> None:
-    """A sampled evaluation's standard error of jglue EM (percentage points), in metrics["sample"]."""
-    if "sample" not in metrics:
-        return
-    passage = {q.id: q.context for q in questions}
-    rows = read_jsonl_prefix(predictions)
-    ems, clusters = [100.0 * row["em"] for row in rows], [passage[row["id"]] for row in rows]
-    metrics["sample"].setdefault("em_standard_error", {})[tag] = sample_standard_error(
-        ems, clusters, metrics["sample"]["of"]
+# --- stages --------------------------------------------------------------------------------------
+
+
+def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) -> Job:
+    """Questions (bad data fails here, before any model is loaded), the base model, the prompt renderer."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
+    train_questions, eval_questions, population = _questions(cfg)
+    if cfg.data.eval_sample:
+        write_json(run_dir / "eval_ids.json", [q.id for q in eval_questions])
+        metrics["sample"] = {
+            "questions": len(eval_questions),
+            "of": population,
+            "seed": cfg.data.sample_seed,
+            "stratified_by": "article",
+            "drawn_as": "whole passages",
+            "ids": "eval_ids.json",
+        }
+    if cfg.eval.backend == "vllm" and evaluating:
+        from .vllm_backend import check_available
+
+        check_available(cfg.eval.decoding)
+    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
+    metrics["base_model"] = _model_card(cfg, model)
+    render = make_renderer(cfg, tokenizer, train_questions)
+    return Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
+
+
+def evaluate_stage(job: Job, stage: Stage) -> None:
+    """Answer the evaluation questions with the base ("before") or trained ("after") model; score them."""
+    from .evaluation import evaluate
+
+    log.info("evaluating %d questions %s tuning", len(job.eval_questions), stage)
+    model = _inference_model(job, stage)
+    predictions = job.run_dir / f"predictions-{stage}.jsonl"
+    adapter = job.adapter_dir if stage == "after" else None
+    generator = vllm_answerer(job.cfg, job.run_dir, model, job.tokenizer, adapter, job.engines)
+    result = evaluate(
+        model,
+        job.tokenizer,
+        job.eval_questions,
+        job.render,
+        decoding_config(job.cfg),
+        job.cfg.model.max_length,
+        predictions,
+        generator=generator,
+    )
+    if result.truncated_prompts:
+        log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
+    job.metrics[stage] = result.scores
+    if "sample" in job.metrics:
+        errors = job.metrics["sample"].setdefault("em_standard_error", {})
+        errors[stage] = _em_standard_error(predictions, job.eval_questions, job.metrics["sample"]["of"])
+    job.metrics[EVAL_SUMMARY_KEY[stage]] = result.summary()
+    job.save_metrics()
+
+
+def side_check_stage(job: Job, stage: Stage) -> None:
+    """The reference experiment's free-generation side check (a prompt outside the task)."""
+    from .generation import generate_free
+    from .prompts import SIDE_CHECK_PROMPT
+
+    job.side_check["prompt"] = SIDE_CHECK_PROMPT
+    job.side_check[stage] = generate_free(
+        _inference_model(job, stage), job.tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64
     )
 
 
-def _eval_summary(result) -> dict:
-    if result.truncated_prompts:
-        log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
-    return {
-        "seconds": result.seconds,
-        "questions": result.questions,
-        "generated": result.generated,
-        "truncated_prompts": result.truncated_prompts,
+def train_stage(job: Job) -> None:
+    """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
+    from .devices import train_in_bf16
+    from .modeling import attach_lora, count_parameters, merged, save_trained
+    from .tokenize import encode_train_set
+    from .training import train
+
+    cfg = job.cfg
+    job.base_for_inference = None  # the before-tuning copy is done with: free its memory
+    quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
+    model = attach_lora(
+        job.model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
+    train_set = list(job.train_questions)
+    if cfg.train.synthetic_per_passage:
+        from .augment import cloze_questions
+
+        train_set += cloze_questions(job.train_questions, cfg.train.synthetic_per_passage, cfg.train.seed)
+    examples, truncated = encode_train_set(train_set, job.render, job.tokenizer, cfg.model.max_length)
+    n_examples = len(examples)
+    if cfg.train.batching == "shared_prefix":
+        from .packing import share_prefixes
+
+        examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
+        log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
+    if truncated:
+        log.info(
+            "%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
+            "around the answer (the answer span is kept)",
+            truncated,
+            n_examples,
+            cfg.model.max_length,
+        )
+    bf16 = train_in_bf16(cfg.train.mixed_precision)
+    log.info(
+        "training in %s (train.mixed_precision=%s)",
+        "bfloat16 autocast" if bf16 else cfg.model.dtype,
+        cfg.train.mixed_precision,
+    )
+    result = train(model, examples, cfg.train, job.run_dir / "checkpoints", job.run_dir / "loss.jsonl", bf16=bf16)
+    with atomic_dir(job.adapter_dir) as tmp:
+        save_trained(model, job.tokenizer, tmp)
+    job.model = merged(model)
+    job.metrics["train"] = {
+        **result.summary(),
+        "examples": n_examples,
+        "rows": len(examples),
+        "synthetic_examples": len(train_set) - len(job.train_questions),
+        "truncated_prompts": truncated,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
     }
+    job.save_metrics()
 
 
-def _load_adapter(model, adapter_dir: Path, cfg: RunConfig):
-    if not cfg.lora.enabled:
-        from transformers import AutoModelForCausalLM
+def load_trained_stage(job: Job) -> None:
+    """The run's saved adapter (or full weights) on the base model, for evaluation."""
+    from .modeling import load_trained
 
-        return AutoModelForCausalLM.from_pretrained(adapter_dir, use_safetensors=True)
-    from peft import PeftModel
-
-    return _merged(PeftModel.from_pretrained(model, adapter_dir))
+    job.model = load_trained(job.model, job.adapter_dir, job.cfg.lora.enabled)
 
 
-_INFERENCE_COPIES: dict = {}  # id(model) → its copy in the inference dtype (the before stage uses it twice)
+def finish(job: Job, *, finished: bool, report: bool) -> None:
+    """side_check.json, the final metrics.json, the report, and the summary lines in the log."""
+    from .scoring import SCORERS
+
+    if job.side_check:
+        write_json(job.run_dir / "side_check.json", job.side_check)
+    job.metrics["finished"] = finished  # train/evaluate alone leave the run open for the rest
+    job.save_metrics()
+    if report:
+        from .report import write_report
+
+        write_report([job.run_dir], job.run_dir)
+    for name in SCORERS:
+        parts = [
+            f"{tag} {job.metrics[tag][name]['exact_match']:.2f}" for tag in ("before", "after") if tag in job.metrics
+        ]
+        if parts:
+            log.info("EM (%s): %s", name, " → ".join(parts))
+    log.info("run directory: %s", job.run_dir)
 
 
-def _for_inference(model, cfg: RunConfig, *, keep_original: bool):
-    """`model` in `eval.dtype` (resolved for this machine: bfloat16 where the CPU/GPU is fast in it).
-    `keep_original`: cast a copy, so that training still starts from the untouched float32 weights."""
+# --- helpers of the stages -----------------------------------------------------------------------
+
+
+def _inference_model(job: Job, stage: Stage):
+    """The model in `eval.dtype` (resolved for this machine: bfloat16 where the CPU/GPU is fast in it).
+    Before tuning: a cast copy, made once, so that training still starts from the untouched weights.
+    After: the trained model itself (its adapter is saved)."""
     import copy
 
     import torch
 
     from .devices import inference_dtype
 
+    cfg = job.cfg
     dtype = getattr(torch, inference_dtype(cfg.eval.dtype, cfg.model.dtype))
-    if cfg.model.load_in_8bit or cfg.model.load_in_4bit or next(model.parameters()).dtype == dtype:
-        return model
-    if not keep_original:
-        return model.to(dtype)
-    if id(model) not in _INFERENCE_COPIES:
-        _INFERENCE_COPIES.clear()
+    if cfg.model.load_in_8bit or cfg.model.load_in_4bit or next(job.model.parameters()).dtype == dtype:
+        return job.model
+    if stage == "after":
+        job.model = job.model.to(dtype)
+        return job.model
+    if job.base_for_inference is None:
         log.info("generating in %s (eval.dtype=%s)", dtype, cfg.eval.dtype)
-        _INFERENCE_COPIES[id(model)] = copy.deepcopy(model).to(dtype)
-    return _INFERENCE_COPIES[id(model)]
+        job.base_for_inference = copy.deepcopy(job.model).to(dtype)
+    return job.base_for_inference
 
 
-def _merged(model):
-    """LoRA folded into the base weights for generation: peft's unmerged layers run two extra
-    small matmuls per linear layer per token (1.25x slower generation, BENCHMARKS.md §0).
-    Quantised bases keep the adapter unmerged (merging would round it into 8-/4-bit weights)."""
-    if not hasattr(model, "merge_and_unload"):
-        return model
-    base = model.get_base_model()
-    if getattr(base, "is_loaded_in_8bit", False) or getattr(base, "is_loaded_in_4bit", False):
-        return model
-    return model.merge_and_unload()
+def _em_standard_error(predictions: Path, questions: list[Question], population: int) -> float:
+    """The standard error of a sampled evaluation's jglue EM (percentage points), passages as clusters."""
+    passage = {q.id: q.context for q in questions}
+    rows = read_jsonl_prefix(predictions)
+    ems, clusters = [100.0 * row["em"] for row in rows], [passage[row["id"]] for row in rows]
+    return sample_standard_error(ems, clusters, population)
+
+
+def vllm_answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None, engines):
+    """The vLLM answer function for `evaluate` (None: the HF backend). A LoRA adapter is applied
+    per request on the base model; fully fine-tuned weights are served as the model."""
+    if cfg.eval.backend != "vllm":
+        return None
+    from .modeling import TINY, resolve_model_source
+
+    base = run_dir / "base" if cfg.model.name == TINY else resolve_model_source(cfg.model)
+    full = adapter is not None and not cfg.lora.enabled
+    engine = engines.get(
+        adapter if full else base,
+        tokenizer,
+        dtype=cfg.model.dtype,
+        max_length=cfg.model.max_length,
+        lora_rank=cfg.lora.r if cfg.lora.enabled else None,
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    lora = adapter if adapter is not None and cfg.lora.enabled else None
+    return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
+
+
+# --- one question --------------------------------------------------------------------------------
 
 
 def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> str:
     """Answer one question about one passage with a finished run's model and adapter."""
-    from .data import Question
     from .evaluation import build_prompts
     from .generation import generate_answers
+    from .modeling import load_trained
 
     if len(context) > MAX_ASK_CONTEXT_CHARS or len(question) > MAX_ASK_QUESTION_CHARS:
         raise InputError(
@@ -456,8 +481,8 @@ def ask(run_dir: Path, context: str, question: str, decoding: str | None = None)
     cfg = load_config(config_path)
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, ())
     if (run_dir / "adapter").exists():
-        model = _load_adapter(model, run_dir / "adapter", cfg)
+        model = load_trained(model, run_dir / "adapter", cfg.lora.enabled)
     q = Question("ask", "", context, question, ("",), (0,))
     render = make_renderer(cfg, tokenizer, ())
     prompts, passages, _ = build_prompts([q], render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
-    return generate_answers(model, tokenizer, prompts, passages, _decoding(cfg, decoding))[0]
+    return generate_answers(model, tokenizer, prompts, passages, decoding_config(cfg, decoding))[0]

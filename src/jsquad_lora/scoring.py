@@ -1,4 +1,4 @@
-"""The three JSQuAD scorers, each a bit-exact mirror of its published reference, and predictions I/O.
+"""The JSQuAD scorers (a registry), each a bit-exact mirror of its published reference.
 
 - `jglue`: the SQuAD scorer as JGLUE patched it in transformers' `squad_metrics.py`
   (lower-case, rstrip "。", collapse whitespace; character-level F1; empty-answer rule of SQuAD v2).
@@ -7,6 +7,10 @@
 - `llmjp`: llm-jp-eval's exact match and char_f1 (NFKC, text before the first blank line, strip,
   first gold only, rapidfuzz token_sort_ratio).
 
+Adding a scorer is one `@register_scorer` function in this file: a question score (em, f1) and the
+aggregate its reference computes. Evaluation scores every registered scorer, `metrics.json`, the
+report's columns and the CLI's `--metric` choices follow `SCORERS`.
+
 Hand-written on purpose: no library ships these Japanese-specific variants. Arithmetic follows each
 reference step by step (same summation order, same float operations), so totals agree to the
 last digit. A question without a prediction scores 0; percentages are over all questions.
@@ -14,22 +18,86 @@ last digit. A question without a prediction scores 0; percentages are over all q
 
 from __future__ import annotations
 
-import json
 import re
 import statistics
 import string
 import unicodedata
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
-from pathlib import Path
-from typing import Callable, Literal, Sequence
+from typing import Callable, Sequence
 
-from .data import Question, json_type_name, read_json_file
+from .data import Question
 from .errors import InputError
+from .mecab import tagger
 
-Metric = Literal["jglue", "stability", "llmjp"]
-METRICS: tuple[Metric, ...] = ("jglue", "stability", "llmjp")
+#: (prediction, gold answers) -> (exact match 0/1, F1 in [0, 1])
+ScoreQuestion = Callable[[str, Sequence[str]], tuple[float, float]]
+#: (per-question scores in data order, None where unanswered; the questions; the question scorer)
+#: -> (EM, F1) in percent over all questions, in the reference's own arithmetic
+Aggregate = Callable[[list[tuple[float, float] | None], Sequence[Question], ScoreQuestion], tuple[float, float]]
+
+
+@dataclass(frozen=True)
+class Scorer:
+    name: str
+    help: str
+    question: ScoreQuestion
+    aggregate: Aggregate
+
+
+SCORERS: dict[str, Scorer] = {}
+#: the scorer of the headline numbers, the per-question em/f1 in predictions files, and the charts
+PRIMARY_SCORER = "jglue"
+
+
+def register_scorer(name: str, help: str, aggregate: Aggregate) -> Callable[[ScoreQuestion], ScoreQuestion]:
+    """Decorator: registers a question scorer and its aggregate under `name`."""
+
+    def register(question: ScoreQuestion) -> ScoreQuestion:
+        if name in SCORERS:
+            raise ValueError(f"scorer {name!r} is registered twice")
+        SCORERS[name] = Scorer(name, help, question, aggregate)
+        return question
+
+    return register
+
+
+@dataclass(frozen=True)
+class Score:
+    exact_match: float
+    f1: float
+    count: int
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {"exact_match": self.exact_match, "f1": self.f1, "count": self.count}
+
+
+# --- aggregates, each as its reference computes it ---------------------------------------------
+
+
+def _sum_over_answered(each, questions, question) -> tuple[float, float]:
+    """transformers' squad_metrics: 100.0 * sum(dict.values()) / total over the answered questions."""
+    total = len(questions)
+    ems = [s[0] for s in each if s is not None]
+    f1s = [s[1] for s in each if s is not None]
+    return 100.0 * sum(ems) / total, 100.0 * sum(f1s) / total
+
+
+def _running_sums(each, questions, question) -> tuple[float, float]:
+    """jasquad/evaluate.py: running sums in data order, then 100.0 * x / total."""
+    exact_match = f1 = 0
+    for s in each:
+        if s is not None:
+            exact_match += s[0]
+            f1 += s[1]
+    return 100.0 * exact_match / len(questions), 100.0 * f1 / len(questions)
+
+
+def _mean_over_all(each, questions, question) -> tuple[float, float]:
+    """llm-jp-eval: accuracy over all samples, statistics.mean of char_f1 (a missing answer is "")."""
+    filled = [s if s is not None else question("", q.answers) for s, q in zip(each, questions)]
+    total = len(questions)
+    return 100 * (sum(s[0] for s in filled) / total), 100 * statistics.mean(s[1] for s in filled)
 
 
 # --- jglue -------------------------------------------------------------------------------------
@@ -54,6 +122,9 @@ def _jglue_f1(gold: str, prediction: str) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
+@register_scorer(
+    "jglue", "JGLUE's SQuAD scorer (transformers' squad_metrics.py as JGLUE patched it)", _sum_over_answered
+)
 def jglue_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     kept = [g for g in golds if jglue_normalize(g)] or [""]
     em = max(int(jglue_normalize(g) == jglue_normalize(prediction)) for g in kept)
@@ -81,15 +152,8 @@ def stability_normalize(text: str) -> str:
     return " ".join(neologdn.normalize(text).split())
 
 
-@lru_cache(maxsize=1)
-def _tagger():
-    from fugashi import Tagger
-
-    return Tagger("-Owakati")
-
-
 def _stability_tokens(text: str) -> list[str]:
-    return [t for t in _tagger().parse(stability_normalize(text)).split() if t not in _STABILITY_PUNCT]
+    return [t for t in tagger("-Owakati").parse(stability_normalize(text)).split() if t not in _STABILITY_PUNCT]
 
 
 def _stability_f1(prediction: str, gold: str) -> float:
@@ -103,6 +167,7 @@ def _stability_f1(prediction: str, gold: str) -> float:
     return (2 * precision * recall) / (precision + recall)
 
 
+@register_scorer("stability", "the jp-stable harness's jasquad/evaluate.py (neologdn, MeCab tokens)", _running_sums)
 def stability_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     em = max(stability_normalize(prediction) == stability_normalize(g) for g in golds)
     f1 = max(_stability_f1(prediction, g) for g in golds)
@@ -116,6 +181,7 @@ def llmjp_normalize_prediction(text: str) -> str:
     return unicodedata.normalize("NFKC", text.split("\n\n")[0]).strip()
 
 
+@register_scorer("llmjp", "llm-jp-eval's exact match and char_f1 (NFKC, first gold only)", _mean_over_all)
 def llmjp_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
     from rapidfuzz import fuzz
 
@@ -124,141 +190,26 @@ def llmjp_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]
     return int(pred == gold), fuzz.token_sort_ratio(pred, gold) / 100.0
 
 
-QUESTION_SCORERS: dict[Metric, Callable[[str, Sequence[str]], tuple[float, float]]] = {
-    "jglue": jglue_question,
-    "stability": stability_question,
-    "llmjp": llmjp_question,
-}
+# --- scoring -----------------------------------------------------------------------------------
 
 
-# --- aggregation -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Score:
-    exact_match: float
-    f1: float
-    count: int
-
-    def as_dict(self) -> dict[str, float | int]:
-        return {"exact_match": self.exact_match, "f1": self.f1, "count": self.count}
+def scorer(name: str) -> Scorer:
+    if name not in SCORERS:
+        raise InputError("--metric", f"Unknown scorer {name!r}", fix=f"Available: {', '.join(SCORERS)}")
+    return SCORERS[name]
 
 
 def score_each(
-    questions: Sequence[Question], predictions: dict[str, str], metric: Metric
+    questions: Sequence[Question], predictions: dict[str, str], metric: str
 ) -> list[tuple[float, float] | None]:
     """Per-question (em, f1) in data order; None where the question has no prediction."""
-    scorer = QUESTION_SCORERS[metric]
-    return [scorer(predictions[q.id], q.answers) if q.id in predictions else None for q in questions]
+    question = scorer(metric).question
+    return [question(predictions[q.id], q.answers) if q.id in predictions else None for q in questions]
 
 
-def score_predictions(questions: Sequence[Question], predictions: dict[str, str], metric: Metric) -> Score:
+def score_predictions(questions: Sequence[Question], predictions: dict[str, str], metric: str) -> Score:
     """Percent EM and F1 over all `questions`, aggregated exactly as the metric's reference does."""
-    if metric not in QUESTION_SCORERS:
-        raise InputError("--metric", f"unknown metric {metric!r}", fix=f"use one of: {', '.join(METRICS)}")
-    total = len(questions)
+    chosen = scorer(metric)
     each = score_each(questions, predictions, metric)
-    if metric == "jglue":
-        # transformers: 100.0 * sum(dict.values()) / total over the answered questions
-        ems = [s[0] for s in each if s is not None]
-        f1s = [s[1] for s in each if s is not None]
-        return Score(100.0 * sum(ems) / total, 100.0 * sum(f1s) / total, total)
-    if metric == "stability":
-        # jasquad/evaluate.py: running sums in data order, then 100.0 * x / total
-        exact_match = f1 = 0
-        for s in each:
-            if s is not None:
-                exact_match += s[0]
-                f1 += s[1]
-        return Score(100.0 * exact_match / total, 100.0 * f1 / total, total)
-    # llm-jp-eval: accuracy over all samples, statistics.mean of char_f1 (a missing answer is "")
-    filled = [s if s is not None else llmjp_question("", q.answers) for s, q in zip(each, questions)]
-    return Score(100 * (sum(s[0] for s in filled) / total), 100 * statistics.mean(s[1] for s in filled), total)
-
-
-# --- predictions files -------------------------------------------------------------------------
-
-
-def load_predictions(
-    path: Path | str, questions: Sequence[Question] | None = None, *, allow_unknown_ids: bool = False
-) -> dict[str, str]:
-    """Read predictions: a SQuAD-style JSON object {id: answer}, or this tool's JSONL
-    (one object per line with "id" and "prediction"). Ids not in `questions` are an error
-    unless `allow_unknown_ids`."""
-    path = Path(path)
-    try:
-        obj = read_json_file(path, "predictions file")
-        rows = None
-    except InputError as err:
-        if not err.problem.startswith("invalid JSON"):
-            raise
-        obj, rows = None, _read_jsonl_rows(path)
-    if rows is None:
-        if isinstance(obj, list):
-            rows = [(f"item {i}", r) for i, r in enumerate(obj)]
-        elif isinstance(obj, dict) and "id" in obj and "prediction" in obj:
-            rows = [("line 1", obj)]  # a one-line JSONL file
-    predictions: dict[str, str] = {}
-    if rows is not None:
-        for where, row in rows:
-            if not isinstance(row, dict) or not isinstance(row.get("id"), str) or "prediction" not in row:
-                raise InputError(
-                    path,
-                    'each record must be an object with "id" (string) and "prediction"',
-                    where=where,
-                    fix='write JSONL lines like {"id": "a1p0q0", "prediction": "..."} '
-                    'or a JSON object {"a1p0q0": "..."}',
-                )
-            if row["id"] in predictions:
-                raise InputError(
-                    path,
-                    f"duplicate prediction for id {row['id']!r}",
-                    where=where,
-                    fix="keep one prediction per question id",
-                )
-            predictions[row["id"]] = row["prediction"]
-    elif isinstance(obj, dict):
-        predictions = obj
-    else:
-        raise InputError(
-            path,
-            f"predictions must be a JSON object {{id: answer}} or JSONL, got {json_type_name(type(obj))}",
-            fix='write {"<question id>": "<answer text>", ...}',
-        )
-    for qid, answer in predictions.items():
-        if not isinstance(answer, str):
-            raise InputError(
-                path,
-                f"the prediction must be a string, got {json.dumps(answer, ensure_ascii=False)[:60]}",
-                where=f"id {qid}",
-                fix='use "" for a question the model did not answer',
-            )
-    if questions is not None and not allow_unknown_ids:
-        known = {q.id for q in questions}
-        unknown = [qid for qid in predictions if qid not in known]
-        if unknown:
-            sample = ", ".join(unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-            raise InputError(
-                path,
-                f"{len(unknown)} prediction id(s) are not questions of the data file: {sample}",
-                where=f"id {unknown[0]}",
-                fix="score against the data file these predictions were made for, or pass --ignore-unknown-ids",
-            )
-    return predictions
-
-
-def _read_jsonl_rows(path: Path) -> list[tuple[str, object]]:
-    rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            rows.append((f"line {number}", json.loads(line)))
-        except json.JSONDecodeError as err:
-            raise InputError(
-                path,
-                f"invalid JSON on this line: {err.msg}",
-                where=f"line {number}",
-                fix="each line of a JSONL file must be one complete JSON object; remove or repair this line",
-            ) from None
-    return rows
+    exact_match, f1 = chosen.aggregate(each, questions, chosen.question)
+    return Score(exact_match, f1, len(questions))

@@ -19,17 +19,12 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .batching import (
-    AnswerOnlyCollator,
-    Encoded,
-    FlatteningCollator,
-    SharedPrefixCollator,
-    SharedPrefixRow,
-    padding_fraction,
-)
+from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from .config import TrainConfig
 from .errors import InputError
 from .files import write_jsonl
+from .packing import SharedPrefixRow
+from .tokenize import Encoded
 
 
 class EpochBatchOrder(torch.utils.data.Sampler):
@@ -72,6 +67,16 @@ class TrainResult:
     final_loss: float
     log: list[dict]
 
+    def summary(self) -> dict:
+        """What metrics.json keeps of the training (the loss curve goes to loss.jsonl)."""
+        return {
+            "seconds": self.seconds,
+            "tokens_per_second": self.tokens_per_second,
+            "padding_fraction": self.padding_fraction,
+            "steps": self.steps,
+            "final_loss": self.final_loss,
+        }
+
 
 def sliding_window(config) -> int | None:
     """The window of a model whose layers mix sliding-window and global attention (Gemma 2/3), else None."""
@@ -92,7 +97,7 @@ def _make_trainer(
     pad_id = model.config.pad_token_id or 0
     if cfg.batching == "shared_prefix":
         if not isinstance(examples[0], SharedPrefixRow):
-            raise ValueError("train.batching=shared_prefix needs rows from batching.share_prefixes")
+            raise ValueError("train.batching=shared_prefix needs rows from packing.share_prefixes")
         if model.config._attn_implementation != "sdpa":
             raise InputError(
                 "train.batching=shared_prefix",
@@ -102,6 +107,7 @@ def _make_trainer(
         collator = SharedPrefixCollator(pad_id, sliding_window(model.config))
     else:
         collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(pad_id)
+    collator = PaddingMeter(collator)
     order = EpochBatchOrder(lengths, cfg.batch_size, cfg.seed, grouped=cfg.batching != "random")
 
     class _Trainer(Trainer):
@@ -246,7 +252,7 @@ def train(
     return TrainResult(
         seconds=seconds,
         tokens_per_second=collator.real_tokens / seconds if seconds else 0.0,
-        padding_fraction=padding_fraction(collator),
+        padding_fraction=collator.padding_fraction,
         steps=trainer.state.global_step,
         final_loss=final_loss,
         log=log,
