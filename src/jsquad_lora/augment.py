@@ -55,7 +55,7 @@ def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -
     """Up to `per_passage` cloze questions for each distinct passage, reproducible for `seed`.
 
     Blanks are drawn so that their lengths follow the lengths of the real answers in `passages`:
-    drawn uniformly, half would be 2-character nouns (9 % of real answers), and a model trained
+    drawn uniformly, most would be short nouns (far more than among real answers), and a model trained
     on them learns to stop answers too early.
     """
     rng = random.Random(seed)

@@ -15,9 +15,9 @@ from typing import Any, Literal, get_args, get_origin
 
 import yaml
 
-from .decoding import DecodingName
+from .decoding import DECODING_MODES
 from .errors import InputError
-from .prompts import TemplateName
+from .prompts import TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = "gemma-3-270m.yaml"
@@ -86,7 +86,8 @@ class DataConfig:
 
 @dataclass
 class PromptConfig:
-    template: TemplateName = "seed"  # a name registered in prompts.TEMPLATES
+    #: a name registered in prompts.TEMPLATES (seed, newline, harness, fintan, chat)
+    template: str = field(default="seed", metadata={"choices": TEMPLATES})
     fewshot: int = 0
     seed: int = 1234
 
@@ -115,7 +116,7 @@ class TrainConfig:
     #: look-up-and-copy attention that extracting an answer needs.
     prompt_loss_weight: float = 0.0
     #: apply the output layer only where a token is labelled (the answer + EOS), not at every
-    #: position as `model(labels=...)` does: the same loss, 3-4x faster with a 262k vocabulary
+    #: position as `model(labels=...)` does: the same loss, much faster with a large vocabulary (BENCHMARKS.md §0)
     head_at_labels_only: bool = True
     #: bfloat16 autocast in training: "auto" = on a CUDA GPU with bf16, or a CPU with AMX-BF16
     #: (measured faster there; BENCHMARKS.md); float32 master weights and optimizer either way
@@ -127,7 +128,8 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    decoding: DecodingName = "greedy"  # a name registered in decoding.DECODING_MODES
+    #: a name registered in decoding.DECODING_MODES (greedy, extractive)
+    decoding: str = field(default="greedy", metadata={"choices": DECODING_MODES})
     batch_size: int = 32
     max_new_tokens: int = 48
     before: bool = True
@@ -205,7 +207,8 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
             source, prefix or "top level", f"expected a mapping, got {type(data).__name__}", "write `key: value` lines"
         )
     hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = set(fields)
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
@@ -217,6 +220,9 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
             if dataclasses.is_dataclass(hint)
             else _coerce(value, hint, source, path)
         )
+        choices = fields[key].metadata.get("choices")  # a registry: its names, read now
+        if choices is not None and kwargs[key] not in choices:
+            _fail(source, path, f"{kwargs[key]!r} is not allowed", f"use one of: {', '.join(choices)}")
     return cls(**kwargs)
 
 

@@ -9,7 +9,7 @@ imports torch, so the config and the CLI can read it at start.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Literal
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -60,9 +60,6 @@ register_decoding(
         trims_partial_character=True,
     )
 )
-
-#: the names `eval.decoding` accepts
-DecodingName = Literal[tuple(DECODING_MODES)]  # type: ignore[valid-type]
 
 
 @dataclass(frozen=True)

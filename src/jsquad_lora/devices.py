@@ -1,7 +1,7 @@
 """What the machine can do fast: the CPU's name and its bfloat16 features, read at run time.
 
-Machines of one kind differ: some CPUs have AMX-BF16 (bfloat16 matmuls in tile units, ~3x
-float32), some only AVX512-BF16 (dot-product instructions), others only AVX2. The defaults
+Machines of one kind differ: some CPUs have AMX-BF16 (bfloat16 matmuls in tile units), some only
+AVX512-BF16 (dot-product instructions), others only AVX2. The defaults
 choose bfloat16 only where it was measured faster (BENCHMARKS.md, `bench_cpu_levers.py`).
 """
 
@@ -56,7 +56,7 @@ def usable_isa() -> str:
 
 def fast_cpu_bf16() -> bool:
     """Whether bfloat16 runs faster than float32 on this CPU: with AVX512-BF16 it was measured
-    faster (train step 1.9x, prefill 1.64x, BENCHMARKS.md §0), and AMX-BF16 is faster still; with
+    faster (train step and prefill, BENCHMARKS.md §0), and AMX-BF16 has tile units for it; with
     AVX2 alone bfloat16 has no instructions of its own, so float32 stays there."""
     return bool({"amx_bf16", "avx512_bf16"} & set(cpu_flags())) and usable_isa().startswith("AVX512")
 

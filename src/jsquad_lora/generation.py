@@ -90,7 +90,7 @@ def inference_mode(model) -> Iterator[torch.device]:
     head = model.get_output_embeddings()
     # The head's input is a slice of the hidden states (the last position). CPU linear with a
     # non-contiguous 3-D input and a weight that does not require grad (a merged LoRA model)
-    # takes a batched path that copies the weight per row: 8 GB and 8 s for Gemma's head.
+    # takes a batched path that copies the weight per row: gigabytes for a 262k-token head.
     hook = (
         head.register_forward_pre_hook(lambda module, args: (args[0].contiguous(), *args[1:]))
         if head is not None

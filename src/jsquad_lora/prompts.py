@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import Any, Callable, Literal, Sequence
+from typing import Any, Callable, Sequence
 
 from .data import Question
 from .errors import InputError
@@ -112,10 +112,6 @@ def chat(question: Question, examples: Sequence[Question], tokenizer: Any) -> st
         ]
     messages.append({"role": "user", "content": _chat_user_message(question)})
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-#: the names `prompt.template` accepts
-TemplateName = Literal[tuple(TEMPLATES)]  # type: ignore[valid-type]
 
 
 def render_prompt(
