@@ -110,7 +110,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .run import ask
+    from .ask import ask
 
     print(ask(Path(args.run), args.context, args.question, decoding=args.decoding))
     return 0

@@ -23,20 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Literal
 
-from .config import RunConfig, config_to_yaml, load_config
+from .config import RunConfig, load_config
 from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
-from .errors import InputError
-from .files import atomic_dir, read_jsonl_prefix, write_json, write_text
+from .files import atomic_dir, read_jsonl_prefix, write_json
+from .rundir import prepare_run_dir
 
 log = logging.getLogger(__name__)
 
-MAX_ASK_CONTEXT_CHARS = 20_000
-MAX_ASK_QUESTION_CHARS = 2_000
 Stage = Literal["before", "after"]
 #: metrics.json's key for each evaluation's timings (older runs' names, kept for their reports)
 EVAL_SUMMARY_KEY = {"before": "eval_before", "after": "eval"}
@@ -104,33 +101,6 @@ def main_job(
 
 
 # --- setup ---------------------------------------------------------------------------------------
-
-
-def prepare_run_dir(cfg: RunConfig, output: str | None, *, resume: bool, overwrite: bool) -> Path:
-    """Create the run directory; refuse to clobber a finished run unless `overwrite`."""
-    run_dir = Path(output or Path("runs") / cfg.name)
-    metrics = run_dir / "metrics.json"
-    finished = metrics.exists() and json.loads(metrics.read_text(encoding="utf-8")).get("finished")
-    if finished and overwrite:
-        shutil.rmtree(run_dir)
-    elif finished:
-        raise InputError(
-            run_dir,
-            "this directory holds a finished run",
-            fix="pass --overwrite to replace it, or --output to write somewhere else",
-        )
-    elif run_dir.exists() and any(run_dir.iterdir()) and not resume:
-        log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    previous = run_dir / "config.yaml"
-    if previous.exists() and previous.read_text(encoding="utf-8") != config_to_yaml(cfg) and not overwrite:
-        raise InputError(
-            run_dir,
-            "an unfinished run with a different config is here",
-            fix="resume with the same config and overrides, or pass --overwrite, or choose another --output",
-        )
-    write_text(previous, config_to_yaml(cfg))
-    return run_dir
 
 
 def load_questions(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
@@ -453,36 +423,3 @@ def vllm_answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path
     )
     lora = adapter if adapter is not None and cfg.lora.enabled else None
     return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
-
-
-# --- one question --------------------------------------------------------------------------------
-
-
-def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> str:
-    """Answer one question about one passage with a finished run's model and adapter."""
-    from .evaluation import build_prompts
-    from .generation import generate_answers
-    from .modeling import load_trained
-
-    if len(context) > MAX_ASK_CONTEXT_CHARS or len(question) > MAX_ASK_QUESTION_CHARS:
-        raise InputError(
-            "--context/--question",
-            f"input too long ({len(context)} / {len(question)} characters; limits "
-            f"{MAX_ASK_CONTEXT_CHARS} / {MAX_ASK_QUESTION_CHARS})",
-            fix="pass a shorter passage or question",
-        )
-    if not context.strip() or not question.strip():
-        raise InputError("--context/--question", "empty passage or question", fix="pass both a passage and a question")
-    config_path = run_dir / "config.yaml"
-    if not config_path.exists():
-        raise InputError(
-            run_dir, "not a run directory (no config.yaml)", fix="pass a directory written by `jsquad-lora run`"
-        )
-    cfg = load_config(config_path)
-    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, ())
-    if (run_dir / "adapter").exists():
-        model = load_trained(model, run_dir / "adapter", cfg.lora.enabled)
-    q = Question("ask", "", context, question, ("",), (0,))
-    render = make_renderer(cfg, tokenizer, ())
-    prompts, passages, _ = build_prompts([q], render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
-    return generate_answers(model, tokenizer, prompts, passages, decoding_config(cfg, decoding))[0]
