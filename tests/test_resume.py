@@ -3,12 +3,14 @@ nothing skipped, and the result equals an uninterrupted run's."""
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from conftest import TINY_TEST, needs_data
 from safetensors.torch import load_file
 
@@ -53,27 +55,51 @@ def losses(run_dir: Path):
     return [row for row in map(json.loads, (run_dir / "loss.jsonl").read_text().splitlines())]
 
 
+FULL = [a for a in TRAIN if not a.startswith("lora.")] + ["lora.enabled=false"]
+
+
+def checkpoint_done(run_dir: Path, step: int | None = None):
+    """`ready()` for kill_when: a complete checkpoint (the first one, or the one at `step`)."""
+    pattern = "checkpoint-*" if step is None else f"checkpoint-{step}"
+    return lambda: any((p / "trainer_state.json").exists() for p in (run_dir / "checkpoints").glob(pattern))
+
+
 @needs_data()
-def test_training_resumes_exactly_after_kill(tmp_path):
+@pytest.mark.parametrize(
+    "argv, weights, stop",
+    [
+        (TRAIN, "adapter_model.safetensors", "kill"),  # LoRA, killed mid-training
+        (FULL, "model.safetensors", "kill"),  # full fine-tuning: every weight, the output layer included
+        (FULL, "model.safetensors", "last"),  # stopped after the final checkpoint, before the adapter was saved
+    ],
+    ids=["lora-killed", "full-killed", "full-after-last-checkpoint"],
+)
+def test_training_resumes_exactly(tmp_path, argv, weights, stop):
     reference, interrupted = tmp_path / "reference", tmp_path / "interrupted"
-    run_to_end("train", "--output", reference, *TRAIN)
-    killed = kill_when(
-        ["train", "--output", interrupted, *TRAIN],
-        lambda: any((p / "trainer_state.json").exists() for p in (interrupted / "checkpoints").glob("checkpoint-*")),
-    )
-    assert killed, "training finished before it could be killed; make it longer"
+    run_to_end("train", "--output", reference, *argv)
+    steps = json.loads((reference / "metrics.json").read_text())["train"]["steps"]
+    if stop == "kill":
+        killed = kill_when(["train", "--output", interrupted, *argv], checkpoint_done(interrupted))
+        assert killed, "training finished before it could be killed; make it longer"
+    else:  # the state a kill right after the final checkpoint leaves (too short a window to hit reliably)
+        assert (reference / "checkpoints" / f"checkpoint-{steps}" / "trainer_state.json").exists()
+        shutil.copytree(reference, interrupted)
+        shutil.rmtree(interrupted / "adapter")
+        (interrupted / "loss.jsonl").unlink()
+        (interrupted / "metrics.json").unlink()
     assert not (interrupted / "adapter").exists()
-    run_to_end("train", "--output", interrupted, *TRAIN)  # the same command again resumes
+    run_to_end("train", "--output", interrupted, *argv)  # the same command again resumes
 
     ref_log, got_log = losses(reference), losses(interrupted)
     assert [r["step"] for r in got_log] == [r["step"] for r in ref_log]  # no step repeated or skipped
+    assert json.loads((interrupted / "metrics.json").read_text())["train"]["steps"] == steps
     assert abs(got_log[-1]["loss"] - ref_log[-1]["loss"]) < 1e-6
-    ref_w, got_w = (
-        load_file(reference / "adapter" / "adapter_model.safetensors"),
-        load_file(interrupted / "adapter" / "adapter_model.safetensors"),
-    )
+    ref_w, got_w = load_file(reference / "adapter" / weights), load_file(interrupted / "adapter" / weights)
     assert ref_w.keys() == got_w.keys()
-    assert max((ref_w[k] - got_w[k]).abs().max().item() for k in ref_w) < 1e-6
+    if argv is FULL:
+        assert any("embed_out" in k or "lm_head" in k for k in ref_w)
+    for name in ref_w:  # every weight
+        assert (ref_w[name] - got_w[name]).abs().max().item() < 1e-6, name
 
 
 @needs_data()

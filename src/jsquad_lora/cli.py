@@ -187,6 +187,16 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as err:
         print(err.render(), file=sys.stderr)
         return 2
+    except OSError as err:  # a path that cannot be read or written (missing, a directory, EACCES, EIO, read-only)
+        if err.filename is None:
+            raise
+        where = f"{err.filename} → {err.filename2}" if err.filename2 else err.filename
+        print(
+            f"error: {where}: {err.strerror or err}\n  fix: check that the path exists, is the right kind "
+            "(file or directory) and that this user may read (or write) it",
+            file=sys.stderr,
+        )
+        return 2
     except KeyboardInterrupt:
         print("interrupted; `--resume` continues from the last checkpoint", file=sys.stderr)
         return 130

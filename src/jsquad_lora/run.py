@@ -29,8 +29,9 @@ from typing import Any, Callable, Literal
 
 from .config import RunConfig, load_config
 from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
+from .errors import InputError
 from .files import atomic_dir, read_jsonl_prefix, write_json
-from .rundir import prepare_run_dir
+from .rundir import mark_started, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -80,10 +81,10 @@ def main_job(
     from .vllm_backend import VllmEngines
 
     cfg = load_config(config, overrides)
-    run_dir = prepare_run_dir(cfg, output, resume=resume, overwrite=overwrite)
     evaluating = stages in ("run", "evaluate")
-    with VllmEngines() as engines:
+    with run_directory(cfg, output, resume=resume, overwrite=overwrite) as run_dir, VllmEngines() as engines:
         job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
+        mark_started(run_dir)
         if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
             evaluate_stage(job, "before")
         if evaluating and cfg.eval.side_check:
@@ -96,7 +97,7 @@ def main_job(
             evaluate_stage(job, "after")
             if job.side_check:
                 side_check_stage(job, "after")
-    finish(job, finished=stages == "run", report=evaluating)
+        finish(job, finished=stages == "run", report=evaluating)
     return run_dir
 
 
@@ -223,6 +224,10 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     """Questions (bad data fails here, before any model is loaded), the base model, the prompt renderer."""
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    if not isinstance(metrics, dict):
+        raise InputError(
+            metrics_path, "not a JSON object", fix="pass --overwrite for a fresh start, or repair the file"
+        )
     metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
     train_questions, eval_questions, population = _questions(cfg)
     if cfg.data.eval_sample:
@@ -242,7 +247,18 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
     metrics["base_model"] = _model_card(cfg, model)
     render = make_renderer(cfg, tokenizer, train_questions)
+    _check_prompts_fit(cfg, render, tokenizer, train_questions, eval_questions)
     return Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
+
+
+def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
+    """A prompt that cannot fit even with its passage removed fails now, before any model work."""
+    from .tokenize import encode_train_example, fit_question
+
+    for q in eval_questions[:8]:
+        fit_question(q, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens, around_answer=False)
+    for q in train_questions[:8]:
+        encode_train_example(q, render, tokenizer, cfg.model.max_length)
 
 
 def evaluate_stage(job: Job, stage: Stage) -> None:

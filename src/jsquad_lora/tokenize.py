@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from .data import Question
+from .errors import InputError
 
 Render = Callable[[Question], str]
 
@@ -82,9 +83,11 @@ def fit_question(
         if keep == 0:
             break
     if len(ids) > budget:
-        raise ValueError(
-            f"question {question.id}: the prompt is {len(ids)} tokens even with a shortened passage; "
-            "raise model.max_length"
+        raise InputError(
+            "model.max_length",
+            f"question {question.id}: the prompt is {len(ids)} tokens even with its passage removed, "
+            f"more than the {budget} tokens it may take",
+            fix="raise model.max_length, or lower eval.max_new_tokens or prompt.fewshot",
         )
     return cut, ids, True
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 import torch
+from transformers import TrainerCallback
 
 from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from .config import TrainConfig
@@ -85,6 +86,17 @@ def sliding_window(config) -> int | None:
     return None
 
 
+class _LogAtCheckpoints(TrainerCallback):
+    """Log the loss at every checkpoint step too. A resumed run's first logged loss is the mean since
+    its checkpoint (the Trainer keeps no running loss in checkpoints): with a log at each checkpoint,
+    the uninterrupted run's loss log is the same."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if args.save_steps and state.global_step % args.save_steps == 0:
+            control.should_log = True
+        return control
+
+
 def _make_trainer(
     model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, output_dir: Path, bf16: bool
 ):
@@ -116,6 +128,12 @@ def _make_trainer(
 
         def _get_train_sampler(self, train_dataset=None):
             return order
+
+        def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+            target = model if model is not None else self.model
+            if hasattr(target, "peft_config"):  # the adapter is saved and loaded under its own names
+                return super()._load_from_checkpoint(resume_from_checkpoint, model)
+            load_full_weights(target, Path(resume_from_checkpoint))
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if cfg.prompt_loss_weight:
@@ -151,7 +169,9 @@ def _make_trainer(
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator)
+    trainer = _Trainer(
+        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[_LogAtCheckpoints()]
+    )
     return trainer, collator
 
 
@@ -204,6 +224,42 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     denominator = num_items if num_items is not None else keep.sum().clamp(min=1)
     return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
+
+
+def load_full_weights(model, checkpoint: Path) -> None:
+    """Every weight of a full fine-tuning checkpoint into `model`, or an error naming what did not match.
+
+    transformers saves some models under legacy names (GPT-NeoX's `lm_head` as `embed_out`) and the
+    Trainer's own resume loads without that renaming and without strictness, so a resumed run kept
+    its initial output layer. The names are mapped back here the way saving renamed them."""
+    from safetensors.torch import load_file
+
+    own = model.state_dict()
+    rename = {}
+    try:
+        from transformers.core_model_loading import revert_weight_conversion
+
+        by_storage = {tensor.data_ptr(): name for name, tensor in own.items()}
+        saved = revert_weight_conversion(model, dict(own))
+        rename = {key: by_storage[t.data_ptr()] for key, t in saved.items() if t.data_ptr() in by_storage}
+    except ImportError:  # a transformers without weight conversions saves under the model's own names
+        pass
+    index = checkpoint / "model.safetensors.index.json"
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() else ["model.safetensors"]
+    )
+    state = {}
+    for name in files:
+        state.update({rename.get(k, k): v for k, v in load_file(checkpoint / name, device="cpu").items()})
+    result = model.load_state_dict(state, strict=False)
+    loaded = {own[k].data_ptr() for k in state if k in own}
+    missing = [k for k in result.missing_keys if own[k].data_ptr() not in loaded]  # tied weights share storage
+    if missing or result.unexpected_keys:
+        raise InputError(
+            checkpoint,
+            f"the checkpoint does not match the model: missing {missing[:5]}, unexpected {result.unexpected_keys[:5]}",
+            fix="resume with the config that wrote this checkpoint, or start again with --overwrite",
+        )
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
