@@ -34,6 +34,13 @@ DATA = {
     "data_no_answers.json": ("no gold answers", "(id a1p0q0).answers"),
     "data_no_questions.json": ("holds no questions", ""),
     "data_id_not_string.json": ('"id" must be a string, got an integer', "qas[0].id"),
+    "data_duplicate_key.json": ("duplicate key 'answer_start'", "line 17, column 10"),
+    "data_lone_surrogate_answer.json": ("lone surrogate \\ud800", "(id a1p0q0).answers[0].text"),
+    "data_lone_surrogate_context.json": ("lone surrogate \\udc9f", "paragraphs[0].context"),
+    "data_lone_surrogate_id.json": ("lone surrogate \\udfff", "qas[0].id"),
+    "data_lone_surrogate_question.json": ("lone surrogate \\ud83d", "(id a1p0q0).question"),
+    "data_lone_surrogate_title.json": ("lone surrogate \\udbff", "data[0].title"),
+    "data_deeply_nested.json": ("nested too deeply", ""),
 }
 PREDICTIONS = {
     "pred_unknown_ids.json": ("not questions of the data file: zz9", "id zz9"),
@@ -41,6 +48,13 @@ PREDICTIONS = {
     "pred_list_of_numbers.json": ('"id" (string) and "prediction"', "item 0"),
     "pred_torn_line.jsonl": ("invalid JSON on this line", "line 2"),
     "pred_wrong_top_level.json": ("got a string", ""),
+    "pred_duplicate_key.json": ("duplicate key 'a1p0q0'", "line 3, column 3"),
+    "pred_duplicate_key.jsonl": ("duplicate key 'prediction'", "line 1, column 40"),
+    "pred_deeply_nested.json": ("nested too deeply", ""),
+    "pred_deeply_nested.jsonl": ("nested too deeply", "line 2"),
+    "pred_lone_surrogate.json": ("lone surrogate \\ud800", "id a1p0q0"),
+    "pred_lone_surrogate.jsonl": ("lone surrogate \\udc00", "id a1p0q0"),
+    "pred_pretty_syntax_error.json": ("invalid JSON: Expecting ',' delimiter", "line 3, column 3"),
 }
 CONFIGS = {
     "config_unknown_key.yaml": ("unknown key", "train.epochz"),
@@ -48,6 +62,11 @@ CONFIGS = {
     "config_bad_yaml.yaml": ("invalid YAML", "line"),
     "config_bad_choice.yaml": ("'sometimes' is not allowed", "train.scheduler"),
     "config_not_mapping.yaml": ("must be a mapping", ""),
+    "config_duplicate_key.yaml": ("duplicate key 'epochs' (first on line 3)", "line 5, column 3"),
+    "config_deeply_nested.yaml": ("nested too deeply", ""),
+    "config_nan.yaml": ("must be a finite number, got nan", "train.learning_rate"),
+    "config_inf.yaml": ("must be a finite number, got inf", "train.epochs"),
+    "config_overflow.yaml": ("must be a finite number, got inf", "train.learning_rate"),
 }
 
 

@@ -7,6 +7,7 @@ into training. The resolved config is written into every run directory (`config.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -184,11 +185,14 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             )
         return [_coerce(v, args[0], source, key) for v in value]
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            value = float(value)
+        except OverflowError:
+            _fail(source, key, f"{str(value)[:20]}... is too large for a number", "give a finite number")
     if hint is float and isinstance(value, str):
         # PyYAML (YAML 1.1) reads 3e-3 as a string; accept any text that is a number
         try:
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
@@ -198,13 +202,43 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             f"expected {hint.__name__}, got {type(value).__name__} {value!r}",
             f"give a {hint.__name__} value",
         )
+    import math
+
+    if hint is float and not math.isfinite(value):
+        _fail(
+            source,
+            key,
+            f"must be a finite number, got {value!r}",
+            "give a finite number: NaN and infinity are not allowed (and a value such as 1e400 overflows to infinity)",
+        )
+    if hint is str and (found := _lone_surrogate(value)):
+        _fail(
+            source,
+            key,
+            f"not valid text: it holds {found} (a byte that is not UTF-8, or a lone \\ud800-style escape)",
+            "give the value as UTF-8 text",
+        )
     return value
 
 
-def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
+def _source_of(path: str, source: str, overrides: dict[str, str] | None) -> str:
+    """Who set the key at `path`: the last `key=value` override that set it, a section above it or a key
+    below it ("override train.epochs=x"), else the config file."""
+    for key, text in reversed(list((overrides or {}).items())):
+        if key == path or path.startswith(key + ".") or key.startswith(path + "."):
+            return _override_source(text)
+    return source
+
+
+def _build(cls: type, data: Any, source: str, prefix: str = "", overrides: dict[str, str] | None = None) -> Any:
+    """`cls` from a mapping. `overrides`: dotted key → the `key=value` text that set it, so that an error
+    about such a key names the override, not the file."""
     if not isinstance(data, dict):
         _fail(
-            source, prefix or "top level", f"expected a mapping, got {type(data).__name__}", "write `key: value` lines"
+            _source_of(prefix.rstrip("."), source, overrides) if prefix else source,
+            prefix.rstrip(".") or "top level",
+            f"expected a mapping, got {type(data).__name__}",
+            "write `key: value` lines",
         )
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
@@ -212,70 +246,97 @@ def _build(cls: type, data: Any, source: str, prefix: str = "") -> Any:
     kwargs = {}
     for key, value in data.items():
         path = f"{prefix}{key}"
+        key_source = _source_of(path, source, overrides)
         if key not in names:
-            _fail(source, path, "unknown key", f"known keys here: {', '.join(sorted(names))}")
+            _fail(key_source, path, "unknown key", f"known keys here: {', '.join(sorted(names))}")
         hint = hints[key]
         kwargs[key] = (
-            _build(hint, value, source, path + ".")
+            _build(hint, value, source, path + ".", overrides)
             if dataclasses.is_dataclass(hint)
-            else _coerce(value, hint, source, path)
+            else _coerce(value, hint, key_source, path)
         )
         choices = fields[key].metadata.get("choices")  # a registry: its names, read now
         if choices is not None and kwargs[key] not in choices:
-            _fail(source, path, f"{kwargs[key]!r} is not allowed", f"use one of: {', '.join(choices)}")
+            _fail(key_source, path, f"{kwargs[key]!r} is not allowed", f"use one of: {', '.join(choices)}")
     return cls(**kwargs)
 
 
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+SEED_LIMIT = 2**32  # numpy's and the Trainer's seed range
+
+
+def _optimizer_names() -> set[str]:
+    from transformers.training_args import OptimizerNames
+
+    return {o.value for o in OptimizerNames}
+
+
 def _validate(cfg: RunConfig) -> None:
+    """Ranges and cross-field rules, checked when the config loads: before any model work."""
+    positive_or_all = "must be positive (or null: all questions)"
+    m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
     checks = [
-        ("lora.r", cfg.lora.r > 0, "must be positive"),
+        ("name", RUN_NAME.fullmatch(cfg.name) is not None, "must be a plain name: letters, digits, . _ - (no /)"),
+        ("lora.r", 0 < cfg.lora.r <= 4096, "must be in [1, 4096]"),
         ("lora.alpha", cfg.lora.alpha > 0, "must be positive"),
         ("lora.dropout", 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
-        ("train.epochs", cfg.train.epochs > 0, "must be positive"),
-        ("train.learning_rate", cfg.train.learning_rate > 0, "must be positive"),
-        ("train.batch_size", cfg.train.batch_size > 0, "must be positive"),
-        ("train.grad_accum", cfg.train.grad_accum > 0, "must be positive"),
-        ("train.prompt_loss_weight", 0 <= cfg.train.prompt_loss_weight <= 1, "must be in [0, 1]"),
-        ("eval.batch_size", cfg.eval.batch_size > 0, "must be positive"),
-        (
-            "data.eval_sample",
-            cfg.data.eval_sample is None or cfg.data.eval_sample > 0,
-            "must be positive (or null: all questions)",
-        ),
-        (
-            "data.train_sample",
-            cfg.data.train_sample is None or cfg.data.train_sample > 0,
-            "must be positive (or null: all questions)",
-        ),
+        ("lora.target_modules", bool(cfg.lora.target_modules), "must name at least one module (or all-linear)"),
+        ("train.epochs", 0 < t.epochs <= 1000, "must be in (0, 1000]"),
+        ("train.learning_rate", 0 < t.learning_rate < 1, "must be in (0, 1)"),
+        ("train.batch_size", t.batch_size > 0, "must be positive"),
+        ("train.grad_accum", t.grad_accum > 0, "must be positive"),
+        ("train.warmup_ratio", 0 <= t.warmup_ratio < 1, "must be in [0, 1)"),
+        ("train.weight_decay", 0 <= t.weight_decay < 1, "must be in [0, 1)"),
+        ("train.max_grad_norm", t.max_grad_norm > 0, "must be positive"),
+        ("train.seed", 0 <= t.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("train.prompt_loss_weight", 0 <= t.prompt_loss_weight <= 1, "must be in [0, 1]"),
+        ("train.logging_steps", t.logging_steps > 0, "must be positive"),
+        ("train.save_steps", t.save_steps > 0, "must be positive"),
+        ("train.synthetic_per_passage", t.synthetic_per_passage >= 0, "must be >= 0"),
+        ("eval.batch_size", e.batch_size > 0, "must be positive"),
+        ("eval.max_new_tokens", e.max_new_tokens > 0, "must be positive"),
+        ("data.eval_sample", d.eval_sample is None or d.eval_sample > 0, positive_or_all),
+        ("data.train_sample", d.train_sample is None or d.train_sample > 0, positive_or_all),
         (
             "data.train_sample_cpu_float32",
-            cfg.data.train_sample_cpu_float32 is None or cfg.data.train_sample_cpu_float32 > 0,
+            d.train_sample_cpu_float32 is None or d.train_sample_cpu_float32 > 0,
             "must be positive (or null: use data.train_sample)",
         ),
+        ("data.train_limit", d.train_limit is None or d.train_limit > 0, positive_or_all),
+        ("data.eval_limit", d.eval_limit is None or d.eval_limit > 0, positive_or_all),
+        ("data.sample_seed", 0 <= d.sample_seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("model.max_length", 64 <= m.max_length <= 1_048_576, "must be in [64, 1048576]"),
+        ("prompt.fewshot", 0 <= cfg.prompt.fewshot <= 64, "must be in [0, 64]"),
+        ("prompt.seed", 0 <= cfg.prompt.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("model.load_in_8bit", not (m.load_in_8bit and m.load_in_4bit), "8-bit and 4-bit are exclusive"),
         (
-            "data.train_limit",
-            cfg.data.train_limit is None or cfg.data.train_limit > 0,
-            "must be positive (or null: all questions)",
-        ),
-        (
-            "data.eval_limit",
-            cfg.data.eval_limit is None or cfg.data.eval_limit > 0,
-            "must be positive (or null: all questions)",
-        ),
-        ("eval.max_new_tokens", cfg.eval.max_new_tokens > 0, "must be positive"),
-        ("model.max_length", cfg.model.max_length >= 64, "must be at least 64"),
-        ("prompt.fewshot", cfg.prompt.fewshot >= 0, "must be >= 0"),
-        (
-            "model.load_in_8bit",
-            not (cfg.model.load_in_8bit and cfg.model.load_in_4bit),
-            "8-bit and 4-bit are exclusive",
+            "eval.max_new_tokens",
+            e.max_new_tokens <= m.max_length // 2,
+            f"must leave the prompt at least half of model.max_length={m.max_length}",
         ),
     ]
+    if m.name == "tiny":
+        checks += [
+            (f"model.tiny_{k}", getattr(m, f"tiny_{k}") > 0, "must be positive")
+            for k in ("layers", "hidden", "heads", "intermediate")
+        ]
+        checks.append(
+            ("model.tiny_hidden", m.tiny_heads > 0 and m.tiny_hidden % m.tiny_heads == 0,
+             f"must be a multiple of model.tiny_heads={m.tiny_heads}")
+        )  # fmt: skip
     for key, ok, problem in checks:
         if not ok:
             _fail(
                 "config", key, f"{problem} (got {_get(cfg, key)!r})", "change the value in the config or with key=value"
             )
+    if t.optim not in _optimizer_names():
+        _fail(
+            "config",
+            "train.optim",
+            f"unknown optimizer {t.optim!r}",
+            f"use one of transformers' optimizers, e.g. adamw_torch, adamw_torch_fused, adafactor, sgd "
+            f"({len(_optimizer_names())} in all: transformers.training_args.OptimizerNames)",
+        )
 
 
 def _get(cfg: Any, key: str) -> Any:
@@ -298,16 +359,69 @@ def find_config(name: str | None) -> Path:
     raise InputError(name, "config file not found", fix=f"pass a YAML path or a preset: {presets}")
 
 
+def _lone_surrogate(text: str) -> str | None:
+    from .data import lone_surrogate
+
+    return lone_surrogate(text)
+
+
+def _override_source(text: str) -> str:
+    """An override as an error's source: "override train.epochs=x", printable and of sensible length."""
+    from .data import shown
+
+    return "override " + shown(text if len(text) <= 100 else text[:100] + "…")
+
+
+class _DuplicateKeyError(yaml.constructor.ConstructorError):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key repeated in one mapping (PyYAML silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, Any] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base` may be overridden by later keys
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node.start_mark)
+                except TypeError:
+                    continue  # an unhashable key: SafeLoader's own error follows
+                if first is not key_node.start_mark:
+                    raise _DuplicateKeyError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r} (first on line {first.line + 1})",
+                        key_node.start_mark,
+                    )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise InputError(
-            text, "an override must look like key=value", fix="e.g. train.epochs=3 or lora.target_modules=[all-linear]"
+            _override_source(text),
+            "an override must look like key=value",
+            fix="e.g. train.epochs=3 or lora.target_modules=[all-linear]",
         )
     key, raw = text.split("=", 1)
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _load_yaml(raw) if raw != "" else ""
+    except _DuplicateKeyError as err:
+        raise InputError(_override_source(text), str(err.problem), fix="give each key once") from None
     except yaml.YAMLError:
         value = raw
+    except RecursionError:
+        raise InputError(
+            _override_source(text), "the value is nested too deeply", fix="give a plain value such as 3 or [a, b]"
+        ) from None
     return key.strip().split("."), value
 
 
@@ -315,30 +429,50 @@ def load_config(path: Path | str | None = None, overrides: list[str] = ()) -> Ru
     """Read a YAML config (default: the offline preset) and apply `key=value` overrides."""
     source = find_config(str(path) if path else None)
     try:
-        data = yaml.safe_load(source.read_text(encoding="utf-8")) or {}
+        data = _load_yaml(source.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        raise InputError(
-            source, f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix="repair the YAML syntax"
-        ) from None
+        fix = (
+            "keep one entry per key in each mapping (YAML keeps only the last, silently)"
+            if isinstance(err, _DuplicateKeyError)
+            else "repair the YAML syntax"
+        )
+        raise InputError(source, f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix=fix) from None
     except UnicodeDecodeError:
         raise InputError(source, "not UTF-8 text", fix="re-save the config as UTF-8") from None
+    except RecursionError:
+        raise InputError(
+            source,
+            "nested too deeply: its mappings/lists nest beyond what the YAML reader can follow",
+            fix="a config is two levels deep (`section:` blocks of `key: value`); check the file is the one you meant",
+        ) from None
+    except OSError as err:
+        raise InputError(
+            source, f"cannot read the config ({err.strerror or err})", fix="pass a readable YAML file"
+        ) from None
     if not isinstance(data, dict):
         raise InputError(
             source,
             f"a config must be a mapping, got {type(data).__name__}",
             fix="write `section:` blocks of `key: value`",
         )
+    sources: dict[str, str] = {}  # dotted key → the override that set it, for errors about it
     for text in overrides:
         keys, value = parse_override(text)
         node = data
-        for key in keys[:-1]:
+        for depth, key in enumerate(keys[:-1]):
             node = node.setdefault(key, {})
             if not isinstance(node, dict):
-                raise InputError(text, f"{key} is not a section", fix="override a leaf key such as train.epochs")
+                raise InputError(
+                    _override_source(text),
+                    f"{key} is not a section",
+                    where=".".join(keys[: depth + 1]),
+                    fix="override a leaf key such as train.epochs",
+                )
         node[keys[-1]] = value
-    return _build(RunConfig, data, str(source))
+        sources[".".join(keys)] = text
+    return _build(RunConfig, data, str(source), overrides=sources)
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

@@ -7,8 +7,11 @@ problem names the file, the record (question id or JSON path) and the fix.
 from __future__ import annotations
 
 import json
+import json.decoder
+import json.scanner
 import os
 import random
+import re
 import statistics
 import urllib.error
 import urllib.request
@@ -97,6 +100,135 @@ def _expect(value: Any, kind: type | tuple[type, ...], path: Path, where: str, w
     return value
 
 
+#: a UTF-16 surrogate code point: JSON can smuggle one in as a "\\ud800" escape, and no encoder takes it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """`text` safe to print: lone surrogates as backslash escapes instead of an encoding error."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(text: str) -> str | None:
+    """None when `text` is valid Unicode text; else a description of its first lone surrogate."""
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    return f"a lone surrogate \\u{ord(match.group()):04x} at character {match.start()}"
+
+
+def check_text(value: str, path: Path | str, where: str, what: str) -> str:
+    """Refuse a string holding a lone surrogate (a "\\ud800" escape without its pair): it is not text,
+    and it would crash a later stage (tokenizer, MeCab, writing UTF-8) far from its cause."""
+    found = lone_surrogate(value)
+    if found is not None:
+        raise InputError(
+            path,
+            f"{what} holds {found}, which is not a character",
+            where=where,
+            fix="replace the escape by the character it stands for "
+            "(a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one, forming one character)",
+        )
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a dict, or _DuplicateKey when a key repeats (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
+def _find_duplicate_key(text: str) -> tuple[str, int, int] | None:
+    """(key, offset of its first and of its second occurrence) for the first JSON object (in the order
+    json completes them, innermost first) with a repeated key. Pure-Python parse: only called after the
+    fast parse found a duplicate."""
+    found: list[tuple[str, int, int]] = []
+    ws = json.decoder.WHITESPACE.match
+
+    def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None, _w=ws, _ws=None):
+        s, start = s_and_end
+        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan_once, object_hook, list, memo)
+        if len({k for k, _ in pairs}) == len(pairs):
+            return pairs, end
+        seen: dict[str, int] = {}
+        p = start
+        while True:  # walk the members again, now knowing where each key starts
+            p = ws(s, p).end()
+            key_at = p
+            key, p = json.decoder.scanstring(s, p + 1, strict)
+            if key in seen:
+                found.append((key, seen[key], key_at))
+                raise _DuplicateKey
+            seen[key] = key_at
+            p = ws(s, ws(s, p).end() + 1).end()  # past ":"
+            _, p = scan_once(s, p)
+            p = ws(s, p).end() + 1  # past ","
+
+    decoder = json.JSONDecoder(object_pairs_hook=list)
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except (_DuplicateKey, ValueError, RecursionError):
+        pass
+    return found[0] if found else None
+
+
+def _line_column(text: str, offset: int, first_line: int = 1) -> str:
+    line = text.count("\n", 0, offset) + first_line
+    column = offset - text.rfind("\n", 0, offset)
+    return f"line {line}, column {column}"
+
+
+def parse_json_text(text: str, path: Path | str, what: str = "file", first_line: int = 1) -> Any:
+    """json.loads, refusing what it would let through silently (a key repeated in one object: json keeps
+    the last) or crash on (nesting deeper than the recursion limit); every failure is one InputError.
+    `first_line`: the line number of the text's first line in its file (for one line of a JSONL file)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            path,
+            f"invalid JSON: {err.msg}",
+            where=f"line {err.lineno + first_line - 1}, column {err.colno}",
+            fix="repair the JSON (e.g. check quotes and commas near that position)",
+        ) from None
+    except _DuplicateKey:
+        found = _find_duplicate_key(text)
+        if found is None:  # the slow locating parse gave up (nesting too deep for it)
+            problem, where = "a key is repeated in one JSON object", None
+        else:
+            key, first, second = found
+            problem = (
+                f"duplicate key {shown(key)!r} in one JSON object (first at {_line_column(text, first, first_line)})"
+            )
+            where = _line_column(text, second, first_line)
+        raise InputError(
+            path,
+            problem + ": JSON readers disagree on which value counts, so this tool refuses to guess",
+            where=where,
+            fix="keep one entry per key: remove or rename the repeated one",
+        ) from None
+    except ValueError as err:  # json's own limits, e.g. an integer of more than 4300 digits
+        raise InputError(
+            path,
+            f"unreadable JSON value ({str(err).splitlines()[0].split(';')[0]})",
+            fix=f"a {what} holds numbers of ordinary size; check that this is the file you meant to pass",
+        ) from None
+    except RecursionError:
+        raise InputError(
+            path,
+            f"nested too deeply: the {what}'s arrays/objects nest beyond what the JSON reader can follow",
+            fix=f"a {what} is only a few levels deep; check that this is the file you meant to pass",
+        ) from None
+
+
 def read_json_file(path: Path, what: str = "file") -> Any:
     """Read a UTF-8 JSON file; every failure becomes one InputError naming the file and the spot."""
     path = Path(path)
@@ -106,7 +238,12 @@ def read_json_file(path: Path, what: str = "file") -> Any:
         )
     if path.is_dir():
         raise InputError(path, f"expected a {what}, got a directory", fix="pass the JSON file inside it")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(
+            path, f"cannot read the {what} ({err.strerror or err})", fix="check the file's permissions"
+        ) from None
     if not raw.strip():
         raise InputError(path, "the file is empty", fix=f"pass a non-empty JSON {what}")
     try:
@@ -115,15 +252,7 @@ def read_json_file(path: Path, what: str = "file") -> Any:
         raise InputError(
             path, f"not UTF-8 text (bad byte at offset {err.start})", fix="re-save the file as UTF-8"
         ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise InputError(
-            path,
-            f"invalid JSON: {err.msg}",
-            where=f"line {err.lineno}, column {err.colno}",
-            fix="repair the JSON (e.g. check quotes and commas near that position)",
-        ) from None
+    return parse_json_text(text, path, what)
 
 
 def load_split(path: Path | str) -> Split:
@@ -145,18 +274,21 @@ def load_split(path: Path | str) -> Split:
         _expect(article, dict, path, where_a, "an article")
         title = article.get("title")
         if title is not None:
-            _expect(title, str, path, f"{where_a}.title", '"title"')
+            check_text(_expect(title, str, path, f"{where_a}.title", '"title"'), path, f"{where_a}.title", '"title"')
         paragraphs = _expect(article.get("paragraphs"), list, path, f"{where_a}.paragraphs", '"paragraphs"')
         for p, paragraph in enumerate(paragraphs):
             where_p = f"{where_a}.paragraphs[{p}]"
             _expect(paragraph, dict, path, where_p, "a paragraph")
             full_context = _expect(paragraph.get("context"), str, path, f"{where_p}.context", '"context"')
+            check_text(full_context, path, f"{where_p}.context", '"context"')
             body, offset = strip_title(full_context, title)
             qas = _expect(paragraph.get("qas"), list, path, f"{where_p}.qas", '"qas"')
             for q, qa in enumerate(qas):
                 where_q = f"{where_p}.qas[{q}]"
                 _expect(qa, dict, path, where_q, "a question")
-                qid = _expect(qa.get("id"), str, path, f"{where_q}.id", '"id"')
+                qid = check_text(
+                    _expect(qa.get("id"), str, path, f"{where_q}.id", '"id"'), path, f"{where_q}.id", '"id"'
+                )
                 if not qid.strip():
                     raise InputError(
                         path,
@@ -174,6 +306,7 @@ def load_split(path: Path | str) -> Split:
                     )
                 seen[qid] = where_q
                 text = _expect(qa.get("question"), str, path, f"{where_q}.question", '"question"')
+                check_text(text, path, f"{where_q}.question", '"question"')
                 if not text.strip():
                     raise InputError(
                         path,
@@ -194,6 +327,7 @@ def load_split(path: Path | str) -> Split:
                     where_k = f"{where_q}.answers[{k}]"
                     _expect(answer, dict, path, where_k, "an answer")
                     answer_text = _expect(answer.get("text"), str, path, f"{where_k}.text", '"text"')
+                    check_text(answer_text, path, f"{where_k}.text", '"text"')
                     if not answer_text.strip():
                         raise InputError(
                             path, "empty answer text", where=f"{where_k}.text", fix="fill in the answer or remove it"

@@ -127,7 +127,10 @@ def read_jsonl(path: Path | str, *, on_bad_line: Literal["raise", "skip"] = "rai
         except ValueError as err:
             if on_bad_line == "skip":
                 continue
-            problem = err.msg if isinstance(err, json.JSONDecodeError) else "not UTF-8 text"
+            if isinstance(err, json.JSONDecodeError):
+                problem = err.msg
+            else:
+                problem = "not UTF-8 text" if isinstance(err, UnicodeDecodeError) else str(err)
             raise InputError(
                 path,
                 f"invalid JSON on this line: {problem}",

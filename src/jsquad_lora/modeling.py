@@ -188,19 +188,93 @@ def convert_gguf(gguf: Path, target: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+#: a model directory's tokenizer is in at least one of these (as save_pretrained writes them)
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer.model",
+    "tokenizer_config.json",
+    "vocab.json",
+    "vocab.txt",
+    "spiece.model",
+    "sentencepiece.bpe.model",
+)
+MODEL_DIR_FIX = (
+    "a model directory holds config.json, the weights (model.safetensors) and the tokenizer files, as "
+    "save_pretrained writes them: download or save the model into it again, or point model.name at another"
+)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+
+
+def _holds(path: Path) -> str:
+    names = sorted(p.name for p in path.iterdir())
+    return ", ".join(names[:12]) + (f" and {len(names) - 12} more" if len(names) > 12 else "")
+
+
+def _local_model_dir(name: str) -> Path | None:
+    """The directory `name` names when it is a local path (None for a hub id such as org/model).
+    InputError when such a path is missing, is a file, or is an empty directory: transformers would
+    take it for a hub id, or fail deep inside with a message about something else."""
+    if not name.strip():
+        raise InputError("model.name", "empty model name", fix="give a local model directory or a hub id (org/model)")
+    path = Path(name).expanduser()
+    if not (path.is_absolute() or name.startswith((".", "~")) or path.exists()):
+        return None
+    if not path.exists():
+        raise InputError(
+            name, "model directory not found", fix="check model.name: a local model directory or a hub id (org/model)"
+        )
+    if not path.is_dir():
+        raise InputError(
+            name,
+            "not a model directory but a file",
+            fix="pass the directory holding config.json and the weights (a .gguf file goes in model.gguf_file)",
+        )
+    if not any(path.iterdir()):
+        raise InputError(name, "the model directory is empty", fix=MODEL_DIR_FIX)
+    return path
+
+
 def load_tokenizer(name: str, trust_remote_code: bool = False):
+    """The tokenizer of a hub id or a local model directory; a directory without tokenizer files, or
+    whose tokenizer turns text into no tokens (transformers builds an empty one from config.json
+    alone), is an InputError saying so."""
     from transformers import AutoTokenizer
 
+    local = _local_model_dir(name)
+    if local is not None and not any((local / f).is_file() for f in TOKENIZER_FILES):
+        raise InputError(
+            name,
+            f"no tokenizer files in this model directory (none of {', '.join(TOKENIZER_FILES)}; "
+            f"it holds: {_holds(local)})",
+            fix="save the tokenizer beside the model (tokenizer.save_pretrained(directory)), "
+            "or copy its files from where the model came from",
+        )
     if trust_remote_code:
         log.warning("trust_remote_code is on: code from %s will run on this machine", name)
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except OSError as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(
             name,
-            f"could not load the tokenizer ({str(err).splitlines()[0]})",
-            fix="pass a local model directory, or a hub id on a machine with network access",
+            f"could not load the tokenizer ({_first_line(err)})",
+            fix=MODEL_DIR_FIX
+            if local is not None
+            else "pass a local model directory, or a hub id on a machine with network access",
         ) from None
+    try:
+        empty = not tokenizer("abc 123", add_special_tokens=False)["input_ids"]
+    except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+        empty = True
+    if empty:
+        raise InputError(
+            name,
+            "the tokenizer has no vocabulary (it turns text into no tokens): its vocabulary files are missing",
+            fix="save the tokenizer beside the model (tokenizer.save_pretrained(directory)), "
+            "or copy its files (tokenizer.json, or the vocabulary files) from where the model came from",
+        )
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -214,9 +288,26 @@ def _torch_dtype(name: str):
 
 def load_base_model(cfg: ModelConfig):
     """A pretrained causal LM from a hub id or a local path, 8-/4-bit on CUDA when asked.
-    Safetensors only unless `model.allow_pickle` (a pickle checkpoint can run code when loaded)."""
+    Safetensors only unless `model.allow_pickle` (a pickle checkpoint can run code when loaded).
+    A local directory that is empty or lacks config.json or weights is an InputError naming what is
+    missing, as is a model transformers cannot read (no model_type, damaged weights)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoModelForCausalLM
+
+    local = _local_model_dir(cfg.name)
+    if local is not None and not (local / "config.json").is_file():
+        raise InputError(
+            cfg.name, f"no config.json in this model directory (it holds: {_holds(local)})", fix=MODEL_DIR_FIX
+        )
+    if local is not None and not any(
+        p.suffix in (".safetensors", ".bin", ".pt", ".pth") or p.name.endswith(".index.json") for p in local.iterdir()
+    ):
+        raise InputError(
+            cfg.name,
+            f"no weights in this model directory (no *.safetensors file; it holds: {_holds(local)})",
+            fix=MODEL_DIR_FIX,
+        )
 
     kwargs: dict = {
         "dtype": _torch_dtype(cfg.dtype),
@@ -249,12 +340,20 @@ def load_base_model(cfg: ModelConfig):
         kwargs["device_map"] = {"": 0}
     try:
         return AutoModelForCausalLM.from_pretrained(cfg.name, **kwargs)
-    except OSError as err:
-        first = str(err).splitlines()[0]
+    except SafetensorError as err:
+        raise InputError(
+            cfg.name, f"the weights file is damaged or truncated ({_first_line(err)})", fix=MODEL_DIR_FIX
+        ) from None
+    except (OSError, ValueError, KeyError, RuntimeError) as err:
+        if isinstance(err, RuntimeError) and "size mismatch" not in str(err):
+            raise  # not a problem of the files (e.g. out of memory)
+        first = _first_line(err)
         fix = (
             "only safetensors weights are loaded by default; convert the checkpoint, "
             "or set model.allow_pickle=true if you trust it"
-            if "safetensors" in first.lower()
+            if "safetensors" in first.lower() and isinstance(err, OSError)
+            else MODEL_DIR_FIX
+            if local is not None
             else "pass a local model directory, or a hub id on a machine with network access"
         )
         raise InputError(cfg.name, f"could not load the model ({first})", fix=fix) from None

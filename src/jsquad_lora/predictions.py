@@ -6,9 +6,48 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .data import Question, json_type_name, read_json_file
+from .data import Question, check_text, json_type_name, parse_json_text, read_json_file, shown
 from .errors import InputError
 from .files import read_jsonl
+
+
+def _first_line_is_a_value(path: Path) -> bool:
+    """Whether the first non-blank line of `path` is a complete JSON value on its own: true of JSONL,
+    false of a pretty-printed JSON document (its first line is "{" or "[")."""
+    for line in path.read_bytes().removeprefix(b"\xef\xbb\xbf").split(b"\n"):
+        if line.strip():
+            try:
+                json.loads(line.decode("utf-8"))
+            except RecursionError:
+                return True  # a value, too deep: the JSONL reader names its line
+            except ValueError:
+                return False
+            return True
+    return False
+
+
+def _read_jsonl_rows(path: Path) -> list[tuple[str, object]]:
+    """("line N", value) for each line of a predictions JSONL file. A first pass refuses, line by line,
+    what json.loads lets through or cannot follow: a key repeated in one object (json keeps the last),
+    nesting deeper than the recursion limit, a number too long to read; read_jsonl then reports lines
+    that are not JSON at all."""
+    for number, line in enumerate(path.read_bytes().split(b"\n"), 1):
+        if not line.strip():
+            continue
+        try:
+            text = line.decode("utf-8-sig" if number == 1 else "utf-8")
+        except UnicodeDecodeError:
+            continue  # read_jsonl names it
+        try:
+            parse_json_text(text, path, "predictions file", first_line=number)
+        except InputError as err:
+            if err.problem.startswith("invalid JSON"):
+                continue  # read_jsonl names it
+            raise InputError(path, err.problem, where=err.where or f"line {number}", fix=err.fix) from None
+    try:
+        return [(f"line {n}", row) for n, row in read_jsonl(path)]
+    except RecursionError:  # not reached: the pass above names the line
+        raise InputError(path, "nested too deeply", fix="a predictions file is only a few levels deep") from None
 
 
 def load_predictions(
@@ -24,7 +63,15 @@ def load_predictions(
     except InputError as err:
         if not err.problem.startswith("invalid JSON"):
             raise
-        obj, rows = None, [(f"line {n}", row) for n, row in read_jsonl(path)]
+        if not _first_line_is_a_value(path):  # a JSON document with a syntax error, not JSONL
+            raise InputError(
+                path,
+                err.problem,
+                where=err.where,
+                fix="repair the JSON near that position (check quotes and commas); the file was read as one JSON "
+                "document, since its first line is not a complete JSON value (JSONL has one complete object a line)",
+            ) from None
+        obj, rows = None, _read_jsonl_rows(path)
     if rows is None:
         if isinstance(obj, list):
             rows = [(f"item {i}", r) for i, r in enumerate(obj)]
@@ -58,13 +105,15 @@ def load_predictions(
             fix='write {"<question id>": "<answer text>", ...}',
         )
     for qid, answer in predictions.items():
+        check_text(qid, path, f"id {shown(qid)}", "the id")
         if not isinstance(answer, str):
             raise InputError(
                 path,
-                f"the prediction must be a string, got {json.dumps(answer, ensure_ascii=False)[:60]}",
+                f"the prediction must be a string, got {shown(json.dumps(answer, ensure_ascii=False)[:60])}",
                 where=f"id {qid}",
                 fix='use "" for a question the model did not answer',
             )
+        check_text(answer, path, f"id {qid}", "the prediction")
     if questions is not None and not allow_unknown_ids:
         known = {q.id for q in questions}
         unknown = [qid for qid in predictions if qid not in known]

@@ -12,10 +12,12 @@ import html
 import io
 import json
 import logging
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+from .data import json_type_name, read_json_file, shown
 from .errors import InputError
 from .files import read_jsonl, write_bytes, write_text
 from .scoring import PRIMARY_SCORER, SCORERS
@@ -92,8 +94,19 @@ class RunSummary:
 
     def score(self, stage: str, scorer: str, key: str) -> float | None:
         """metrics[stage][scorer][key] when it is a number, else None (stage not run)."""
-        value = _dig(self.metrics, stage, scorer, key)
-        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+        return _number(_dig(self.metrics, stage, scorer, key))
+
+
+def _number(value: Any) -> float | None:
+    """`value` as a finite float when it is a JSON number (not a boolean), else None: a run file's
+    fields are only trusted as far as their types go."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) else None
 
 
 def _dig(obj: Any, *keys: str) -> Any:
@@ -106,10 +119,52 @@ def _dig(obj: Any, *keys: str) -> Any:
 
 def _read_jsonl(path: Path) -> list[dict]:
     """Valid object lines of a JSONL file; a torn or foreign line is skipped, not fatal,
-    because these files are optional extras of the report."""
+    because these files are optional extras of the report (a file that cannot be read at all is
+    left out with a warning)."""
     if not path.is_file():
         return []
-    return [row for _, row in read_jsonl(path, on_bad_line="skip") if isinstance(row, dict)]
+    try:
+        rows = [row for _, row in read_jsonl(path, on_bad_line="skip")]
+    except RecursionError:  # a line nested too deeply for json: skip that line as any other bad one
+        rows = []
+        for line in path.read_bytes().split(b"\n"):
+            try:
+                rows.append(json.loads(line.decode("utf-8-sig")))
+            except (ValueError, RecursionError):
+                continue
+    except OSError as err:
+        log.warning("%s: cannot be read (%s); left out of the report", path, err.strerror or err)
+        return []
+    return [row for row in rows if isinstance(row, dict)]
+
+
+def _read_optional_object(path: Path, what: str) -> dict | None:
+    """An optional JSON object file of a run, or None: absent, or broken or of another type (then left
+    out of the report with a warning)."""
+    if not path.exists():
+        return None
+    try:
+        value = read_json_file(path, what)
+    except InputError as err:
+        where = f" ({err.where})" if err.where else ""
+        log.warning("%s: %s%s; left out of the report", path, err.problem, where)
+        return None
+    if not isinstance(value, dict):
+        log.warning("%s: not a JSON object (got %s); left out of the report", path, json_type_name(type(value)))
+        return None
+    return value
+
+
+def _read_metrics(path: Path) -> dict:
+    """metrics.json, the one file a run directory must have: a JSON object, or ReportInputError."""
+    fix = "re-run `jsquad-lora evaluate` on this run directory to rewrite it"
+    try:
+        metrics = read_json_file(path, "metrics file")
+    except InputError as err:
+        raise ReportInputError(err.source, err.problem, where=err.where, fix=fix) from None
+    if not isinstance(metrics, dict):
+        raise ReportInputError(path, f"not a JSON object (got {json_type_name(type(metrics))})", fix=fix)
+    return metrics
 
 
 def _pick_examples(rows: list[dict], k: int = EXAMPLES_PER_KIND) -> list[dict]:
@@ -119,8 +174,8 @@ def _pick_examples(rows: list[dict], k: int = EXAMPLES_PER_KIND) -> list[dict]:
 
 
 def _is_right(row: dict) -> bool:
-    em = row.get("em")
-    return isinstance(em, (int, float)) and em > 0
+    em = _number(row.get("em"))
+    return em is not None and em > 0
 
 
 def load_run(run_dir: Path | str) -> RunSummary:
@@ -132,28 +187,16 @@ def load_run(run_dir: Path | str) -> RunSummary:
         raise ReportInputError(
             metrics_path, "missing: this is not a run directory, or the run never saved scores", fix=fix
         )
-    try:
-        metrics = json.loads(metrics_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ReportInputError(
-            metrics_path, f"not valid JSON ({exc})", fix="re-run `jsquad-lora evaluate` on this directory to rewrite it"
-        ) from exc
-    if not isinstance(metrics, dict):
-        raise ReportInputError(metrics_path, "not a JSON object", fix=fix)
+    metrics = _read_metrics(metrics_path)
 
     loss = [
-        (int(r["step"]), float(r["loss"]))
+        (int(step), value)
         for r in _read_jsonl(path / "loss.jsonl")
-        if isinstance(r.get("step"), (int, float)) and isinstance(r.get("loss"), (int, float))
+        if (step := _number(r.get("step"))) is not None and (value := _number(r.get("loss"))) is not None
     ]
     side = None
-    try:
-        raw = json.loads((path / "side_check.json").read_text(encoding="utf-8"))
-        side = {k: str(v) for k, v in raw.items() if v is not None} if isinstance(raw, dict) else None
-    except FileNotFoundError:
-        pass
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        log.warning("%s: not valid JSON, left out of the report", path / "side_check.json")
+    if (raw := _read_optional_object(path / "side_check.json", "side-check file")) is not None:
+        side = {k: str(v) for k, v in raw.items() if v is not None}
     examples, stage = [], None
     for candidate in ("after", "before"):
         rows = _read_jsonl(path / f"predictions-{candidate}.jsonl")
@@ -161,15 +204,22 @@ def load_run(run_dir: Path | str) -> RunSummary:
             examples, stage = _pick_examples(rows), candidate
             break
     config = path / "config.yaml"
-    config_text = config.read_text(encoding="utf-8", errors="replace") if config.is_file() else None
+    config_text = None
+    if config.is_file():
+        try:
+            config_text = config.read_text(encoding="utf-8", errors="replace")
+        except OSError as err:
+            log.warning("%s: cannot be read (%s); left out of the report", config, err.strerror or err)
     return RunSummary(path.resolve().name, path, metrics, sorted(loss), side, examples, stage, config_text)
 
 
 # ---- tables: one list of string rows each, rendered as Markdown or HTML ----
 
 
-def _f(value: float | None, spec: str = ".2f") -> str:
-    return "—" if value is None else format(value, spec)
+def _f(value: Any, spec: str = ".2f") -> str:
+    """A number formatted, or "—" for anything else (absent, or of the wrong type in a run file)."""
+    number = _number(value)
+    return "—" if number is None else format(number, spec)
 
 
 def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
@@ -208,8 +258,8 @@ def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
             str(r.get("id", "")),
             str(r.get("question", "")),
             str(r.get("prediction", "")),
-            " / ".join(map(str, r.get("golds") or [])),
-            _f(r.get("f1") if isinstance(r.get("f1"), (int, float)) else None),
+            " / ".join(map(str, golds)) if isinstance(golds := r.get("golds"), list) else str(golds or ""),
+            _f(r.get("f1")),
         ]
         for r in run.examples
     ]
@@ -267,12 +317,12 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     for run in runs:
         out.append(h(2, f"Run {run.name}"))
         out.append(p(f"Directory: {run.path}"))
-        if card := run.metrics.get("base_model"):
+        if isinstance(card := run.metrics.get("base_model"), dict) and card:
             out.append(
                 p(
                     f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
-                    f"{card.get('parameters', 0) / 1e6:,.1f}M parameters); source: {card.get('source', '?')}; "
-                    f"license: {card.get('license', '?')}."
+                    f"{(_number(card.get('parameters')) or 0) / 1e6:,.1f}M parameters); "
+                    f"source: {card.get('source', '?')}; license: {card.get('license', '?')}."
                 )
             )
         out.append(p(_evaluated_questions(run.metrics)))
@@ -299,8 +349,9 @@ def _evaluated_questions(metrics: dict) -> str:
     count = _dig(metrics, "after", PRIMARY_SCORER, "count") or _dig(metrics, "before", PRIMARY_SCORER, "count")
     if not isinstance(sample, dict):
         return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
-    errors = sample.get("em_standard_error") or {}
-    spread = "; ".join(f"{tag} ±{value:.2f}" for tag, value in errors.items())
+    errors = sample.get("em_standard_error")
+    errors = errors if isinstance(errors, dict) else {}
+    spread = "; ".join(f"{tag} ±{value:.2f}" for tag, raw in errors.items() if (value := _number(raw)) is not None)
     return (
         f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
         f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
@@ -314,7 +365,7 @@ def render_markdown(runs: Sequence[RunSummary]) -> str:
     images = {"scores.png": "scores.png"}
     if any(r.loss for r in runs):
         images["loss.png"] = "loss.png"
-    return "\n\n".join(_sections(runs, "md", images)) + "\n"
+    return shown("\n\n".join(_sections(runs, "md", images)) + "\n")  # a lone surrogate from a run file: escaped
 
 
 _CSS = (
@@ -327,7 +378,7 @@ _CSS = (
 def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
     """A self-contained HTML report: `images` (chart name → PNG bytes) embedded as data URIs."""
     uris = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
-    body = "\n".join(_sections(runs, "html", uris))
+    body = shown("\n".join(_sections(runs, "html", uris)))  # a lone surrogate from a run file: escaped
     return (
         f'<!DOCTYPE html>\n<html lang="ja">\n<head><meta charset="utf-8"><title>JSQuAD LoRA report</title>'
         f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
@@ -425,9 +476,16 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     images = {"scores.png": scores_png(runs)}
     if (loss := loss_png(runs)) is not None:
         images["loss.png"] = loss
-    written = [
-        write_text(out_dir / "report.md", render_markdown(runs)),
-        write_text(out_dir / "report.html", render_html(runs, images)),
-    ]
-    written += [write_bytes(out_dir / name, data) for name, data in images.items()]
+    try:
+        written = [
+            write_text(out_dir / "report.md", render_markdown(runs)),
+            write_text(out_dir / "report.html", render_html(runs, images)),
+        ]
+        written += [write_bytes(out_dir / name, data) for name, data in images.items()]
+    except OSError as err:
+        raise ReportInputError(
+            out_dir,
+            f"cannot write the report here ({err.strerror or err})",
+            fix="pass --output a directory you can write to (not an existing file)",
+        ) from None
     return written

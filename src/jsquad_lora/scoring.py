@@ -3,7 +3,8 @@
 - `jglue`: the SQuAD scorer as JGLUE patched it in transformers' `squad_metrics.py`
   (lower-case, rstrip "。", collapse whitespace; character-level F1; empty-answer rule of SQuAD v2).
 - `stability`: the jp-stable harness's `lm_eval/jasquad/evaluate.py` (emoji removal, neologdn,
-  MeCab tokens via fugashi + unidic-lite with punctuation tokens dropped).
+  MeCab tokens via fugashi + unidic-lite with punctuation tokens dropped; MeCab is handed at most
+  MECAB_MAX_CHARS characters per call, since one very long text crashes it).
 - `llmjp`: llm-jp-eval's exact match and char_f1 (NFKC, text before the first blank line, strip,
   first gold only, rapidfuzz token_sort_ratio).
 
@@ -152,8 +153,44 @@ def stability_normalize(text: str) -> str:
     return " ".join(neologdn.normalize(text).split())
 
 
+#: the most characters handed to MeCab in one call. fugashi + unidic-lite kill the process (SIGSEGV, exit
+#: 139) on one long text: measured at ~190,000 characters of "a", ~400,000 of "東", ~585,000 of "ab "
+#: (tagged in one call each); 2,000 is ~100x below the lowest, and far above any real answer.
+MECAB_MAX_CHARS = 2_000
+#: where a long text may be cut when it has no space: after punctuation, a token boundary in practice
+_MECAB_BREAK = re.compile(r"[。、．，！？｡､「」『』（）.,!?;:()]")
+
+
+def mecab_chunks(text: str, limit: int = MECAB_MAX_CHARS) -> list[str]:
+    """`text` as pieces of at most `limit` characters, each cut at the last space of its window (MeCab
+    drops spaces between tokens, so this changes no token), else after the last punctuation mark, else
+    hard at `limit`. A text of at most `limit` characters is returned whole."""
+    chunks, start = [], 0
+    while len(text) - start > limit:
+        window = text[start : start + limit]
+        cut = window.rfind(" ")
+        if cut > 0:
+            chunks.append(window[:cut])
+            start += cut + 1
+            continue
+        breaks = [m.end() for m in _MECAB_BREAK.finditer(window)]
+        cut = breaks[-1] if breaks else limit
+        chunks.append(window[:cut])
+        start += cut
+    chunks.append(text[start:])
+    return chunks
+
+
 def _stability_tokens(text: str) -> list[str]:
-    return [t for t in tagger("-Owakati").parse(stability_normalize(text)).split() if t not in _STABILITY_PUNCT]
+    """The reference's MeCab tokens of the normalised text, punctuation tokens dropped.
+
+    What reaches MeCab is bounded: a normalised text longer than MECAB_MAX_CHARS (far longer than any
+    answer; a runaway generation, a pasted document) is tagged piece by piece (`mecab_chunks`), since
+    one call on ~190,000+ characters crashes the process. Every text within the bound is tagged in one
+    call, exactly as the reference does."""
+    parse = tagger("-Owakati").parse
+    tokens = [t for chunk in mecab_chunks(stability_normalize(text)) for t in parse(chunk).split()]
+    return [t for t in tokens if t not in _STABILITY_PUNCT]
 
 
 def _stability_f1(prediction: str, gold: str) -> float:
