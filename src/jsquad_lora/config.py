@@ -472,7 +472,14 @@ def load_config(path: Path | str | None = None, overrides: list[str] = ()) -> Ru
                 )
         node[keys[-1]] = value
         sources[".".join(keys)] = text
-    return _build(RunConfig, data, str(source), overrides=sources)
+    try:
+        return _build(RunConfig, data, str(source), overrides=sources)
+    except InputError as err:  # a range or cross-field rule (_validate): name the override that set the value
+        if err.source == "config" and err.where in sources:
+            raise InputError(_override_source(sources[err.where]), err.problem, where=err.where, fix=err.fix) from None
+        if err.source == "config":
+            raise InputError(source, err.problem, where=err.where, fix=err.fix) from None
+        raise
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:

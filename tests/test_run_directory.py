@@ -1,0 +1,168 @@
+"""The run directory never loses a user's files: only marked run directories are resumed into or
+emptied, one process per directory (an OS lock), --overwrite is a clean start, a failed start
+leaves nothing behind, run names stay plain, files respect the umask, bad values fail at load."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from conftest import SHARED, TINY_TEST, needs_data
+
+from jsquad_lora.cli import main
+from jsquad_lora.config import load_config
+from jsquad_lora.rundir import LOCK, MARKER, run_directory
+
+FAST = TINY_TEST + ["data.train_limit=16", "data.eval_limit=4", "eval.side_check=false"]
+
+
+def run_cli(capsys, *argv):
+    code = main([str(a) for a in argv])
+    return code, capsys.readouterr().err
+
+
+def _user_folder(path):
+    path.mkdir()
+    (path / "thesis.tex").write_text("three years of work", "utf-8")
+    (path / "data").mkdir()
+    (path / "data" / "results.csv").write_text("1,2,3", "utf-8")
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+def _files(path):
+    return {p.relative_to(path): p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+
+@needs_data()
+@pytest.mark.parametrize("flags", [[], ["--resume"], ["--overwrite"], ["--overwrite", "--resume"]])
+def test_a_folder_of_the_users_is_never_touched(tmp_path, capsys, flags):
+    folder = tmp_path / "mine"
+    before = _user_folder(folder)
+    code, err = run_cli(capsys, "run", "--output", folder, *flags, *FAST)
+    assert code == 2 and "not a run directory of jsquad-lora" in err and str(folder) in err
+    assert _files(folder) == before  # every file still there, unchanged, nothing added
+
+
+@needs_data()
+@pytest.mark.parametrize("name", ["", "..", "../..", "a/b", "/tmp/x", "runs", "x y"])
+def test_run_names_are_plain_names(tmp_path, capsys, monkeypatch, name):
+    monkeypatch.setenv("JSQUAD_DIR", str(SHARED))
+    monkeypatch.chdir(tmp_path)
+    sibling = _user_folder(tmp_path / "runs")  # `name=` once made runs/ itself the run directory
+    code, err = run_cli(capsys, "run", *FAST, f"name={name}")
+    if name == "runs":  # a plain name: runs/runs is a new directory, the siblings are untouched
+        assert code == 0
+    else:
+        assert code == 2 and "name" in err and "plain name" in err
+    assert {k: v for k, v in _files(tmp_path / "runs").items() if k.parts[0] != "runs"} == sibling
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+
+
+@needs_data()
+def test_overwrite_is_a_clean_start_even_for_an_unfinished_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "--output", out, *FAST, "train.seed=1")[0] == 0
+    assert not json.loads((out / "metrics.json").read_text())["finished"]  # train alone leaves it open
+    old_base = (out / "base" / "model.safetensors").read_bytes()
+    old_adapter = (out / "adapter" / "model.safetensors").read_bytes()
+    (out / "checkpoints" / "stale-marker").write_text("x")
+    assert run_cli(capsys, "train", "--output", out, "--overwrite", *FAST, "train.seed=2")[0] == 0
+    assert (out / "base" / "model.safetensors").read_bytes() != old_base  # the new config's base, not the old one
+    assert (out / "adapter" / "model.safetensors").read_bytes() != old_adapter
+    assert not (out / "checkpoints" / "stale-marker").exists()
+    assert "seed: 2" in (out / "config.yaml").read_text()
+    assert (out / MARKER).exists()
+
+
+HOLD = """
+import sys, time
+from jsquad_lora.config import load_config
+from jsquad_lora.rundir import run_directory
+with run_directory(load_config("tiny-cpu"), sys.argv[1], resume=True, overwrite=False):
+    print("holding", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_process_is_refused_and_a_killed_holder_releases_the_lock(tmp_path, capsys):
+    out = tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        code, err = run_cli(capsys, "run", "--output", out, *FAST)
+        assert code == 2 and "another jsquad-lora process is using this run directory" in err
+        assert f'"pid": {holder.pid}' in err  # the holder is named
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()
+    # the OS released the lock with the killed process: the directory can be used again
+    with run_directory(load_config("tiny-cpu"), str(out), resume=True, overwrite=False) as run_dir:
+        assert json.loads((run_dir / LOCK).read_text())["pid"] == os.getpid()
+
+
+@needs_data()
+def test_a_failed_start_leaves_nothing_behind_and_the_fixed_command_runs(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"data": [{"title": "t", "paragraphs": [{"context": "abc", "qas": []}]}]}', "utf-8")
+    out, empty = tmp_path / "new", tmp_path / "empty"
+    empty.mkdir()
+    for target in (out, empty):
+        code, err = run_cli(capsys, "run", "--output", target, *FAST, f"data.dir={bad}")
+        assert code == 2 and str(bad) in err
+    assert not out.exists() and list(empty.iterdir()) == []
+    # the same output with the corrected data: not refused as "a different config"
+    assert run_cli(capsys, "train", "--output", out, *FAST)[0] == 0
+
+
+def test_files_respect_the_umask(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with run_directory(load_config("tiny-cpu"), str(tmp_path / "run"), resume=False, overwrite=False) as run_dir:
+            pass
+    finally:
+        os.umask(old)
+    assert (run_dir / "config.yaml").stat().st_mode & 0o777 == 0o640
+    assert (run_dir / MARKER).stat().st_mode & 0o777 == 0o640
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ("data.eval_limit=-1", "data.eval_limit"),
+        ("data.eval_limit=0", "data.eval_limit"),
+        ("train.epochs=0", "train.epochs"),
+        ("train.warmup_ratio=1.5", "train.warmup_ratio"),
+        ("train.seed=-3", "train.seed"),
+        ("train.seed=99999999999", "train.seed"),
+        ("train.logging_steps=0", "train.logging_steps"),
+        ("train.save_steps=-1", "train.save_steps"),
+        ("lora.r=0", "lora.r"),
+        ("train.batch_size=0", "train.batch_size"),
+        ("train.optim=adamw_turbo", "train.optim"),
+        ("model.tiny_heads=3", "model.tiny_hidden"),
+        ("eval.max_new_tokens=900", "eval.max_new_tokens"),
+        ("train.learning_rate=nan", "train.learning_rate"),
+        ("train.epochs=inf", "train.epochs"),
+    ],
+)
+def test_out_of_range_values_fail_at_load_before_any_work(tmp_path, capsys, override, key):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "run", "--output", out, *FAST, override)
+    assert code == 2 and key in err, err
+    if override.split("=")[0] == key:  # the error names the override, not the preset file
+        assert f"override {override}" in err, err
+    assert not out.exists()  # refused before a run directory (or any model work) existed
+
+
+@needs_data()
+@pytest.mark.parametrize("content", ['{"finished": fal', "[1, 2]"])
+def test_a_corrupt_metrics_file_is_a_clear_error(tmp_path, capsys, content):
+    out = tmp_path / "run"
+    assert run_cli(capsys, "train", "--output", out, *FAST)[0] == 0
+    (out / "metrics.json").write_text(content, "utf-8")
+    code, err = run_cli(capsys, "evaluate", "--output", out, *FAST)
+    assert code == 2 and "metrics.json" in err and "--overwrite" in err
