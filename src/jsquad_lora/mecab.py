@@ -1,8 +1,8 @@
 """The one MeCab tagger cache (fugashi + unidic-lite): the stability scorer tokenises with it, the
 cloze augmenter finds nouns with it. One tagger per option set, built once.
 
-MeCab kills the process (SIGSEGV) when one call gets a long text: measured at ~190,000 characters of
-"a" (more for other text). Every caller bounds what it passes: the stability scorer tags at most
+MeCab kills the process (SIGSEGV) when one call gets a long text (hundreds of thousands of characters;
+benchmarks/mecab_limit.py measures where). Every caller bounds what it passes: the stability scorer tags at most
 scoring.MECAB_MAX_CHARS (2,000) characters per call, the augmenter only sentences of up to 200."""
 
 from __future__ import annotations

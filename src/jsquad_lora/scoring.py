@@ -153,9 +153,9 @@ def stability_normalize(text: str) -> str:
     return " ".join(neologdn.normalize(text).split())
 
 
-#: the most characters handed to MeCab in one call. fugashi + unidic-lite kill the process (SIGSEGV, exit
-#: 139) on one long text: measured at ~190,000 characters of "a", ~400,000 of "東", ~585,000 of "ab "
-#: (tagged in one call each); 2,000 is ~100x below the lowest, and far above any real answer.
+#: the most characters handed to MeCab in one call. fugashi + unidic-lite kill the process (SIGSEGV) on
+#: one long text (the sizes: benchmarks/mecab_limit.py, BENCHMARKS.md); this bound is two orders of
+#: magnitude below them and far above any real answer.
 MECAB_MAX_CHARS = 2_000
 #: where a long text may be cut when it has no space: after punctuation, a token boundary in practice
 _MECAB_BREAK = re.compile(r"[。、．，！？｡､「」『』（）.,!?;:()]")
