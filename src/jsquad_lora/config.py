@@ -125,6 +125,13 @@ class TrainConfig:
     logging_steps: int = 10
     save_steps: int = 200
     optim: str = "adamw_torch"
+    #: also send the training metrics here, besides loss.jsonl: [] or [tensorboard] (RUN/tensorboard/)
+    report_to: list[str] = field(default_factory=list)
+    #: FSDP for a model that does not fit one GPU: transformers' `fsdp` option, e.g. "full_shard auto_wrap"
+    #: ("" = off; launch with torchrun / accelerate launch); needs CUDA GPUs (README "Several processes")
+    fsdp: str = ""
+    #: transformers' `fsdp_config`, e.g. {transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}
+    fsdp_config: dict = field(default_factory=dict)
 
 
 @dataclass
@@ -293,6 +300,9 @@ def _validate(cfg: RunConfig) -> None:
         ("train.logging_steps", t.logging_steps > 0, "must be positive"),
         ("train.save_steps", t.save_steps > 0, "must be positive"),
         ("train.synthetic_per_passage", t.synthetic_per_passage >= 0, "must be >= 0"),
+        ("train.report_to", set(t.report_to) <= {"tensorboard"}, "may hold only tensorboard"),
+        ("train.fsdp_config", isinstance(t.fsdp_config, dict), "must be a mapping"),
+        ("train.fsdp", not t.fsdp or m.load_in_8bit + m.load_in_4bit == 0, "does not combine with 8-/4-bit loading"),
         ("eval.batch_size", e.batch_size > 0, "must be positive"),
         ("eval.max_new_tokens", e.max_new_tokens > 0, "must be positive"),
         ("data.eval_sample", d.eval_sample is None or d.eval_sample > 0, positive_or_all),

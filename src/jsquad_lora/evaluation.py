@@ -1,8 +1,9 @@
 """Evaluation by generation over a split: prompts → batched greedy answers → predictions JSONL → scores.
 
-Resumable: answers are appended to `<name>.partial.jsonl` after every batch; a restarted
-evaluation keeps the complete lines, drops a torn last line, and generates only the questions
-not yet answered. The final `<name>.jsonl` is written atomically, once, in data order.
+Resumable: answers are appended to `<name>.partial.jsonl` after every batch (one log per rank when
+several processes share the work); a restarted evaluation keeps the complete lines of every log,
+drops a torn last line, and generates only the questions not yet answered, whatever the number of
+processes then. The final `<name>.jsonl` is written atomically, once, in data order, by the main process.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Callable, Sequence
 
 from .data import Question
 from .decoding import DecodingConfig
+from .distributed import barrier, is_main, rank, world_size
 from .files import append_jsonl_lines, read_jsonl_prefix, write_jsonl
 from .generation import generate_answers
 from .scoring import PRIMARY_SCORER, SCORERS, score_predictions
@@ -67,15 +69,19 @@ def evaluate(
     progress: bool = True,
     generator: Callable | None = None,
 ) -> EvalResult:
-    """Answer every question (resuming from `out_path`'s partial log) and score all three ways.
+    """Answer every question (resuming from `out_path`'s partial logs) and score them with every scorer.
 
-    `generator(prompts, decoding, on_batch)` replaces the HF backend (the vLLM backend does)."""
+    With several processes each rank answers its share (whole passages) into its own partial log;
+    the main process merges the logs, writes the predictions in data order and scores them (other
+    ranks get a result without scores). `generator(prompts, decoding, on_batch)` replaces the HF
+    backend (the vLLM backend does)."""
     start = time.perf_counter()
-    partial = out_path.with_suffix(".partial.jsonl")
     known = {q.id for q in questions}
-    done = {row["id"]: row["prediction"] for row in read_jsonl_prefix(partial) if row.get("id") in known}
-    todo = [q for q in questions if q.id not in done]
+    done = _answered(out_path, known)
+    barrier()  # every rank has read (and repaired) the logs before any rank appends to its own
+    todo = _share([q for q in questions if q.id not in done])
     prompts, passages, truncated = build_prompts(todo, render, tokenizer, max_length - decoding.max_new_tokens)
+    partial = partial_log(out_path, rank())
 
     def save_batch(indices: list[int], answers: list[str]) -> None:
         append_jsonl_lines(partial, ({"id": todo[i].id, "prediction": a} for i, a in zip(indices, answers)))
@@ -88,7 +94,60 @@ def evaluate(
         else:
             answers = generator(prompts, decoding, save_batch)
         done.update({q.id: a for q, a in zip(todo, answers)})
+    generated, truncated = _summed(len(todo), truncated)
+    if world_size() > 1:
+        barrier()  # every rank's answers are in its log
+        if not is_main():
+            return EvalResult({}, time.perf_counter() - start, len(questions), generated, truncated)
+        done = _answered(out_path, known)
     write_jsonl(out_path, (prediction_row(q, done[q.id]) for q in questions))
-    partial.unlink(missing_ok=True)
+    for log in _partial_logs(out_path):
+        log.unlink(missing_ok=True)
     scores = {name: score_predictions(questions, done, name).as_dict() for name in SCORERS}
-    return EvalResult(scores, time.perf_counter() - start, len(questions), len(todo), truncated)
+    return EvalResult(scores, time.perf_counter() - start, len(questions), generated, truncated)
+
+
+def partial_log(out_path: Path, rank_: int) -> Path:
+    """Rank `rank_`'s append-only answers log beside `out_path` (rank 0, or one process: NAME.partial.jsonl)."""
+    suffix = ".partial.jsonl" if rank_ == 0 else f".rank{rank_}.partial.jsonl"
+    return out_path.with_suffix(suffix)
+
+
+def _partial_logs(out_path: Path) -> list[Path]:
+    """Every rank's partial log of `out_path`, whatever the number of processes that wrote them."""
+    return sorted(out_path.parent.glob(out_path.stem + "*.partial.jsonl"))
+
+
+def _answered(out_path: Path, known: set[str]) -> dict[str, str]:
+    """Answers already in the partial logs (torn tails dropped), for questions of this evaluation."""
+    done: dict[str, str] = {}
+    for log in _partial_logs(out_path):
+        done.update({row["id"]: row["prediction"] for row in read_jsonl_prefix(log) if row.get("id") in known})
+    return done
+
+
+def _share(todo: list[Question]) -> list[Question]:
+    """This rank's questions: whole passages (their shared prompt prefix runs once), dealt in data
+    order to the rank with the fewest questions so far. All of `todo` for one process."""
+    if world_size() == 1:
+        return todo
+    passages: dict[str, list[Question]] = {}
+    for q in todo:
+        passages.setdefault(q.context, []).append(q)
+    loads, mine = [0] * world_size(), []
+    for group in passages.values():
+        target = loads.index(min(loads))
+        loads[target] += len(group)
+        if target == rank():
+            mine += group
+    return mine
+
+
+def _summed(*counts: int) -> tuple[int, ...]:
+    """`counts` summed over the ranks (as they are, for one process)."""
+    if world_size() == 1:
+        return counts
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([counts])
+    return tuple(sum(c[k] for c in gathered) for k in range(len(counts)))

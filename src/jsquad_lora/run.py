@@ -23,15 +23,17 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal
 
+from . import distributed
 from .config import RunConfig, load_config
 from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
 from .errors import InputError
 from .files import atomic_dir, read_jsonl_prefix, write_json
-from .rundir import mark_started, run_directory
+from .rundir import mark_started, run_dir_path, run_directory
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,8 @@ class Job:
         return self.adapter_dir.exists()
 
     def save_metrics(self) -> None:
-        write_json(self.run_dir / "metrics.json", self.metrics)
+        if distributed.is_main():
+            write_json(self.run_dir / "metrics.json", self.metrics)
 
 
 def main_job(
@@ -82,9 +85,11 @@ def main_job(
 
     cfg = load_config(config, overrides)
     evaluating = stages in ("run", "evaluate")
-    with run_directory(cfg, output, resume=resume, overwrite=overwrite) as run_dir, VllmEngines() as engines:
+    distributed.init()
+    with _run_directory(cfg, output, resume, overwrite) as run_dir, VllmEngines() as engines:
         job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
-        mark_started(run_dir)
+        if distributed.is_main():
+            mark_started(run_dir)
         if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
             evaluate_stage(job, "before")
         if evaluating and cfg.eval.side_check:
@@ -102,6 +107,18 @@ def main_job(
 
 
 # --- setup ---------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _run_directory(cfg: RunConfig, output: str | None, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """The run directory, prepared and locked by the main process; the other ranks wait for it."""
+    if distributed.is_main():
+        with run_directory(cfg, output, resume=resume, overwrite=overwrite) as run_dir:
+            distributed.barrier()
+            yield run_dir
+    else:
+        distributed.barrier()
+        yield run_dir_path(cfg, output)
 
 
 def load_questions(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
@@ -158,31 +175,36 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
 
     from .modeling import (
         TINY,
-        build_char_tokenizer,
-        build_tiny_model,
         load_base_model,
         load_tokenizer,
         resolve_model_source,
-        save_trained,
     )
 
     if cfg.model.name != TINY:
-        source = resolve_model_source(cfg.model)  # a built-in or GGUF source becomes a cached model directory
+        with distributed.main_first():  # the main process converts a built-in or GGUF source (cached) first
+            source = resolve_model_source(cfg.model)
         model_cfg = dataclasses.replace(cfg.model, name=source, gguf_file=None)
         return load_base_model(model_cfg), load_tokenizer(source, cfg.model.trust_remote_code)
     base = run_dir / "base"
-    if not (base / "model.safetensors").exists():
-        import torch
-
-        torch.manual_seed(cfg.train.seed)
-        texts = [q.context + q.question + "".join(q.answers) for q in train_questions]
-        from .prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
-
-        texts += [SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt(train_questions[0], cfg.prompt.template)]
-        tokenizer = build_char_tokenizer(texts)
-        with atomic_dir(base) as tmp:
-            save_trained(build_tiny_model(cfg.model, tokenizer), tokenizer, tmp)
+    with distributed.main_first():
+        if not (base / "model.safetensors").exists():
+            _build_tiny_base(cfg, base, train_questions)
     return AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), AutoTokenizer.from_pretrained(base)
+
+
+def _build_tiny_base(cfg: RunConfig, base: Path, train_questions) -> None:
+    """The offline tiny model (random weights) and its character tokenizer, saved in `base`."""
+    import torch
+
+    from .modeling import build_char_tokenizer, build_tiny_model, save_trained
+    from .prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
+
+    torch.manual_seed(cfg.train.seed)
+    texts = [q.context + q.question + "".join(q.answers) for q in train_questions]
+    texts += [SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt(train_questions[0], cfg.prompt.template)]
+    tokenizer = build_char_tokenizer(texts)
+    with atomic_dir(base) as tmp:
+        save_trained(build_tiny_model(cfg.model, tokenizer), tokenizer, tmp)
 
 
 def decoding_config(cfg: RunConfig, mode: str | None = None):
@@ -231,7 +253,8 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
     train_questions, eval_questions, population = _questions(cfg)
     if cfg.data.eval_sample:
-        write_json(run_dir / "eval_ids.json", [q.id for q in eval_questions])
+        if distributed.is_main():
+            write_json(run_dir / "eval_ids.json", [q.id for q in eval_questions])
         metrics["sample"] = {
             "questions": len(eval_questions),
             "of": population,
@@ -280,6 +303,8 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
         predictions,
         generator=generator,
     )
+    if not distributed.is_main():
+        return  # the main process merged every rank's answers and scores them
     if result.truncated_prompts:
         log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
     job.metrics[stage] = result.scores
@@ -295,6 +320,8 @@ def side_check_stage(job: Job, stage: Stage) -> None:
     from .generation import generate_free
     from .prompts import SIDE_CHECK_PROMPT
 
+    if not distributed.is_main():
+        return  # one free generation, on the main process
     job.side_check["prompt"] = SIDE_CHECK_PROMPT
     job.side_check[stage] = generate_free(
         _inference_model(job, stage), job.tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64
@@ -304,7 +331,7 @@ def side_check_stage(job: Job, stage: Stage) -> None:
 def train_stage(job: Job) -> None:
     """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
     from .devices import train_in_bf16
-    from .modeling import attach_lora, count_parameters, merged, save_trained
+    from .modeling import attach_lora, count_parameters, merged
     from .tokenize import encode_train_set
     from .training import train
 
@@ -342,9 +369,17 @@ def train_stage(job: Job) -> None:
         "bfloat16 autocast" if bf16 else cfg.model.dtype,
         cfg.train.mixed_precision,
     )
-    result = train(model, examples, cfg.train, job.run_dir / "checkpoints", job.run_dir / "loss.jsonl", bf16=bf16)
-    with atomic_dir(job.adapter_dir) as tmp:
-        save_trained(model, job.tokenizer, tmp)
+    # train() saves the adapter; every rank sees it (job.trained) when it returns
+    result = train(
+        model,
+        examples,
+        cfg.train,
+        job.run_dir / "checkpoints",
+        job.run_dir / "loss.jsonl",
+        bf16=bf16,
+        save_to=job.adapter_dir,
+        tokenizer=job.tokenizer,
+    )
     job.model = merged(model)
     job.metrics["train"] = {
         **result.summary(),
@@ -368,6 +403,9 @@ def load_trained_stage(job: Job) -> None:
 def finish(job: Job, *, finished: bool, report: bool) -> None:
     """side_check.json, the final metrics.json, the report, and the summary lines in the log."""
     from .scoring import SCORERS
+
+    if not distributed.is_main():
+        return
 
     if job.side_check:
         write_json(job.run_dir / "side_check.json", job.side_check)

@@ -42,7 +42,7 @@ def run_directory(cfg: RunConfig, output: str | None, *, resume: bool, overwrite
     """The run directory, locked for the block: created (with its marker and config.yaml), resumed,
     or cleaned for a fresh start (`overwrite`). A directory this call created is removed again if
     the block fails with an InputError before `mark_started` (nothing was done in it)."""
-    run_dir = Path(output) if output else Path("runs") / cfg.name
+    run_dir = run_dir_path(cfg, output)
     made, fresh = _create(run_dir)
     try:
         with _locked(run_dir):
@@ -55,6 +55,11 @@ def run_directory(cfg: RunConfig, output: str | None, *, resume: bool, overwrite
             else:
                 _empty(run_dir, keep=())
         raise
+
+
+def run_dir_path(cfg: RunConfig, output: str | None) -> Path:
+    """`--output`, or runs/<config name>."""
+    return Path(output) if output else Path("runs") / cfg.name
 
 
 def mark_started(run_dir: Path) -> None:

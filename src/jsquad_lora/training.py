@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from transformers import TrainerCallback
 
 from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from .config import TrainConfig
+from .distributed import barrier, is_main, world_size
 from .errors import InputError
 from .files import write_jsonl
 from .packing import SharedPrefixRow
@@ -98,7 +100,12 @@ class _LogAtCheckpoints(TrainerCallback):
 
 
 def _make_trainer(
-    model, examples: list[Encoded] | list[SharedPrefixRow], cfg: TrainConfig, output_dir: Path, bf16: bool
+    model,
+    examples: list[Encoded] | list[SharedPrefixRow],
+    cfg: TrainConfig,
+    output_dir: Path,
+    bf16: bool,
+    tensorboard_dir: Path | None = None,
 ):
     import datasets
     from transformers import Trainer, TrainingArguments
@@ -120,7 +127,9 @@ def _make_trainer(
     else:
         collator = FlatteningCollator() if cfg.batching == "padding_free" else AnswerOnlyCollator(pad_id)
     collator = PaddingMeter(collator)
-    order = EpochBatchOrder(lengths, cfg.batch_size, cfg.seed, grouped=cfg.batching != "random")
+    # the order of global batches (per-device batch x processes): the same batches, whatever the number
+    # of processes; accelerate deals each global batch's per-device parts to the ranks
+    order = EpochBatchOrder(lengths, cfg.batch_size * world_size(), cfg.seed, grouped=cfg.batching != "random")
 
     class _Trainer(Trainer):
         # a weighted prompt loss is a per-micro-batch mean: let Trainer divide by accumulation steps
@@ -143,7 +152,10 @@ def _make_trainer(
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             # like the model's own loss: a sum over the accumulated batch's tokens when the
             # Trainer counts them (it then skips its division by the accumulation steps)
-            return answer_only_loss(model, inputs, num_items_in_batch if self.model_accepts_loss_kwargs else None)
+            num_items = num_items_in_batch if self.model_accepts_loss_kwargs else None
+            if self.accelerator.unwrap_model(model) is not model:  # DDP/FSDP: its forward must run
+                return answer_only_loss_through_forward(model, inputs, num_items)
+            return answer_only_loss(model, inputs, num_items)
 
     args = TrainingArguments(
         output_dir=str(output_dir),
@@ -163,15 +175,22 @@ def _make_trainer(
         seed=cfg.seed,
         data_seed=cfg.seed,
         bf16=bf16,
-        use_cpu=bf16 and not torch.cuda.is_available(),  # bf16 autocast on the CPU must be asked for this way
-        report_to=[],
+        # bf16 autocast on the CPU, and a CPU process group (gloo), must be asked for this way
+        use_cpu=not torch.cuda.is_available() and (bf16 or world_size() > 1),
+        report_to=[],  # TensorBoard, when asked, through a callback writing to RUN/tensorboard (train())
+        fsdp=cfg.fsdp,
+        fsdp_config=cfg.fsdp_config or None,
         remove_unused_columns=False,
         dataloader_num_workers=0,
         disable_tqdm=False,
     )
-    trainer = _Trainer(
-        model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=[_LogAtCheckpoints()]
-    )
+    callbacks = [_LogAtCheckpoints()]
+    if "tensorboard" in cfg.report_to and is_main():
+        from torch.utils.tensorboard import SummaryWriter
+        from transformers.integrations import TensorBoardCallback
+
+        callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir or output_dir / "tensorboard"))))
+    trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks)
     return trainer, collator
 
 
@@ -223,6 +242,22 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
         logits = torch.tanh(logits / softcap) * softcap
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     denominator = num_items if num_items is not None else keep.sum().clamp(min=1)
+    return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
+
+
+def answer_only_loss_through_forward(model, inputs: dict, num_items: int | torch.Tensor | None = None):
+    """`answer_only_loss` through the model's own forward (a DDP or FSDP wrapper must see the call):
+    the output layer runs at the positions labelled in any row of the batch (`logits_to_keep`)."""
+    import torch.nn.functional as F
+
+    inputs = dict(inputs)
+    labels = inputs.pop("labels")
+    targets = labels[:, 1:]
+    positions = (targets != -100).any(0).nonzero().squeeze(-1)
+    logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
+    kept = targets[:, positions]
+    loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), kept.reshape(-1), reduction="sum")
+    denominator = num_items if num_items is not None else (kept != -100).sum().clamp(min=1)
     return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
 
 
@@ -284,9 +319,13 @@ def train(
     loss_path: Path,
     *,
     bf16: bool = False,
+    save_to: Path | None = None,
+    tokenizer=None,
 ) -> TrainResult:
-    """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any."""
-    trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16)
+    """Train `model` in place, resuming from the newest checkpoint in `checkpoint_dir` if any; then
+    save the adapter (or every weight) with `tokenizer` in `save_to`, atomically, if given.
+    TensorBoard event files, when asked, go beside `loss_path` (tensorboard/)."""
+    trainer, collator = _make_trainer(model, examples, cfg, checkpoint_dir, bf16, loss_path.parent / "tensorboard")
     resume_from = latest_checkpoint(checkpoint_dir)
     # No KV cache in training: a forward pass that builds one skips transformers' packed-sequence
     # mask, and the examples of a padding-free row would attend to each other (a model in eval
@@ -303,13 +342,54 @@ def train(
         for row in trainer.state.log_history
         if "loss" in row
     ]
-    write_jsonl(loss_path, log)
+    if is_main():
+        write_jsonl(loss_path, log)
+    if save_to is not None:
+        _save(trainer, model, tokenizer, save_to)
     final_loss = log[-1]["loss"] if log else float(output.training_loss)
+    real, processed = _summed(collator.real_tokens, collator.batch_tokens)
     return TrainResult(
         seconds=seconds,
-        tokens_per_second=collator.real_tokens / seconds if seconds else 0.0,
-        padding_fraction=collator.padding_fraction,
+        tokens_per_second=real / seconds if seconds else 0.0,
+        padding_fraction=1.0 - real / processed if processed else 0.0,
         steps=trainer.state.global_step,
         final_loss=final_loss,
         log=log,
     )
+
+
+def _save(trainer, model, tokenizer, directory: Path) -> None:
+    """The trained adapter (or full weights) and tokenizer, as safetensors, in one rename. Under FSDP
+    every rank takes part (the Trainer gathers the sharded weights); otherwise the main process saves."""
+    from .files import atomic_dir
+    from .modeling import save_trained
+
+    if not trainer.is_fsdp_enabled:
+        if is_main():
+            with atomic_dir(directory) as tmp:
+                save_trained(model, tokenizer, tmp)
+        barrier()
+        return
+    staging = directory.with_name(f".{directory.name}.fsdp.tmp")
+    if is_main():
+        shutil.rmtree(staging, ignore_errors=True)
+    barrier()
+    trainer.save_model(str(staging))  # the main process writes the gathered weights
+    if is_main():
+        (staging / "training_args.bin").unlink(missing_ok=True)  # a pickle: not kept beside safetensors weights
+        tokenizer.save_pretrained(staging)
+        with atomic_dir(directory) as tmp:
+            for entry in staging.iterdir():
+                entry.rename(tmp / entry.name)
+        shutil.rmtree(staging, ignore_errors=True)
+    barrier()
+
+
+def _summed(*counts: int) -> tuple[int, ...]:
+    """`counts` summed over the processes (as they are, for one)."""
+    if world_size() == 1:
+        return counts
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([counts])
+    return tuple(sum(c[k] for c in gathered) for k in range(len(counts)))
