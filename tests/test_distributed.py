@@ -120,3 +120,17 @@ def test_a_killed_rank_ends_the_job_and_resume_finishes(tmp_path):
     assert (out / "adapter" / "model.safetensors").exists()
     steps = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
     assert steps == sorted(set(steps)) and steps[-1] == json.loads((out / "metrics.json").read_text())["train"]["steps"]
+
+
+@needs_data()
+def test_training_metrics_go_to_tensorboard_when_asked(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    result = launch(["train", "--output", out, *ARGS, "train.report_to=[tensorboard]"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    logged = [json.loads(line) for line in (out / "loss.jsonl").read_text().splitlines()]
+    losses = [e.value for e in events.Scalars("train/loss")]
+    assert losses == pytest.approx([row["loss"] for row in logged], rel=1e-6)  # the same curve as loss.jsonl

@@ -127,10 +127,10 @@ class TrainConfig:
     optim: str = "adamw_torch"
     #: also send the training metrics here, besides loss.jsonl: [] or [tensorboard] (RUN/tensorboard/)
     report_to: list[str] = field(default_factory=list)
-    #: FSDP for a model that does not fit one GPU: transformers' `fsdp` option, e.g. "full_shard auto_wrap"
-    #: ("" = off; launch with torchrun / accelerate launch); needs CUDA GPUs (README "Several processes")
-    fsdp: str = ""
-    #: transformers' `fsdp_config`, e.g. {transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}
+    #: FSDP (weights, gradients and optimizer state sharded over the processes) for a model that does not
+    #: fit one GPU; launch with torchrun / accelerate launch; CUDA GPUs only (README "Several processes")
+    fsdp: bool = False
+    #: transformers' `fsdp_config`, e.g. {fsdp_version: 2, transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}
     fsdp_config: dict = field(default_factory=dict)
 
 

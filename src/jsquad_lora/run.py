@@ -85,6 +85,8 @@ def main_job(
 
     cfg = load_config(config, overrides)
     evaluating = stages in ("run", "evaluate")
+    if cfg.train.fsdp and stages in ("run", "train"):
+        _check_fsdp_possible()
     distributed.init()
     with _run_directory(cfg, output, resume, overwrite) as run_dir, VllmEngines() as engines:
         job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
@@ -107,6 +109,17 @@ def main_job(
 
 
 # --- setup ---------------------------------------------------------------------------------------
+
+
+def _check_fsdp_possible() -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        raise InputError(
+            "train.fsdp",
+            "FSDP needs CUDA GPUs (accelerate shards only CUDA processes); on CPUs the processes train data-parallel",
+            fix="set train.fsdp=false here, or run on GPUs",
+        )
 
 
 @contextmanager

@@ -157,6 +157,12 @@ def _make_trainer(
                 return answer_only_loss_through_forward(model, inputs, num_items)
             return answer_only_loss(model, inputs, num_items)
 
+    if cfg.fsdp and not torch.cuda.is_available():
+        raise InputError(
+            "train.fsdp",
+            "FSDP needs CUDA GPUs (accelerate shards only CUDA processes); on CPUs the processes train data-parallel",
+            fix="set train.fsdp=false here, or run on GPUs",
+        )
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
