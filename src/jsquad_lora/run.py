@@ -279,6 +279,12 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     if cfg.eval.backend == "vllm" and evaluating:
         from .vllm_backend import check_available
 
+        if distributed.world_size() > 1:
+            raise InputError(
+                "eval.backend=vllm",
+                "the vLLM backend runs in one process (it shards a model over GPUs itself)",
+                fix="launch without torchrun for a vLLM evaluation, or use eval.backend=hf",
+            )
         check_available(cfg.eval.decoding)
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
     metrics["base_model"] = _model_card(cfg, model)
