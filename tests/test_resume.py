@@ -123,3 +123,18 @@ def test_evaluation_resumes_without_regenerating(tmp_path):
     metrics = json.loads((interrupted / "metrics.json").read_text())
     assert metrics["eval_before"]["generated"] <= 160 - (answered - 1)  # answered questions were not generated again
     assert metrics["before"]["jglue"]["count"] == 160
+
+
+@needs_data()
+def test_a_resumed_run_does_not_repeat_a_finished_evaluation(tmp_path):
+    out = tmp_path / "run"
+    argv = ["run", "--output", out, *TRAIN, "eval.side_check=false"]
+    killed = kill_when(argv, checkpoint_done(out))  # the before-evaluation finished, training had begun
+    assert killed, "the run finished before it could be killed; make it longer"
+    before = out / "predictions-before.jsonl"
+    written = (before.stat().st_mtime_ns, before.read_bytes())
+    result = run_to_end(*argv)
+    assert "predictions-before.jsonl is complete: the evaluation before tuning is not repeated" in result.stderr
+    assert (before.stat().st_mtime_ns, before.read_bytes()) == written  # not generated (or written) again
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["finished"] and metrics["before"]["jglue"]["count"] == metrics["after"]["jglue"]["count"]

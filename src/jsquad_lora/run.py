@@ -32,7 +32,7 @@ from . import distributed
 from .config import RunConfig, load_config
 from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
 from .errors import InputError
-from .files import atomic_dir, read_jsonl_prefix, write_json
+from .files import atomic_dir, read_jsonl, read_jsonl_prefix, write_json
 from .rundir import mark_started, run_dir_path, run_directory
 
 log = logging.getLogger(__name__)
@@ -307,9 +307,12 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
     """Answer the evaluation questions with the base ("before") or trained ("after") model; score them."""
     from .evaluation import evaluate
 
+    predictions = job.run_dir / f"predictions-{stage}.jsonl"
+    if _evaluated(job, stage, predictions):
+        log.info("%s is complete: the evaluation %s tuning is not repeated", predictions.name, stage)
+        return
     log.info("evaluating %d questions %s tuning", len(job.eval_questions), stage)
     model = _inference_model(job, stage)
-    predictions = job.run_dir / f"predictions-{stage}.jsonl"
     adapter = job.adapter_dir if stage == "after" else None
     generator = vllm_answerer(job.cfg, job.run_dir, model, job.tokenizer, adapter, job.engines)
     result = evaluate(
@@ -332,6 +335,23 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
         errors[stage] = _em_standard_error(predictions, job.eval_questions, job.metrics["sample"]["of"])
     job.metrics[EVAL_SUMMARY_KEY[stage]] = result.summary()
     job.save_metrics()
+
+
+def _evaluated(job: Job, stage: Stage, predictions: Path) -> bool:
+    """Whether an earlier try of this run finished this evaluation: its scores are in metrics.json and
+    its predictions file holds exactly these questions (a resume after a later stage died)."""
+    from .scoring import SCORERS
+
+    scores = job.metrics.get(stage)
+    if not isinstance(scores, dict) or set(scores) != set(SCORERS) or not predictions.is_file():
+        return False
+    if EVAL_SUMMARY_KEY[stage] not in job.metrics:
+        return False
+    try:
+        ids = [row.get("id") for _, row in read_jsonl(predictions)]
+    except (InputError, AttributeError):
+        return False
+    return ids == [q.id for q in job.eval_questions]
 
 
 def side_check_stage(job: Job, stage: Stage) -> None:
