@@ -1,5 +1,11 @@
-"""The vLLM backend against the HF backend: same run, same dev questions, greedy; prints the
-share of identical answers, both backends' EM and wall times, and writes JSON. CUDA + `[vllm]` only.
+"""The vLLM backend against the HF backend: same run, same dev questions, greedy, the same weights at
+the same precision on both sides; prints the share of identical answers, both backends' EM and wall
+times, and writes JSON. CUDA + `[vllm]` only.
+
+Like with like: both sides load the base unquantised in `model.dtype` (a run trained on 8-bit
+weights, such as rinna-3.6b-seed, is compared on float16 weights: vLLM cannot serve the 8-bit
+ones), HF with the adapter merged, vLLM as the run would serve it (`vllm_backend.serving`: the
+adapter per request, or merged into a temporary model directory).
 
     JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/check_vllm.py --run runs/rinna-3.6b-best [--questions 500]
 """
@@ -12,15 +18,17 @@ import json
 import time
 from pathlib import Path
 
+import torch
+
 from jsquad_lora.config import load_config
 from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.decoding import DecodingConfig
 from jsquad_lora.evaluation import build_prompts
 from jsquad_lora.generation import generate_answers
 from jsquad_lora.modeling import load_trained
-from jsquad_lora.run import base_model_and_tokenizer, make_renderer, vllm_answerer
+from jsquad_lora.run import base_model_and_tokenizer, make_renderer
 from jsquad_lora.scoring import score_predictions
-from jsquad_lora.vllm_backend import VllmEngines, check_available
+from jsquad_lora.vllm_backend import VllmEngines, answerer, architecture_of, check_available, serving
 
 
 def main() -> None:
@@ -31,13 +39,19 @@ def main() -> None:
     args = parser.parse_args()
     check_available("greedy")
     run_dir = Path(args.run)
-    cfg = load_config(run_dir / "config.yaml", ["eval.backend=vllm", "eval.decoding=greedy"])
+    trained = load_config(run_dir / "config.yaml")
+    quantized = trained.model.load_in_8bit or trained.model.load_in_4bit
+    cfg = load_config(
+        run_dir / "config.yaml",
+        ["eval.backend=vllm", "eval.decoding=greedy", "model.load_in_8bit=false", "model.load_in_4bit=false"],
+    )
     train = load_split(resolve_split(cfg.data.dir, cfg.data.train_split)).questions
     questions = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.questions]
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train)
     adapter = run_dir / "adapter"
     if adapter.exists():
         model = load_trained(model, adapter, cfg.lora.enabled)
+    model = model.to(getattr(torch, cfg.model.dtype))  # the precision vLLM is given (dtype=model.dtype)
     render = make_renderer(cfg, tokenizer, train)
     prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
     decoding = DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode="greedy")
@@ -45,11 +59,17 @@ def main() -> None:
     start = time.perf_counter()
     answers["hf"] = generate_answers(model, tokenizer, prompts, passages, decoding)
     seconds["hf"] = time.perf_counter() - start
-    engines = VllmEngines()
-    generate = vllm_answerer(cfg, run_dir, model, tokenizer, adapter if adapter.exists() else None, engines)
-    start = time.perf_counter()
-    answers["vllm"] = generate(prompts, decoding, None)
-    seconds["vllm"] = time.perf_counter() - start
+    plan = serving(architecture_of(model), cfg.lora, trained=adapter.exists())
+    with VllmEngines() as engines:
+        generate = answerer(cfg, run_dir, model, tokenizer, adapter if adapter.exists() else None, engines)
+        start = time.perf_counter()
+        answers["vllm"] = generate(prompts, decoding, None)
+        seconds["vllm"] = time.perf_counter() - start
+    served = "the adapter per request" if plan.lora_request else f"{plan.model} weights"
+    precision = {
+        "hf": f"{cfg.model.dtype}, adapter merged" if adapter.exists() else cfg.model.dtype,
+        "vllm": f"{cfg.model.dtype}, {served}",
+    }
     same = sum(a == b for a, b in zip(answers["hf"], answers["vllm"]))
     em = {
         k: score_predictions(questions, {q.id: a for q, a in zip(questions, v)}, "jglue").exact_match
@@ -58,13 +78,17 @@ def main() -> None:
     print(f"{'backend':<8}{'seconds':>10}{'EM (jglue)':>12}")
     for k in answers:
         print(f"{k:<8}{seconds[k]:>10.1f}{em[k]:>12.2f}")
-    print(f"identical answers: {same}/{len(questions)}")
+    print(f"identical answers: {same}/{len(questions)}  (weights: HF {precision['hf']}; vLLM {precision['vllm']})")
+    if quantized:
+        print("the run trained on 8-/4-bit weights: both sides here use its unquantised base, as vLLM serves it")
     result = {
         "check": "vllm vs hf greedy answers",
         "date": datetime.date.today().isoformat(),
         "run": str(run_dir),
         "questions": len(questions),
         "identical": same,
+        "precision": precision,
+        "trained_quantized": quantized,
         "seconds": seconds,
         "exact_match": em,
     }

@@ -29,3 +29,41 @@ TINY_TEST = [
 
 def needs_data():
     return pytest.mark.skipif(not SHARED.exists(), reason="needs ../shared/jsquad")
+
+
+#: Debian's chromium, headless, with nothing that reaches the network on its own
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium driven by Playwright: the system's browser (Playwright downloads none).
+    Missing, it fails with how to install it; JSQUAD_SKIP_BROWSER=1 skips the browser tests instead."""
+    import shutil
+
+    if os.environ.get("JSQUAD_SKIP_BROWSER") == "1":
+        pytest.skip("JSQUAD_SKIP_BROWSER=1: browser tests skipped")
+    path = os.environ.get("CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+    if not Path(path).is_file():
+        pytest.fail(
+            "the browser tests need Chromium: apt-get install -y chromium (Debian; the README's test command "
+            "does it), or CHROMIUM=/path/to/chrome; JSQUAD_SKIP_BROWSER=1 skips them",
+            pytrace=False,
+        )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.fail("the browser tests need Playwright: pip install -e '.[test]'", pytrace=False)
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=path, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()

@@ -109,7 +109,10 @@ def test_write_report_full_run(tmp_path: Path) -> None:
 
     page = (out / "report.html").read_text(encoding="utf-8")
     assert page.count("data:image/png;base64,") == 2
-    assert 'src="http' not in page and "href=" not in page and "<link" not in page and "<script" not in page
+    assert 'src="http' not in page and "href=" not in page and "<link" not in page and "<script src" not in page
+    # the only scripts are the question browser's own (its code, and its rows as JSON): model output stays text
+    assert page.count("<script") == 2 and page.count('<script type="application/json"') == 1
+    assert "<script>x" not in page and "\\u003cscript\\u003ex\\u003c/script\\u003e" in page
     assert "&lt;script&gt;x&lt;/script&gt;" in page and "自然言語処理とは&lt;b&gt;" in page
     assert "&lt;NL&gt;" in page and "name: tiny-cpu" in page  # side-check prompt and embedded config
     assert "Tohoku BERT large" in page and "stability" in page

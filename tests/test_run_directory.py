@@ -166,3 +166,14 @@ def test_a_corrupt_metrics_file_is_a_clear_error(tmp_path, capsys, content):
     (out / "metrics.json").write_text(content, "utf-8")
     code, err = run_cli(capsys, "evaluate", "--output", out, *FAST)
     assert code == 2 and "metrics.json" in err and "--overwrite" in err
+
+
+@needs_data()
+def test_model_files_respect_the_umask_too(tmp_path, capsys):
+    old = os.umask(0o022)
+    try:
+        assert run_cli(capsys, "train", "--output", tmp_path / "run", *FAST)[0] == 0
+    finally:
+        os.umask(old)
+    for name in ("base/model.safetensors", "adapter/model.safetensors", "adapter/tokenizer.json", "config.yaml"):
+        assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name

@@ -59,10 +59,19 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         pool = _load(args.train, "train").questions if args.train else split.questions
         examples = select_fewshot(pool, args.fewshot, args.seed, question)
     tokenizer = None
+    if args.token_ids and not args.tokenizer:
+        raise InputError("--token-ids", "token ids need a tokenizer", fix="add --tokenizer MODEL_DIR_OR_HUB_ID")
     if args.tokenizer:
         from .modeling import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=False)
+    if args.token_ids:
+        from .tokenize import answer_ids, prompt_ids
+
+        text = render_prompt(question, args.template, examples=examples, tokenizer=tokenizer)
+        ids = prompt_ids(tokenizer, text) + (answer_ids(tokenizer, question.answers[0]) if args.with_answer else [])
+        print(json.dumps(ids))
+        return 0
     sys.stdout.write(
         render_prompt(question, args.template, with_answer=args.with_answer, examples=examples, tokenizer=tokenizer)
     )
@@ -116,6 +125,35 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _int_in(low: int, high: int):
+    """An argparse type: an integer in [low, high]."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
+        return value
+
+    return parse
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    serve(Path(args.run), args.host, args.port, max_batch=args.max_batch, queue_size=args.queue_size)
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_run
+
+    print(export_run(Path(args.run), Path(args.output), merge=args.merge, overwrite=args.overwrite))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jsquad-lora", description="LoRA fine-tuning and honest evaluation of Japanese causal LLMs on JSQuAD."
@@ -143,6 +181,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train", help="where few-shot examples come from (default: DATA itself)")
     p.add_argument("--seed", type=int, default=1234)
     p.add_argument("--tokenizer", help="tokenizer (hub id or path), for templates that need one (chat)")
+    p.add_argument(
+        "--token-ids",
+        action="store_true",
+        help="print the prompt's token ids (one JSON list, no EOS), as training and evaluation feed them to the model "
+        "(with --with-answer: the answer's ids appended, as in training); needs --tokenizer",
+    )
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("stats", help="counts and length percentiles of a data file")
@@ -176,6 +220,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--question", required=True)
     p.add_argument("--decoding", choices=tuple(DECODING_MODES), default=None)
     p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("serve", help="answer questions over HTTP (an API and a page) with a trained run")
+    p.add_argument("--run", required=True, help="a run directory")
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: this machine only; 0.0.0.0 lets anyone who reaches it use the model)",
+    )
+    p.add_argument("--port", type=_int_in(1, 65535), default=8000)
+    p.add_argument(
+        "--max-batch", type=_int_in(1, 4096), default=32, help="most questions answered by one generation call"
+    )
+    p.add_argument(
+        "--queue-size", type=_int_in(1, 100_000), default=64, help="questions that may wait; more get HTTP 503"
+    )
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("export", help="write a run's adapter (or merged model) with a model card for transformers")
+    p.add_argument("run", help="a run directory")
+    p.add_argument("--output", required=True, help="a new or empty directory")
+    p.add_argument("--merge", action="store_true", help="the base model with the adapter merged in (a whole model)")
+    p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -65,7 +65,7 @@ class LoraSettings:
 
 @dataclass
 class DataConfig:
-    #: JSON file, JGLUE-style directory, or "jglue:v1.3"; None → $JSQUAD_DIR
+    #: JSON file, JGLUE-style directory, or "jglue:v1.3" / "jglue:v1.1"; None → $JSQUAD_DIR
     dir: str | None = None
     #: split names ("train", "valid", "test") or file names inside `dir`
     train_split: str = "train"

@@ -17,14 +17,17 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from .errors import InputError
 from .files import write_bytes
 
 TITLE_SEPARATOR = " [SEP] "
-JGLUE_URL = "https://raw.githubusercontent.com/yahoojapan/JGLUE/main/datasets/jsquad-{version}/{split}-{version}.json"
+JGLUE_URL = "https://raw.githubusercontent.com/yahoojapan/JGLUE/{ref}/datasets/jsquad-{version}/{split}-{version}.json"
+#: v1.1 (62,859 train questions): the version of the reference experiment (SPEC §1); v1.3: the current one
 JGLUE_SPLITS = {"v1.1": ("train", "valid"), "v1.3": ("train", "valid", "test")}
+#: where each version's files are, tried in order: JGLUE's release tag, then the main branch
+JGLUE_REFS = {"v1.1": ("v1.1.0", "main"), "v1.3": ("main",)}
 SPLIT_NAMES = ("train", "valid", "test")
 
 
@@ -369,19 +372,29 @@ def download_jglue(version: str) -> Path:
         out = target / f"{split}-{version}.json"
         if out.exists():
             continue
-        url = JGLUE_URL.format(version=version, split=split)
-        try:
-            with urllib.request.urlopen(url, timeout=30) as response:
-                write_bytes(out, response.read())
-        except (urllib.error.URLError, OSError) as err:
-            raise InputError(
-                f"jglue:{version}",
-                f"could not download {url} ({err})",
-                fix=f"without a network, download the JSQuAD {version} files from "
-                f"https://github.com/yahoojapan/JGLUE/tree/main/datasets/jsquad-{version} elsewhere, "
-                "put them in one directory and set JSQUAD_DIR=that directory",
-            ) from None
+        for ref in JGLUE_REFS[version]:
+            url = JGLUE_URL.format(ref=ref, version=version, split=split)
+            try:
+                with urllib.request.urlopen(url, timeout=30) as response:
+                    write_bytes(out, response.read())
+                break
+            except urllib.error.HTTPError as err:
+                if err.code == 404 and ref != JGLUE_REFS[version][-1]:
+                    continue  # not at this ref: the next one
+                _download_failed(version, url, err)
+            except (urllib.error.URLError, OSError) as err:
+                _download_failed(version, url, err)
     return target
+
+
+def _download_failed(version: str, url: str, err: Exception) -> NoReturn:
+    raise InputError(
+        f"jglue:{version}",
+        f"could not download {url} ({err})",
+        fix=f"without a network, download the JSQuAD {version} files (train-{version}.json, valid-{version}.json) "
+        f"from https://github.com/yahoojapan/JGLUE (datasets/jsquad-{version}) elsewhere, put them in one "
+        "directory and set data.dir (or JSQUAD_DIR) to that directory",
+    ) from None
 
 
 def resolve_split(source: str | os.PathLike | None, split: str) -> Path:

@@ -54,12 +54,24 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     tmp.chmod(0o777 & ~_umask())  # mkdtemp makes 0700: give the directory the mode mkdir would
     try:
         yield tmp
+        _give_umask_modes(tmp)
         if path.exists():
             shutil.rmtree(path)
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+
+
+def _give_umask_modes(root: Path) -> None:
+    """Files and directories under `root` get the modes open()/mkdir() would give them: some writers
+    (transformers' safetensors saving, mkstemp) make them 0600."""
+    mask = _umask()
+    for folder, dirs, files in os.walk(root):
+        for name in dirs:
+            os.chmod(os.path.join(folder, name), 0o777 & ~mask)
+        for name in files:
+            os.chmod(os.path.join(folder, name), 0o666 & ~mask)
 
 
 def write_bytes(path: Path | str, data: bytes) -> Path:

@@ -240,7 +240,9 @@ def _local_model_dir(name: str) -> Path | None:
 def load_tokenizer(name: str, trust_remote_code: bool = False):
     """The tokenizer of a hub id or a local model directory; a directory without tokenizer files, or
     whose tokenizer turns text into no tokens (transformers builds an empty one from config.json
-    alone), is an InputError saying so."""
+    alone), is an InputError saying so. A directory whose tokenizer is a sentencepiece model (rinna's)
+    is read through the sentencepiece library, which segments text as the model was trained
+    (`sentencepiece_tokenizer.py`)."""
     from transformers import AutoTokenizer
 
     local = _local_model_dir(name)
@@ -255,8 +257,15 @@ def load_tokenizer(name: str, trust_remote_code: bool = False):
     if trust_remote_code:
         log.warning("trust_remote_code is on: code from %s will run on this machine", name)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        from .sentencepiece_tokenizer import load_sentencepiece_tokenizer, sentencepiece_model_of
+
+        model_file = sentencepiece_model_of(name, local)
+        if model_file is not None:
+            log.info("tokenizer: %s/%s through the sentencepiece library (as the model was trained)", name, model_file)
+            tokenizer = load_sentencepiece_tokenizer(name, model_file)
+        else:
+            tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as err:
         raise InputError(
             name,
             f"could not load the tokenizer ({_first_line(err)})",
@@ -363,12 +372,21 @@ def lora_target_modules(settings: LoraSettings):
     return "all-linear" if settings.target_modules == ["all-linear"] else list(settings.target_modules)
 
 
+def kbit_preparation_kwargs(gradient_checkpointing: bool) -> dict:
+    """The arguments of peft's `prepare_model_for_kbit_training` beside the model: none with gradient
+    checkpointing (peft's defaults, the call of the reference write-up), else checkpointing off."""
+    return {} if gradient_checkpointing else {"use_gradient_checkpointing": False}
+
+
 def attach_lora(model, settings: LoraSettings, quantized: bool = False, gradient_checkpointing: bool = False):
-    """Wrap `model` with a LoRA adapter (or leave every weight trainable when LoRA is off)."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """Wrap `model` with a LoRA adapter (or leave every weight trainable when LoRA is off). A quantised
+    model goes through peft's `prepare_model_for_kbit_training` first (frozen, non-int8 weights in
+    float32, gradient checkpointing as `gradient_checkpointing` says)."""
+    import peft
+    from peft import LoraConfig, get_peft_model
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = peft.prepare_model_for_kbit_training(model, **kbit_preparation_kwargs(gradient_checkpointing))
     elif gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
@@ -417,6 +435,30 @@ def load_trained(model, adapter_dir: Path, lora_enabled: bool):
     from peft import PeftModel
 
     return merged(PeftModel.from_pretrained(model, adapter_dir))
+
+
+def save_merged(cfg: ModelConfig, base: str | Path, adapter_dir: Path, target: Path, tokenizer) -> Path:
+    """The base model `base` (unquantised, in `cfg.dtype`) with the LoRA adapter of `adapter_dir` merged into
+    its weights (peft's `merge_and_unload`), saved with `tokenizer` as a safetensors model directory
+    `target` (atomic): a whole model for tools that cannot apply the adapter (vLLM's GPT-NeoX)."""
+    import dataclasses
+    import gc
+
+    import torch
+    from peft import PeftModel
+
+    from .files import atomic_dir
+
+    plain = dataclasses.replace(cfg, name=str(base), gguf_file=None, load_in_8bit=False, load_in_4bit=False)
+    model = PeftModel.from_pretrained(load_base_model(plain), adapter_dir).merge_and_unload()
+    with atomic_dir(target) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+    del model
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    return target
 
 
 def merged(model):

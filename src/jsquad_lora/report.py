@@ -3,6 +3,7 @@
 Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
 are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
 every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
+report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from typing import Any, Sequence
 from .data import json_type_name, read_json_file, shown
 from .errors import InputError
 from .files import read_jsonl, write_bytes, write_text
+from .question_browser import CSS as BROWSER_CSS
+from .question_browser import browser_data, eval_questions, render_browser, script
 from .scoring import PRIMARY_SCORER, SCORERS
 
 log = logging.getLogger(__name__)
@@ -87,6 +90,9 @@ class RunSummary:
     examples: list[dict[str, Any]] = field(default_factory=list)  # prediction rows, wrong ones first
     examples_stage: str | None = None  # "after", or "before" when the run has no after predictions
     config_text: str | None = None
+    predictions: dict[str, list[dict]] = field(default_factory=dict)  # stage → prediction rows
+    questions: dict[str, Any] = field(default_factory=dict)  # the evaluation split's questions by id (passages)
+    questions_note: str | None = None  # why the passages are missing, when they are
 
     @property
     def is_tiny(self) -> bool:
@@ -197,12 +203,13 @@ def load_run(run_dir: Path | str) -> RunSummary:
     side = None
     if (raw := _read_optional_object(path / "side_check.json", "side-check file")) is not None:
         side = {k: str(v) for k, v in raw.items() if v is not None}
+    predictions = {stage: rows for stage in STAGES if (rows := _read_jsonl(path / f"predictions-{stage}.jsonl"))}
     examples, stage = [], None
     for candidate in ("after", "before"):
-        rows = _read_jsonl(path / f"predictions-{candidate}.jsonl")
-        if rows:
-            examples, stage = _pick_examples(rows), candidate
+        if candidate in predictions:
+            examples, stage = _pick_examples(predictions[candidate]), candidate
             break
+    questions, note = eval_questions(path) if predictions else ({}, None)
     config = path / "config.yaml"
     config_text = None
     if config.is_file():
@@ -210,7 +217,19 @@ def load_run(run_dir: Path | str) -> RunSummary:
             config_text = config.read_text(encoding="utf-8", errors="replace")
         except OSError as err:
             log.warning("%s: cannot be read (%s); left out of the report", config, err.strerror or err)
-    return RunSummary(path.resolve().name, path, metrics, sorted(loss), side, examples, stage, config_text)
+    return RunSummary(
+        path.resolve().name,
+        path,
+        metrics,
+        sorted(loss),
+        side,
+        examples,
+        stage,
+        config_text,
+        predictions,
+        questions,
+        note,
+    )
 
 
 # ---- tables: one list of string rows each, rendered as Markdown or HTML ----
@@ -314,7 +333,7 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
         out += [h(2, "Exact Match chart"), img("scores.png", "EM: our runs (jglue scorer) beside the references")]
     if "loss.png" in images:
         out += [h(2, "Training loss"), img("loss.png", "training loss")]
-    for run in runs:
+    for number, run in enumerate(runs):
         out.append(h(2, f"Run {run.name}"))
         out.append(p(f"Directory: {run.path}"))
         if isinstance(card := run.metrics.get("base_model"), dict) and card:
@@ -336,6 +355,11 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             out += [
                 h(3, f"Example predictions ({run.examples_stage} tuning; first wrong, then right)"),
                 table(*_example_table(run)),
+            ]
+        if run.predictions and not md:
+            out += [
+                h(3, "Every question: filter, search, open one to see its passage"),
+                render_browser(browser_data(run.predictions, run.questions), str(number), run.questions_note),
             ]
         if run.config_text is not None:
             out.append(h(3, f"Resolved config ({run.path / 'config.yaml'})"))
@@ -379,9 +403,11 @@ def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
     """A self-contained HTML report: `images` (chart name → PNG bytes) embedded as data URIs."""
     uris = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
     body = shown("\n".join(_sections(runs, "html", uris)))  # a lone surrogate from a run file: escaped
+    if any(r.predictions for r in runs):
+        body += f"\n<script>\n{script()}</script>"
     return (
         f'<!DOCTYPE html>\n<html lang="ja">\n<head><meta charset="utf-8"><title>JSQuAD LoRA report</title>'
-        f"<style>{_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
+        f"<style>{_CSS}{BROWSER_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
     )
 
 

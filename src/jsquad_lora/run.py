@@ -13,6 +13,8 @@ Run directory layout (every file written atomically):
     predictions-after.jsonl     the same after tuning
     loss.jsonl, loss.png        the training loss curve
     side_check.json             free generation for the seed's side-check prompt, before and after
+    .vllm-merged/               base + adapter merged for vLLM while it evaluates (eval.backend=vllm,
+                                architectures without LoRA in vLLM)
     metrics.json                scores, timings, base model card, sample and its standard error;
                                 "finished": true once complete
     report.md, report.html, scores.png
@@ -498,21 +500,9 @@ def _em_standard_error(predictions: Path, questions: list[Question], population:
 
 
 def vllm_answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None, engines):
-    """The vLLM answer function for `evaluate` (None: the HF backend). A LoRA adapter is applied
-    per request on the base model; fully fine-tuned weights are served as the model."""
-    if cfg.eval.backend != "vllm":
-        return None
-    from .modeling import TINY, resolve_model_source
+    """The vLLM answer function for `evaluate` (None: the HF backend): vllm_backend.answerer decides what
+    vLLM serves (the base, the full weights, the adapter per request, or merged weights) and starts the
+    engine only for the call, so one engine at a time holds the GPU."""
+    from .vllm_backend import answerer
 
-    base = run_dir / "base" if cfg.model.name == TINY else resolve_model_source(cfg.model)
-    full = adapter is not None and not cfg.lora.enabled
-    engine = engines.get(
-        adapter if full else base,
-        tokenizer,
-        dtype=cfg.model.dtype,
-        max_length=cfg.model.max_length,
-        lora_rank=cfg.lora.r if cfg.lora.enabled else None,
-        trust_remote_code=cfg.model.trust_remote_code,
-    )
-    lora = adapter if adapter is not None and cfg.lora.enabled else None
-    return lambda prompts, decoding, on_batch: engine.generate(model, prompts, decoding, lora, on_batch)
+    return answerer(cfg, run_dir, model, tokenizer, adapter, engines)

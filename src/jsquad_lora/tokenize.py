@@ -43,6 +43,11 @@ def prompt_ids(tokenizer, prompt: str) -> list[int]:
     return ids
 
 
+def answer_ids(tokenizer, answer: str) -> list[int]:
+    """The token ids of an answer as training appends them to the prompt ids (no special tokens, no EOS)."""
+    return tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+
 def _cut_passage(question: Question, keep: int, around_answer: bool) -> Question:
     """`question` with its passage shortened to `keep` characters (the answer span kept if asked)."""
     context = question.context
@@ -94,7 +99,7 @@ def fit_question(
 
 def encode_train_example(question: Question, render: Render, tokenizer, max_length: int) -> tuple[Encoded, bool]:
     """prompt ids + first-gold-answer ids + EOS; labels only on answer + EOS."""
-    answer = tokenizer(question.answers[0], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    answer = answer_ids(tokenizer, question.answers[0]) + [tokenizer.eos_token_id]
     _, ids, truncated = fit_question(question, render, tokenizer, max_length - len(answer), around_answer=True)
     return Encoded(ids + answer, [-100] * len(ids) + answer), truncated
 

@@ -3,32 +3,63 @@
 Same contract as `generation.generate_answers` in greedy mode: the prompt token ids are the ones
 training saw (`tokenize.prompt_ids`, passed to vLLM as token ids, so vLLM's own tokenisation
 cannot differ), decoding is greedy (temperature 0), and the answer is cut from the generated ids
-by the very function the HF backend uses (`generation.cut_answer`). A LoRA adapter is served
-through vLLM's `LoRARequest` (the architecture must support LoRA in vLLM); full fine-tuning
-results are loaded as a model. Decoding modes name the backends that implement them
-(`decoding.DECODING_MODES`); extractive decoding needs a per-row logits processor over the passage
-and stays on the HF backend. Engines live in a `VllmEngines`, which the job closes when it ends.
+by the very function the HF backend uses (`generation.cut_answer`). Decoding modes name the
+backends that implement them (`decoding.DECODING_MODES`); extractive decoding needs a per-row
+logits processor over the passage and stays on the HF backend.
 
-Numerics differ from HF (vLLM's kernels, bf16 accumulation order), so a few greedy answers can
-differ; `benchmarks/check_vllm.py` measures the agreement on a sample of dev questions.
+What vLLM serves (`serving`): before tuning, the base model; a run that fine-tuned every weight,
+its saved weights; a LoRA run, the base with the adapter applied per request (`LoRARequest`)
+where vLLM's implementation of the architecture supports LoRA, else the adapter merged into the
+base weights by peft (`modeling.save_merged`) in a temporary safetensors model directory
+(`RUN/.vllm-merged`, removed with its engine): vLLM's GPT-NeoX (rinna) has no LoRA support.
+
+One engine at a time: an evaluation starts its engine when it has questions to answer and
+releases it (engine shut down, GPU memory returned) when its answers are in, so the engine of the
+"before" evaluation is gone before training and before the "after" engine starts.
+
+Numerics differ from HF (vLLM's kernels, accumulation order), so a few greedy answers can differ;
+`benchmarks/check_vllm.py` measures the agreement at the same precision on both sides.
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
+import logging
+import shutil
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Literal, Sequence
 
+from .config import LoraSettings, RunConfig
 from .decoding import DecodingConfig, decoding_mode
 from .errors import InputError
 from .generation import cut_answer, end_token_ids
 from .tokenize import prompt_ids
+
+log = logging.getLogger(__name__)
 
 #: vLLM shares the GPU with the HF model the run keeps for training: take half, not vLLM's 90 %
 GPU_MEMORY_UTILIZATION = 0.5
 _BACKEND_NAMES = {"hf": "HF", "vllm": "vLLM"}
 #: answers are saved (and resumable) after every chunk of this many prompts
 CHUNK = 512
+#: architectures whose vLLM implementation applies LoRA adapters (vLLM's supported-models table, its
+#: LoRA column); any other architecture (GPT-NeoX: rinna) is served the adapter merged into its weights
+VLLM_LORA_ARCHITECTURES = frozenset(
+    {
+        "LlamaForCausalLM",
+        "MistralForCausalLM",
+        "Qwen2ForCausalLM",
+        "Qwen3ForCausalLM",
+        "GemmaForCausalLM",
+        "Gemma2ForCausalLM",
+        "Gemma3ForCausalLM",
+        "Phi3ForCausalLM",
+    }
+)
+#: the temporary merged model of a run, removed when its engine is released
+MERGED_DIR = ".vllm-merged"
 
 
 def check_available(mode_name: str) -> None:
@@ -57,9 +88,94 @@ def check_available(mode_name: str) -> None:
         )
 
 
+# --- what vLLM serves -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Serving:
+    """The model directory vLLM loads ("base", the run's full fine-tuned "weights", or the "merged"
+    base + adapter) and whether the adapter is applied per request (LoRARequest)."""
+
+    model: Literal["base", "weights", "merged"]
+    lora_request: bool = False
+
+
+def serving(architecture: str, lora: LoraSettings, trained: bool) -> Serving:
+    """What vLLM serves for a model of `architecture` (config.json's `architectures[0]`), before
+    tuning (`trained` False) or after. A LoRA adapter goes per request only where vLLM's
+    implementation supports LoRA and the adapter is plain LoRA (no DoRA, no trained biases)."""
+    if not trained:
+        return Serving("base")
+    if not lora.enabled:
+        return Serving("weights")
+    if architecture in VLLM_LORA_ARCHITECTURES and not lora.use_dora and lora.bias == "none":
+        return Serving("base", lora_request=True)
+    return Serving("merged")
+
+
+def architecture_of(model) -> str:
+    """The architecture name of an HF model (peft-wrapped or not), as config.json names it."""
+    names = getattr(getattr(model, "config", None), "architectures", None)
+    if names:
+        return names[0]
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(base).__name__
+
+
+def answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None, engines: VllmEngines):
+    """The vLLM answer function `generator(prompts, decoding, on_batch)` of `evaluation.evaluate`
+    (None: the HF backend). `model` is the HF model (its generation config's EOS ids, its
+    architecture); `adapter` the run's adapter/ (None before tuning). The engine starts when the
+    function is called and is released when it returns."""
+    if cfg.eval.backend != "vllm":
+        return None
+    plan = serving(architecture_of(model), cfg.lora, trained=adapter is not None)
+
+    def generate(prompts: Sequence[str], decoding: DecodingConfig, on_batch) -> list[str]:
+        try:
+            path = _served_path(cfg, run_dir, tokenizer, adapter, plan, engines)
+            log.info("vLLM serves %s%s", path, f" with the LoRA adapter {adapter}" if plan.lora_request else "")
+            engine = engines.get(
+                path,
+                tokenizer,
+                dtype=cfg.model.dtype,
+                max_length=cfg.model.max_length,
+                lora_rank=cfg.lora.r if plan.lora_request else None,
+                trust_remote_code=cfg.model.trust_remote_code,
+            )
+            return engine.generate(model, prompts, decoding, adapter if plan.lora_request else None, on_batch)
+        finally:
+            engines.close()  # one engine at a time: gone before training and before the next evaluation's
+
+    return generate
+
+
+def base_source(cfg: RunConfig, run_dir: Path) -> str:
+    """The base model directory (or hub id) of a run: the tiny model's base/, or `model.name` resolved."""
+    from .modeling import TINY, resolve_model_source
+
+    return str(run_dir / "base") if cfg.model.name == TINY else resolve_model_source(cfg.model)
+
+
+def _served_path(cfg: RunConfig, run_dir: Path, tokenizer, adapter: Path | None, plan: Serving, engines) -> str:
+    if plan.model == "weights":
+        return str(adapter)
+    if plan.model == "base":
+        return base_source(cfg, run_dir)
+    from .modeling import save_merged
+
+    target = run_dir / MERGED_DIR
+    engines.remove_on_close(target)
+    log.info("merging the adapter into the base weights for vLLM (%s, %s): %s", cfg.model.dtype, adapter, target)
+    return str(save_merged(cfg.model, base_source(cfg, run_dir), adapter, target, tokenizer))
+
+
+# --- engines --------------------------------------------------------------------------------------
+
+
 class VllmGenerator:
-    """One vLLM engine for a run: `model_path` is the base model (hub id or local path, or the
-    full fine-tuned weights); `adapter_dir`, when given, a PEFT LoRA adapter applied per request."""
+    """One vLLM engine: `model_path` is the model directory (or hub id) it serves; with `lora_rank`,
+    LoRA adapters (of at most that rank) can be applied per request."""
 
     def __init__(
         self,
@@ -122,26 +238,57 @@ class VllmGenerator:
                 on_batch(chunk, chunk_answers)
         return answers
 
+    def shutdown(self) -> None:
+        """Stop the engine (its worker process) so that its GPU memory can be returned."""
+        llm, self.llm = self.llm, None
+        core = getattr(getattr(llm, "llm_engine", None), "engine_core", None)
+        for stop in (getattr(llm, "shutdown", None), getattr(core, "shutdown", None)):
+            if callable(stop):  # LLM.shutdown in newer vLLM; the V1 engine core's before
+                with contextlib.suppress(Exception):
+                    stop()
+                break
+
 
 class VllmEngines:
-    """The vLLM engines of one job, one per model path, released when the job ends:
+    """The vLLM engine of one job, at most one at a time, released when the job ends:
     `with VllmEngines() as engines: engines.get(path, ...)`."""
 
     def __init__(self) -> None:
-        self._engines: dict[str, VllmGenerator] = {}
+        self._engines: dict[tuple, VllmGenerator] = {}
+        self._temporary: list[Path] = []
 
     def get(self, model_path: str | Path, tokenizer, **settings) -> VllmGenerator:
-        """The engine serving `model_path`, started on first use (`settings`: VllmGenerator's)."""
-        key = str(model_path)
+        """The engine serving `model_path` with `settings` (VllmGenerator's), started on first use;
+        an engine serving anything else is released first."""
+        key = (str(model_path), tuple(sorted(settings.items())))
         if key not in self._engines:
+            self._release_engines()
             self._engines[key] = VllmGenerator(model_path, tokenizer, **settings)
         return self._engines[key]
 
+    def remove_on_close(self, path: Path) -> None:
+        """`path` (a temporary model directory) is deleted when the engines are released."""
+        self._temporary.append(path)
+
     def close(self) -> None:
+        """Every engine shut down, its GPU memory returned, and the temporary model directories deleted."""
+        self._release_engines()
+        for path in self._temporary:
+            shutil.rmtree(path, ignore_errors=True)
+        self._temporary.clear()
+
+    def _release_engines(self) -> None:
         if not self._engines:
             return
+        for engine in self._engines.values():
+            engine.shutdown()
         self._engines.clear()
         gc.collect()
+        with contextlib.suppress(Exception):  # vLLM's process groups, where this process holds any
+            from vllm.distributed import destroy_distributed_environment, destroy_model_parallel
+
+            destroy_model_parallel()
+            destroy_distributed_environment()
         import torch
 
         if torch.cuda.is_available():

@@ -1,0 +1,251 @@
+"""`jsquad-lora serve` on a tiny run, over real HTTP (uvicorn on a free localhost port): answers equal the
+run's evaluation and one-at-a-time answers, concurrent requests share batches, bad requests get a 4xx
+JSON error and the server goes on, a full queue is a 503, and the page answers in headless Chromium."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+
+import pytest
+from conftest import TINY_TEST, needs_data
+
+from jsquad_lora.ask import load_run_model
+from jsquad_lora.cli import build_parser, main
+from jsquad_lora.data import load_split, resolve_split
+from jsquad_lora.serve import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError, create_app
+
+pytestmark = needs_data()
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "tiny"
+    # evaluated in float32, the dtype the server answers in (eval.dtype=auto may pick bfloat16)
+    assert main(["run", "--output", str(out), *TINY_TEST, "eval.dtype=float32"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def loaded(run_dir):
+    return load_run_model(run_dir)
+
+
+@contextmanager
+def running(app):
+    """`app` served by uvicorn in a thread on a free port of 127.0.0.1; yields its base URL."""
+    import uvicorn
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=20)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def server(loaded):
+    # wait_s: requests sent together reach the worker before it starts a batch, so they share it
+    app = create_app(loaded, run_name="tiny", default_decoding=loaded.cfg.eval.decoding, wait_s=0.5)
+    with running(app) as url:
+        yield url
+
+
+def post(url: str, body: bytes | dict, content_type: str = "application/json", headers: dict | None = None):
+    """(status, JSON body) of a POST; error statuses too."""
+    data = json.dumps(body, ensure_ascii=False).encode() if isinstance(body, dict) else body
+    request = urllib.request.Request(
+        url, data=data, method="POST", headers={"Content-Type": content_type, **(headers or {})}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read() or b"null")
+
+
+def dev_questions(n: int):
+    return load_split(resolve_split(None, "valid")).questions[:n]
+
+
+def test_concurrent_answers_equal_one_at_a_time_and_the_runs(server, loaded, run_dir):
+    questions = dev_questions(8)
+    bodies = [
+        {"context": q.context, "question": q.question, "decoding": "greedy" if i % 4 == 3 else "extractive"}
+        for i, q in enumerate(questions)
+    ]
+    with ThreadPoolExecutor(len(bodies)) as pool:
+        replies = list(pool.map(lambda b: post(server + "/v1/answer", b), bodies))
+    assert [status for status, _ in replies] == [200] * len(bodies)
+    alone = [loaded.answer(b["context"], b["question"], b["decoding"]) for b in bodies]
+    assert [r["answer"] for _, r in replies] == alone
+    assert [r["decoding"] for _, r in replies] == [b["decoding"] for b in bodies]
+    assert max(r["batch"] for _, r in replies) > 1  # requests shared a generation call
+    # the run evaluated these questions in extractive decoding (tiny-cpu's eval.decoding), in float32 too
+    evaluated = {row["id"]: row["prediction"] for row in map(json.loads, (run_dir / "predictions-after.jsonl").open())}
+    for q, body, (_, reply) in zip(questions, bodies, replies):
+        if body["decoding"] == "extractive":
+            assert reply["answer"] == evaluated[q.id]
+            assert q.context[reply["start"] : reply["end"]] == reply["answer"]  # a span of the passage
+        assert reply["seconds"] >= 0 and reply["passage_truncated"] is False
+
+
+BIG = json.dumps({"context": "あ" * 20_001, "question": "?"}).encode()
+BAD_REQUESTS = [
+    # (body, content type, status, field)
+    (b'{"context": "a", "question": ', "application/json", 400, None),
+    (b"\xff\xfe", "application/json", 400, None),
+    (b"[1, 2]", "application/json", 422, None),
+    (b'{"context": "a"}', "application/json", 422, "question"),
+    (b'{"context": 1, "question": "q"}', "application/json", 422, "context"),
+    (b'{"context": "a", "question": "q", "passage": "x"}', "application/json", 422, "passage"),
+    (b'{"context": "a", "question": "q", "decoding": "beam"}', "application/json", 422, "decoding"),
+    (b'{"context": "a", "question": "q", "decoding": 3}', "application/json", 422, "decoding"),
+    (b'{"context": "a", "question": "q", "context": "b"}', "application/json", 400, None),  # duplicate key
+    (b'{"context": " ", "question": "q"}', "application/json", 422, "context/question"),
+    (b'{"context": "\\ud800", "question": "q"}', "application/json", 422, "context"),
+    (BIG, "application/json", 413, "context/question"),
+    (b'{"context": "' + b"a" * MAX_BODY_BYTES + b'", "question": "q"}', "application/json", 413, None),
+    (b'{"context": "a", "question": "q"}', "text/plain", 415, None),
+]
+
+
+def test_bad_requests_get_a_json_error_and_the_server_goes_on(server):
+    for body, content_type, status, field in BAD_REQUESTS:
+        code, reply = post(server + "/v1/answer", body, content_type)
+        assert code == status, (body[:80], reply)
+        assert isinstance(reply["error"], str) and reply["error"] and reply["field"] == field, (body[:80], reply)
+    code, reply = post(server + "/v1/answer", {"context": "梅雨は東アジアの気象現象である。", "question": "どこ?"})
+    assert code == 200 and reply["answer"] in "梅雨は東アジアの気象現象である。"
+
+
+def test_other_routes(server):
+    with urllib.request.urlopen(server + "/v1/health", timeout=10) as response:
+        assert json.loads(response.read()) == {
+            "status": "ok",
+            "run": "tiny",
+            "decoding": "extractive",
+            "modes": ["greedy", "extractive"],
+        }
+    for path, method, status in (("/nowhere", "GET", 404), ("/v1/answer", "GET", 405)):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(urllib.request.Request(server + path, method=method), timeout=10)
+        assert info.value.code == status and "error" in json.loads(info.value.read())
+    # bound to localhost, it answers only to localhost names (a rebound DNS name from a web page is refused)
+    with pytest.raises(urllib.error.HTTPError) as info:
+        urllib.request.urlopen(urllib.request.Request(server + "/", headers={"Host": "evil.example"}), timeout=10)
+    assert info.value.code == 400
+    with urllib.request.urlopen(server + "/", timeout=10) as response:
+        page = response.read().decode()
+        assert response.headers["Content-Security-Policy"] == PAGE_POLICY
+    assert "<script src" not in page and "http" not in page.split("<body>")[1]  # nothing loaded from elsewhere
+
+
+class Blocking:
+    """A stand-in run whose generation waits for `release`; the question "boom" makes it fail."""
+
+    def __init__(self) -> None:
+        self.started, self.release = threading.Event(), threading.Event()
+
+    def prompt(self, context: str, question: str) -> tuple[str, str]:
+        if question == "crash":
+            raise ValueError("a tokenizer bug")
+        return question, context
+
+    def generate(self, prompts, passages, decoding=None):
+        self.started.set()
+        self.release.wait(timeout=30)
+        if "boom" in prompts:
+            raise RuntimeError("boom")
+        return [passage[:1] for passage in passages]
+
+
+def test_full_queue_is_503_and_a_failed_batch_is_500():
+    run = Blocking()
+    app = create_app(run, run_name="stand-in", default_decoding="greedy", max_batch=1, queue_size=1, wait_s=0)
+    with running(app) as url, ThreadPoolExecutor(2) as pool:
+        first = pool.submit(post, url + "/v1/answer", {"context": "abc", "question": "q"})
+        assert run.started.wait(timeout=20)  # the worker holds the first request
+        second = pool.submit(post, url + "/v1/answer", {"context": "xyz", "question": "q"})
+        deadline = time.monotonic() + 20
+        while app.state.batcher.queue.qsize() < 1:  # the second waits in the queue
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        code, reply = post(url + "/v1/answer", {"context": "full", "question": "q"})
+        assert code == 503 and "busy" in reply["error"]
+        run.release.set()
+        (code, reply), (code2, reply2) = first.result(timeout=30), second.result(timeout=30)
+        assert (code, reply["answer"], code2, reply2["answer"]) == (200, "a", 200, "x")
+        code, reply = post(url + "/v1/answer", {"context": "abc", "question": "boom"})
+        assert code == 500 and "RuntimeError" in reply["error"]
+        code, reply = post(url + "/v1/answer", {"context": "def", "question": "q"})
+        assert code == 200 and reply["answer"] == "d"
+
+
+def test_a_cancelled_or_crashing_request_fails_alone():
+    run = Blocking()
+    run.release.set()
+    batcher = Batcher(run, wait_s=0)
+    gone = batcher.submit(Pending("abc", "q", "greedy"))
+    assert gone.cancel()  # its client left before the worker took it
+    crash = batcher.submit(Pending("abc", "crash", "greedy"))
+    batcher.start()
+    try:
+        with pytest.raises(RequestError) as info:
+            crash.result(timeout=20)
+        assert info.value.status == 500 and "ValueError: a tokenizer bug" in info.value.body["error"]
+        assert batcher.submit(Pending("xyz", "q", "greedy")).result(timeout=20)["answer"] == "x"
+    finally:
+        batcher.stop()
+    assert gone.cancelled()
+
+
+def test_page_answers_in_chromium(server, chromium):
+    context = dev_questions(1)[0].context
+    question = dev_questions(1)[0].question
+    _, expected = post(server + "/v1/answer", {"context": context, "question": question})
+    page = chromium.new_page()
+    requests: list[str] = []
+    page.on("request", lambda request: requests.append(request.url))
+    try:
+        page.goto(server + "/")
+        page.fill("#context", context)
+        page.fill("#question", question)
+        page.click("#ask")
+        mark = page.wait_for_selector("#passage mark", timeout=30_000)
+        assert mark.text_content() == expected["answer"] != ""
+        assert page.text_content("#answer") == expected["answer"]
+        assert page.text_content("#passage") == context  # the whole passage, the answer marked inside it
+        assert page.text_content("#error") == ""
+        assert all(u.startswith(server) for u in requests), requests  # nothing fetched from elsewhere
+        page.fill("#question", " ")
+        page.click("#ask")
+        page.locator("#error", has_text="422: empty passage or question").wait_for(timeout=30_000)
+        assert page.is_hidden("#result")
+    finally:
+        page.close()
+
+
+def test_cli_serve_defaults_to_localhost_and_checks_the_run(tmp_path, capsys):
+    args = build_parser().parse_args(["serve", "--run", "RUN"])
+    assert (args.host, args.port) == ("127.0.0.1", 8000)
+    assert main(["serve", "--run", str(tmp_path / "missing")]) == 2
+    assert "run directory not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["serve", "--run", "RUN", "--port", "70000"])
