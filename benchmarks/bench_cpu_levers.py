@@ -24,13 +24,14 @@ import torch
 
 from jsquad_lora.collators import AnswerOnlyCollator
 from jsquad_lora.config import LoraSettings, ModelConfig
-from jsquad_lora.data import load_split, resolve_split, stratified_sample
+from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.decoding import DecodingConfig
 from jsquad_lora.devices import cpu_flags, cpu_name, usable_isa
 from jsquad_lora.evaluation import build_prompts
 from jsquad_lora.generation import generate_answers
 from jsquad_lora.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_source
 from jsquad_lora.prompts import render_prompt
+from jsquad_lora.sampling import stratified_sample
 from jsquad_lora.tokenize import encode_train_set
 from jsquad_lora.training import answer_only_loss
 

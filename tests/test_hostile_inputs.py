@@ -16,8 +16,9 @@ import pytest
 
 from jsquad_lora.cli import main
 from jsquad_lora.config import config_to_yaml, load_config
-from jsquad_lora.data import load_split, parse_json_text
+from jsquad_lora.data import load_split
 from jsquad_lora.errors import InputError
+from jsquad_lora.jsonio import parse_json_text
 from jsquad_lora.predictions import load_predictions
 from jsquad_lora.report import ReportInputError, load_run, write_report
 from jsquad_lora.scoring import MECAB_MAX_CHARS, _stability_tokens, mecab_chunks, score_predictions

@@ -6,7 +6,8 @@ import pytest
 from conftest import needs_data
 
 from jsquad_lora.cli import main
-from jsquad_lora.data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
+from jsquad_lora.data import Question, load_split, resolve_split
+from jsquad_lora.sampling import sample_standard_error, stratified_sample
 
 
 def _questions() -> list[Question]:

@@ -26,7 +26,7 @@ TINY_BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 def _check_text(text: str, option: str) -> None:
     """Refuse command-line text that is not UTF-8: Python keeps each byte that is not as a lone
     surrogate (U+DC80..U+DCFF), which would crash the tokenizer or the output."""
-    from .data import lone_surrogate
+    from .jsonio import lone_surrogate
 
     if (found := lone_surrogate(text)) is None:
         return

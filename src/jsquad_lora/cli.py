@@ -33,7 +33,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 
     questions = _load(args.data).questions
     if args.ids:
-        from .data import select_ids
+        from .sampling import select_ids
 
         questions = select_ids(questions, args.ids)
     predictions = load_predictions(

@@ -370,14 +370,14 @@ def find_config(name: str | None) -> Path:
 
 
 def _lone_surrogate(text: str) -> str | None:
-    from .data import lone_surrogate
+    from .jsonio import lone_surrogate
 
     return lone_surrogate(text)
 
 
 def _override_source(text: str) -> str:
     """An override as an error's source: "override train.epochs=x", printable and of sensible length."""
-    from .data import shown
+    from .jsonio import shown
 
     return "override " + shown(text if len(text) <= 100 else text[:100] + "…")
 

@@ -6,21 +6,17 @@ problem names the file, the record (question id or JSON path) and the fix.
 
 from __future__ import annotations
 
-import json
-import json.decoder
-import json.scanner
 import os
-import random
-import re
 import statistics
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NoReturn, Sequence
+from typing import Any, NoReturn
 
 from .errors import InputError
 from .files import write_bytes
+from .jsonio import check_text, json_type_name, read_json_file
 
 TITLE_SEPARATOR = " [SEP] "
 JGLUE_URL = "https://raw.githubusercontent.com/yahoojapan/JGLUE/{ref}/datasets/jsquad-{version}/{split}-{version}.json"
@@ -74,19 +70,6 @@ def strip_title(context: str, title: str | None) -> tuple[str, int]:
     return context[offset:], offset
 
 
-def json_type_name(kind: type) -> str:
-    """A Python type as its JSON name with an article: str → "a string"."""
-    names = {
-        str: "a string",
-        int: "an integer",
-        float: "a number",
-        list: "a list",
-        dict: "an object",
-        bool: "a boolean",
-    }
-    return names.get(kind, f"a {kind.__name__}")
-
-
 def _expect(value: Any, kind: type | tuple[type, ...], path: Path, where: str, what: str) -> Any:
     ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
     if not ok:
@@ -101,161 +84,6 @@ def _expect(value: Any, kind: type | tuple[type, ...], path: Path, where: str, w
             '[{"id", "question", "answers": [{"text", "answer_start"}]}]}]}]}',
         )
     return value
-
-
-#: a UTF-16 surrogate code point: JSON can smuggle one in as a "\\ud800" escape, and no encoder takes it
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def shown(text: str) -> str:
-    """`text` safe to print: lone surrogates as backslash escapes instead of an encoding error."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
-def lone_surrogate(text: str) -> str | None:
-    """None when `text` is valid Unicode text; else a description of its first lone surrogate."""
-    match = _SURROGATE.search(text)
-    if match is None:
-        return None
-    return f"a lone surrogate \\u{ord(match.group()):04x} at character {match.start()}"
-
-
-def check_text(value: str, path: Path | str, where: str, what: str) -> str:
-    """Refuse a string holding a lone surrogate (a "\\ud800" escape without its pair): it is not text,
-    and it would crash a later stage (tokenizer, MeCab, writing UTF-8) far from its cause."""
-    found = lone_surrogate(value)
-    if found is not None:
-        raise InputError(
-            path,
-            f"{what} holds {found}, which is not a character",
-            where=where,
-            fix="replace the escape by the character it stands for "
-            "(a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one, forming one character)",
-        )
-    return value
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    """json's object_pairs_hook: a dict, or _DuplicateKey when a key repeats (json.loads would keep the last)."""
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise _DuplicateKey
-    return obj
-
-
-def _find_duplicate_key(text: str) -> tuple[str, int, int] | None:
-    """(key, offset of its first and of its second occurrence) for the first JSON object (in the order
-    json completes them, innermost first) with a repeated key. Pure-Python parse: only called after the
-    fast parse found a duplicate."""
-    found: list[tuple[str, int, int]] = []
-    ws = json.decoder.WHITESPACE.match
-
-    def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None, _w=ws, _ws=None):
-        s, start = s_and_end
-        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan_once, object_hook, list, memo)
-        if len({k for k, _ in pairs}) == len(pairs):
-            return pairs, end
-        seen: dict[str, int] = {}
-        p = start
-        while True:  # walk the members again, now knowing where each key starts
-            p = ws(s, p).end()
-            key_at = p
-            key, p = json.decoder.scanstring(s, p + 1, strict)
-            if key in seen:
-                found.append((key, seen[key], key_at))
-                raise _DuplicateKey
-            seen[key] = key_at
-            p = ws(s, ws(s, p).end() + 1).end()  # past ":"
-            _, p = scan_once(s, p)
-            p = ws(s, p).end() + 1  # past ","
-
-    decoder = json.JSONDecoder(object_pairs_hook=list)
-    decoder.parse_object = parse_object
-    decoder.scan_once = json.scanner.py_make_scanner(decoder)
-    try:
-        decoder.decode(text)
-    except (_DuplicateKey, ValueError, RecursionError):
-        pass
-    return found[0] if found else None
-
-
-def _line_column(text: str, offset: int, first_line: int = 1) -> str:
-    line = text.count("\n", 0, offset) + first_line
-    column = offset - text.rfind("\n", 0, offset)
-    return f"line {line}, column {column}"
-
-
-def parse_json_text(text: str, path: Path | str, what: str = "file", first_line: int = 1) -> Any:
-    """json.loads, refusing what it would let through silently (a key repeated in one object: json keeps
-    the last) or crash on (nesting deeper than the recursion limit); every failure is one InputError.
-    `first_line`: the line number of the text's first line in its file (for one line of a JSONL file)."""
-    try:
-        return json.loads(text, object_pairs_hook=_unique_pairs)
-    except json.JSONDecodeError as err:
-        raise InputError(
-            path,
-            f"invalid JSON: {err.msg}",
-            where=f"line {err.lineno + first_line - 1}, column {err.colno}",
-            fix="repair the JSON (e.g. check quotes and commas near that position)",
-        ) from None
-    except _DuplicateKey:
-        found = _find_duplicate_key(text)
-        if found is None:  # the slow locating parse gave up (nesting too deep for it)
-            problem, where = "a key is repeated in one JSON object", None
-        else:
-            key, first, second = found
-            problem = (
-                f"duplicate key {shown(key)!r} in one JSON object (first at {_line_column(text, first, first_line)})"
-            )
-            where = _line_column(text, second, first_line)
-        raise InputError(
-            path,
-            problem + ": JSON readers disagree on which value counts, so this tool refuses to guess",
-            where=where,
-            fix="keep one entry per key: remove or rename the repeated one",
-        ) from None
-    except ValueError as err:  # json's own limits, e.g. an integer of more than 4300 digits
-        raise InputError(
-            path,
-            f"unreadable JSON value ({str(err).splitlines()[0].split(';')[0]})",
-            fix=f"a {what} holds numbers of ordinary size; check that this is the file you meant to pass",
-        ) from None
-    except RecursionError:
-        raise InputError(
-            path,
-            f"nested too deeply: the {what}'s arrays/objects nest beyond what the JSON reader can follow",
-            fix=f"a {what} is only a few levels deep; check that this is the file you meant to pass",
-        ) from None
-
-
-def read_json_file(path: Path, what: str = "file") -> Any:
-    """Read a UTF-8 JSON file; every failure becomes one InputError naming the file and the spot."""
-    path = Path(path)
-    if not path.exists():
-        raise InputError(
-            path, f"{what} not found", fix="check the path (relative paths are taken from the current directory)"
-        )
-    if path.is_dir():
-        raise InputError(path, f"expected a {what}, got a directory", fix="pass the JSON file inside it")
-    try:
-        raw = path.read_bytes()
-    except OSError as err:
-        raise InputError(
-            path, f"cannot read the {what} ({err.strerror or err})", fix="check the file's permissions"
-        ) from None
-    if not raw.strip():
-        raise InputError(path, "the file is empty", fix=f"pass a non-empty JSON {what}")
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        raise InputError(
-            path, f"not UTF-8 text (bad byte at offset {err.start})", fix="re-save the file as UTF-8"
-        ) from None
-    return parse_json_text(text, path, what)
 
 
 def load_split(path: Path | str) -> Split:
@@ -478,68 +306,3 @@ def split_stats(split: Split) -> dict[str, Any]:
         "answer_start_mismatches": len(split.start_mismatches),
         "answer_start_mismatch_examples": list(split.start_mismatches[:10]),
     }
-
-
-def stratified_sample(questions: Sequence[Question], size: int, seed: int) -> list[Question]:
-    """A fixed random sample of at least `size` questions, stratified by article (title) and drawn
-    as whole passages: each article gets its share of `size`, filled with its passages in a
-    seeded random order, all questions of a passage together (the passage's prompt prefix is then
-    computed once for its questions, in training and in evaluation). Returned in data order;
-    the same (questions, size, seed) always give the same sample."""
-    if size >= len(questions):
-        return list(questions)
-    articles: dict[str, dict[str, list[int]]] = {}
-    for i, q in enumerate(questions):
-        articles.setdefault(q.title, {}).setdefault(q.context, []).append(i)
-    rng = random.Random(seed)
-    chosen: list[int] = []
-    left: list[list[int]] = []
-    for title in sorted(articles):
-        passages = list(articles[title].values())
-        quota = size * sum(map(len, passages)) / len(questions)
-        rng.shuffle(passages)
-        taken = 0
-        for k, members in enumerate(passages):
-            if taken + len(members) / 2 > quota:  # a passage joins when it brings the count nearer its share
-                left += passages[k:]
-                break
-            chosen += members
-            taken += len(members)
-    rng.shuffle(left)
-    while len(chosen) < size:  # top up to at least `size` with passages from any article
-        chosen += left.pop()
-    return [questions[i] for i in sorted(chosen)]
-
-
-def sample_standard_error(values: Sequence[float], clusters: Sequence[str], population: int) -> float:
-    """Standard error (units of `values`) of the mean of a sample drawn as whole clusters
-    (passages): the ratio estimator's, with the finite-population correction; 0 for the whole
-    population. Questions of one passage are correlated, so this is wider than sqrt(p(1-p)/n)."""
-    n = len(values)
-    if n < 2 or n >= population:
-        return 0.0
-    mean = sum(values) / n
-    residual: dict[str, float] = {}
-    for value, cluster in zip(values, clusters):
-        residual[cluster] = residual.get(cluster, 0.0) + value - mean
-    k = len(residual)
-    if k < 2:
-        return 0.0
-    variance = (1 - n / population) * k / (k - 1) * sum(r * r for r in residual.values()) / n**2
-    return variance**0.5
-
-
-def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Question]:
-    """The questions whose ids a JSON list file names (a run's eval_ids.json), in data order."""
-    ids = read_json_file(Path(ids_file), "ids file")
-    if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
-        raise InputError(ids_file, "expected a JSON list of question ids (strings)", fix="pass a run's eval_ids.json")
-    known = {q.id for q in questions}
-    if missing := [i for i in ids if i not in known]:
-        raise InputError(
-            ids_file,
-            f"{len(missing)} ids are not in the data file (first: {missing[0]!r})",
-            fix="pass the data file the run evaluated (its eval split)",
-        )
-    wanted = set(ids)
-    return [q for q in questions if q.id in wanted]

@@ -6,9 +6,10 @@ import json
 from pathlib import Path
 from typing import Sequence
 
-from .data import Question, check_text, json_type_name, parse_json_text, read_json_file, shown
+from .data import Question
 from .errors import InputError
 from .files import read_jsonl
+from .jsonio import check_text, json_type_name, parse_json_text, read_json_file, shown
 
 
 def _first_line_is_a_value(path: Path) -> bool:

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import json_type_name, read_json_file, shown
 from .errors import InputError
 from .files import read_jsonl, write_bytes, write_text
+from .jsonio import json_type_name, read_json_file, shown
 from .question_browser import CSS as BROWSER_CSS
 from .question_browser import browser_data, eval_questions, render_browser, script
 from .scoring import PRIMARY_SCORER, SCORERS

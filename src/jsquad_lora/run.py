@@ -32,10 +32,11 @@ from typing import Any, Callable, Iterator, Literal
 
 from . import distributed
 from .config import RunConfig, load_config
-from .data import Question, load_split, resolve_split, sample_standard_error, stratified_sample
+from .data import Question, load_split, resolve_split
 from .errors import InputError
 from .files import atomic_dir, read_jsonl, read_jsonl_prefix, write_json
 from .rundir import mark_started, run_dir_path, run_directory
+from .sampling import sample_standard_error, stratified_sample
 
 log = logging.getLogger(__name__)
 

@@ -172,7 +172,7 @@ class Batcher:
 
 def parse_request(body: bytes, default_decoding: str) -> Pending:
     """The question of a request body, or a RequestError saying what is wrong with it."""
-    from .data import parse_json_text
+    from .jsonio import parse_json_text
 
     try:
         text = body.decode("utf-8")
@@ -210,7 +210,7 @@ def parse_request(body: bytes, default_decoding: str) -> Pending:
 
 
 def _json_type(value: Any) -> str:
-    from .data import json_type_name
+    from .jsonio import json_type_name
 
     return json_type_name(type(value))
 

@@ -1,0 +1,185 @@
+"""Reading JSON a user gave us, safely: one clear InputError for every way a file can be wrong.
+
+Duplicate keys (refused, both places named), nesting too deep for the parser, numbers beyond
+Python's limits, lone UTF-16 surrogates, files that are not UTF-8 or cannot be read. Used for data
+files, predictions, metrics.json and the server's request bodies.
+"""
+
+from __future__ import annotations
+
+import json
+import json.decoder
+import json.scanner
+import re
+from pathlib import Path
+from typing import Any
+
+from .errors import InputError
+
+
+def json_type_name(kind: type) -> str:
+    """A Python type as its JSON name with an article: str → "a string"."""
+    names = {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        list: "a list",
+        dict: "an object",
+        bool: "a boolean",
+    }
+    return names.get(kind, f"a {kind.__name__}")
+
+
+#: a UTF-16 surrogate code point: JSON can smuggle one in as a "\\ud800" escape, and no encoder takes it
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def shown(text: str) -> str:
+    """`text` safe to print: lone surrogates as backslash escapes instead of an encoding error."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def lone_surrogate(text: str) -> str | None:
+    """None when `text` is valid Unicode text; else a description of its first lone surrogate."""
+    match = _SURROGATE.search(text)
+    if match is None:
+        return None
+    return f"a lone surrogate \\u{ord(match.group()):04x} at character {match.start()}"
+
+
+def check_text(value: str, path: Path | str, where: str, what: str) -> str:
+    """Refuse a string holding a lone surrogate (a "\\ud800" escape without its pair): it is not text,
+    and it would crash a later stage (tokenizer, MeCab, writing UTF-8) far from its cause."""
+    found = lone_surrogate(value)
+    if found is not None:
+        raise InputError(
+            path,
+            f"{what} holds {found}, which is not a character",
+            where=where,
+            fix="replace the escape by the character it stands for "
+            "(a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one, forming one character)",
+        )
+    return value
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """json's object_pairs_hook: a dict, or _DuplicateKey when a key repeats (json.loads would keep the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise _DuplicateKey
+    return obj
+
+
+def _find_duplicate_key(text: str) -> tuple[str, int, int] | None:
+    """(key, offset of its first and of its second occurrence) for the first JSON object (in the order
+    json completes them, innermost first) with a repeated key. Pure-Python parse: only called after the
+    fast parse found a duplicate."""
+    found: list[tuple[str, int, int]] = []
+    ws = json.decoder.WHITESPACE.match
+
+    def parse_object(s_and_end, strict, scan_once, object_hook, object_pairs_hook, memo=None, _w=ws, _ws=None):
+        s, start = s_and_end
+        pairs, end = json.decoder.JSONObject(s_and_end, strict, scan_once, object_hook, list, memo)
+        if len({k for k, _ in pairs}) == len(pairs):
+            return pairs, end
+        seen: dict[str, int] = {}
+        p = start
+        while True:  # walk the members again, now knowing where each key starts
+            p = ws(s, p).end()
+            key_at = p
+            key, p = json.decoder.scanstring(s, p + 1, strict)
+            if key in seen:
+                found.append((key, seen[key], key_at))
+                raise _DuplicateKey
+            seen[key] = key_at
+            p = ws(s, ws(s, p).end() + 1).end()  # past ":"
+            _, p = scan_once(s, p)
+            p = ws(s, p).end() + 1  # past ","
+
+    decoder = json.JSONDecoder(object_pairs_hook=list)
+    decoder.parse_object = parse_object
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)
+    try:
+        decoder.decode(text)
+    except (_DuplicateKey, ValueError, RecursionError):
+        pass
+    return found[0] if found else None
+
+
+def _line_column(text: str, offset: int, first_line: int = 1) -> str:
+    line = text.count("\n", 0, offset) + first_line
+    column = offset - text.rfind("\n", 0, offset)
+    return f"line {line}, column {column}"
+
+
+def parse_json_text(text: str, path: Path | str, what: str = "file", first_line: int = 1) -> Any:
+    """json.loads, refusing what it would let through silently (a key repeated in one object: json keeps
+    the last) or crash on (nesting deeper than the recursion limit); every failure is one InputError.
+    `first_line`: the line number of the text's first line in its file (for one line of a JSONL file)."""
+    try:
+        return json.loads(text, object_pairs_hook=_unique_pairs)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            path,
+            f"invalid JSON: {err.msg}",
+            where=f"line {err.lineno + first_line - 1}, column {err.colno}",
+            fix="repair the JSON (e.g. check quotes and commas near that position)",
+        ) from None
+    except _DuplicateKey:
+        found = _find_duplicate_key(text)
+        if found is None:  # the slow locating parse gave up (nesting too deep for it)
+            problem, where = "a key is repeated in one JSON object", None
+        else:
+            key, first, second = found
+            problem = (
+                f"duplicate key {shown(key)!r} in one JSON object (first at {_line_column(text, first, first_line)})"
+            )
+            where = _line_column(text, second, first_line)
+        raise InputError(
+            path,
+            problem + ": JSON readers disagree on which value counts, so this tool refuses to guess",
+            where=where,
+            fix="keep one entry per key: remove or rename the repeated one",
+        ) from None
+    except ValueError as err:  # json's own limits, e.g. an integer of more than 4300 digits
+        raise InputError(
+            path,
+            f"unreadable JSON value ({str(err).splitlines()[0].split(';')[0]})",
+            fix=f"a {what} holds numbers of ordinary size; check that this is the file you meant to pass",
+        ) from None
+    except RecursionError:
+        raise InputError(
+            path,
+            f"nested too deeply: the {what}'s arrays/objects nest beyond what the JSON reader can follow",
+            fix=f"a {what} is only a few levels deep; check that this is the file you meant to pass",
+        ) from None
+
+
+def read_json_file(path: Path, what: str = "file") -> Any:
+    """Read a UTF-8 JSON file; every failure becomes one InputError naming the file and the spot."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(
+            path, f"{what} not found", fix="check the path (relative paths are taken from the current directory)"
+        )
+    if path.is_dir():
+        raise InputError(path, f"expected a {what}, got a directory", fix="pass the JSON file inside it")
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise InputError(
+            path, f"cannot read the {what} ({err.strerror or err})", fix="check the file's permissions"
+        ) from None
+    if not raw.strip():
+        raise InputError(path, "the file is empty", fix=f"pass a non-empty JSON {what}")
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        raise InputError(
+            path, f"not UTF-8 text (bad byte at offset {err.start})", fix="re-save the file as UTF-8"
+        ) from None
+    return parse_json_text(text, path, what)
