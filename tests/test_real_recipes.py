@@ -53,13 +53,7 @@ ON_CPU = {"rinna-3.6b-seed": ["model.load_in_8bit=false", "model.dtype=float32"]
 CONTEXT, QUESTION = "梅雨は東アジアの気象現象である。", "梅雨はどこの現象か。"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ---------------------------------------------------------------- §2 the seed config

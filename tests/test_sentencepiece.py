@@ -26,7 +26,7 @@ from jsquad_lora.sentencepiece_tokenizer import SentencePieceTokenizer
 from jsquad_lora.tokenize import answer_ids, encode_train_example, prompt_ids
 from jsquad_lora.vocab import token_vocab
 
-pytestmark = needs_data()
+pytestmark = [needs_data(), pytest.mark.usefixtures("one_thread")]
 
 #: texts that stress the segmentation: spaces (leading, trailing, doubled), digits, full-width
 #: characters, rare characters left to byte fallback (outside the 98 % character coverage)
@@ -39,15 +39,6 @@ HARD_TEXTS = [
     f"改行{NL}記号{NL}",
     "</s> と [SEP] は文章の中では文字",
 ]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: intra-op threads only add overhead (and stall on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module", params=[False, True], ids=["rinna", "dummy_prefix"])

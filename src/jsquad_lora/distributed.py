@@ -60,3 +60,13 @@ def main_first() -> Iterator[None]:
 def shard(n_items: int) -> range:
     """This rank's items of `n_items` in round-robin order (rank r: r, r + N, r + 2N, ...)."""
     return range(rank(), n_items, world_size())
+
+
+def summed(*counts: int) -> tuple[int, ...]:
+    """`counts` summed over the processes (as they are, for one process)."""
+    if world_size() == 1:
+        return counts
+    from accelerate.utils import gather_object
+
+    gathered = gather_object([counts])
+    return tuple(sum(c[k] for c in gathered) for k in range(len(counts)))

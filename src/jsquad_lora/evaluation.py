@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 
 from .data import Question
 from .decoding import DecodingConfig
-from .distributed import barrier, is_main, rank, world_size
+from .distributed import barrier, is_main, rank, summed, world_size
 from .files import append_jsonl_lines, read_jsonl_prefix, write_jsonl
 from .generation import generate_answers
 from .scoring import PRIMARY_SCORER, SCORERS, score_predictions
@@ -94,7 +94,7 @@ def evaluate(
         else:
             answers = generator(prompts, decoding, save_batch)
         done.update({q.id: a for q, a in zip(todo, answers)})
-    generated, truncated = _summed(len(todo), truncated)
+    generated, truncated = summed(len(todo), truncated)
     if world_size() > 1:
         barrier()  # every rank's answers are in its log
         if not is_main():
@@ -141,13 +141,3 @@ def _share(todo: list[Question]) -> list[Question]:
         if target == rank():
             mine += group
     return mine
-
-
-def _summed(*counts: int) -> tuple[int, ...]:
-    """`counts` summed over the ranks (as they are, for one process)."""
-    if world_size() == 1:
-        return counts
-    from accelerate.utils import gather_object
-
-    gathered = gather_object([counts])
-    return tuple(sum(c[k] for c in gathered) for k in range(len(counts)))

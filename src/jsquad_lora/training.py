@@ -23,7 +23,7 @@ from transformers import TrainerCallback
 
 from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from .config import TrainConfig
-from .distributed import barrier, is_main, world_size
+from .distributed import barrier, is_main, summed, world_size
 from .errors import InputError
 from .files import write_jsonl
 from .packing import SharedPrefixRow
@@ -353,7 +353,7 @@ def train(
     if save_to is not None:
         _save(trainer, model, tokenizer, save_to)
     final_loss = log[-1]["loss"] if log else float(output.training_loss)
-    real, processed = _summed(collator.real_tokens, collator.batch_tokens)
+    real, processed = summed(collator.real_tokens, collator.batch_tokens)
     return TrainResult(
         seconds=seconds,
         tokens_per_second=real / seconds if seconds else 0.0,
@@ -389,13 +389,3 @@ def _save(trainer, model, tokenizer, directory: Path) -> None:
                 entry.rename(tmp / entry.name)
         shutil.rmtree(staging, ignore_errors=True)
     barrier()
-
-
-def _summed(*counts: int) -> tuple[int, ...]:
-    """`counts` summed over the processes (as they are, for one)."""
-    if world_size() == 1:
-        return counts
-    from accelerate.utils import gather_object
-
-    gathered = gather_object([counts])
-    return tuple(sum(c[k] for c in gathered) for k in range(len(counts)))
