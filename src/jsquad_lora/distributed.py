@@ -41,6 +41,17 @@ def init() -> None:
         state()
 
 
+def shutdown() -> None:
+    """Leave the process group together, at the end of a job: a rank that exits while the others still
+    use the group can abort in gloo's teardown ("terminate called without an active exception")."""
+    if world_size() > 1:
+        import torch.distributed
+
+        if torch.distributed.is_initialized():
+            barrier()
+            torch.distributed.destroy_process_group()
+
+
 def barrier() -> None:
     """Every rank waits here for the others (no-op for one process)."""
     if world_size() > 1:

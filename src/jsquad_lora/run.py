@@ -108,6 +108,7 @@ def main_job(
             if job.side_check:
                 side_check_stage(job, "after")
         finish(job, finished=stages == "run", report=evaluating)
+    distributed.shutdown()
     return run_dir
 
 
