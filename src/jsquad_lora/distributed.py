@@ -68,11 +68,6 @@ def main_first() -> Iterator[None]:
         barrier()
 
 
-def shard(n_items: int) -> range:
-    """This rank's items of `n_items` in round-robin order (rank r: r, r + N, r + 2N, ...)."""
-    return range(rank(), n_items, world_size())
-
-
 def summed(*counts: int) -> tuple[int, ...]:
     """`counts` summed over the processes (as they are, for one process)."""
     if world_size() == 1:

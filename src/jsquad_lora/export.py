@@ -29,7 +29,7 @@ from .ask import check_run, load_model
 from .config import RunConfig
 from .data import Question
 from .errors import InputError
-from .files import atomic_dir, write_text
+from .files import atomic_dir, holds_marker, write_text
 from .scoring import SCORERS
 
 log = logging.getLogger(__name__)
@@ -74,27 +74,16 @@ def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: b
         write_text(tmp / "README.md", model_card(cfg, metrics, kind, run_dir, base, _example_prompt(cfg, tmp)))
         shutil.copyfile(run_dir / "config.yaml", tmp / CONFIG_NAME)
         write_text(tmp / EXPORT_MARKER, f"exported by jsquad-lora from {run_dir.resolve()}\n")
-        mode = (tmp / EXPORT_MARKER).stat().st_mode & 0o777  # what the umask gives a new file
-        for path in tmp.iterdir():
-            path.chmod(mode)  # transformers writes model.safetensors 0600; an export is made to be shared
     log.info("exported %s (%s) to %s", run_dir, kind, output)
     return output
 
 
 def _check_target(output: Path, overwrite: bool) -> None:
     """OUTPUT new or empty, or an earlier export with --overwrite; anything else is refused untouched."""
-    if not output.exists():
+    if not holds_marker(
+        output, EXPORT_MARKER, what="an export of this tool", fix="pass --output a new or empty directory"
+    ):
         return
-    if not output.is_dir():
-        raise InputError(output, "exists and is not a directory", fix="pass --output a new directory")
-    if not any(output.iterdir()):
-        return
-    if not (output / EXPORT_MARKER).is_file():
-        raise InputError(
-            output,
-            "not empty, and not an export of this tool: nothing in it is touched",
-            fix="pass --output a new or empty directory",
-        )
     if not overwrite:
         raise InputError(
             output, "an earlier export is here", fix="pass --overwrite to replace it, or a new --output directory"
@@ -109,11 +98,9 @@ def _unquantized(cfg: RunConfig) -> RunConfig:
 
 def _base_location(cfg: RunConfig, run_dir: Path) -> str:
     """Where the adapter's base model is: a tiny run's base/, a built-in or local base's absolute path, or a hub id."""
-    from .modeling import TINY, resolve_model_source
+    from .modeling import run_base_source
 
-    if cfg.model.name == TINY:
-        return str((run_dir / "base").resolve())
-    source = resolve_model_source(cfg.model)
+    source = run_base_source(cfg.model, run_dir)
     return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
 
 

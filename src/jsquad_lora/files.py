@@ -74,6 +74,23 @@ def _give_umask_modes(root: Path) -> None:
             os.chmod(os.path.join(folder, name), 0o666 & ~mask)
 
 
+def holds_marker(directory: Path, marker: str, *, what: str, fix: str) -> bool:
+    """Whether `directory` is one this tool wrote (it holds `marker`); False when it is missing or empty.
+    A file, or a non-empty directory without the marker, is an InputError: the tool never writes
+    into, or deletes from, a folder it did not make (`fix` says what to choose instead)."""
+    if directory.exists() and not directory.is_dir():
+        raise InputError(directory, "exists and is not a directory", fix="choose a new or empty directory instead")
+    if not directory.is_dir() or not any(directory.iterdir()):
+        return False
+    if not (directory / marker).is_file():
+        raise InputError(
+            directory,
+            f"this directory is not empty and is not {what} (no {marker} file): nothing in it was touched",
+            fix=fix,
+        )
+    return True
+
+
 def write_bytes(path: Path | str, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)

@@ -425,6 +425,12 @@ def save_trained(model, tokenizer, directory: Path) -> None:
     tokenizer.save_pretrained(directory)
 
 
+def run_base_source(cfg: ModelConfig, run_dir: Path) -> str:
+    """A run's base model: the tiny model's run_dir/base, else `cfg.name` resolved (a built-in or GGUF
+    source becomes its cached model directory; a hub id stays an id)."""
+    return str(run_dir / "base") if cfg.name == TINY else resolve_model_source(cfg)
+
+
 def load_trained(model, adapter_dir: Path, lora_enabled: bool):
     """The trained model of a run for generation: `model` (the base) with the saved LoRA adapter
     merged in, or the saved full weights when the run fine-tuned every weight."""

@@ -88,8 +88,10 @@ def main_job(
 
     cfg = load_config(config, overrides)
     evaluating = stages in ("run", "evaluate")
-    if cfg.train.fsdp and stages in ("run", "train"):
-        _check_fsdp_possible()
+    if stages in ("run", "train"):
+        from .training import check_fsdp_possible
+
+        check_fsdp_possible(cfg.train)  # before any work, not after the before-evaluation
     distributed.init()
     with _run_directory(cfg, output, resume, overwrite) as run_dir, VllmEngines() as engines:
         job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
@@ -113,17 +115,6 @@ def main_job(
 
 
 # --- setup ---------------------------------------------------------------------------------------
-
-
-def _check_fsdp_possible() -> None:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise InputError(
-            "train.fsdp",
-            "FSDP needs CUDA GPUs (accelerate shards only CUDA processes); on CPUs the processes train data-parallel",
-            fix="set train.fsdp=false here, or run on GPUs",
-        )
 
 
 @contextmanager

@@ -28,7 +28,7 @@ from typing import Iterator
 
 from .config import RunConfig, config_to_yaml
 from .errors import InputError
-from .files import write_text
+from .files import holds_marker, write_text
 
 log = logging.getLogger(__name__)
 
@@ -69,19 +69,11 @@ def mark_started(run_dir: Path) -> None:
 
 def _create(run_dir: Path) -> tuple[bool, bool]:
     """Make `run_dir` if needed and mark it: (this call made the directory, it was new or empty)."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise InputError(
-            run_dir, "exists and is not a directory", fix="choose another --output (a new or empty directory)"
-        )
-    if run_dir.is_dir() and any(run_dir.iterdir()):
-        if not (run_dir / MARKER).exists():
-            raise InputError(
-                run_dir,
-                f"this directory is not empty and is not a run directory of jsquad-lora (no {MARKER} file): "
-                "nothing in it was touched",
-                fix="choose a new or empty --output; if it is a run of an earlier version of this tool, "
-                f"create the marker: touch {run_dir / MARKER}",
-            )
+    fix = (
+        "choose a new or empty --output; if it is a run of an earlier version of this tool, "
+        f"create the marker: touch {run_dir / MARKER}"
+    )
+    if holds_marker(run_dir, MARKER, what="a run directory of jsquad-lora", fix=fix):
         return False, False
     made = not run_dir.exists()
     try:

@@ -157,12 +157,7 @@ def _make_trainer(
                 return answer_only_loss_through_forward(model, inputs, num_items)
             return answer_only_loss(model, inputs, num_items)
 
-    if cfg.fsdp and not torch.cuda.is_available():
-        raise InputError(
-            "train.fsdp",
-            "FSDP needs CUDA GPUs (accelerate shards only CUDA processes); on CPUs the processes train data-parallel",
-            fix="set train.fsdp=false here, or run on GPUs",
-        )
+    check_fsdp_possible(cfg)
     args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=cfg.batch_size,
@@ -198,6 +193,17 @@ def _make_trainer(
         callbacks.append(TensorBoardCallback(SummaryWriter(log_dir=str(tensorboard_dir or output_dir / "tensorboard"))))
     trainer = _Trainer(model=model, args=args, train_dataset=dataset, data_collator=collator, callbacks=callbacks)
     return trainer, collator
+
+
+def check_fsdp_possible(cfg: TrainConfig) -> None:
+    """`train.fsdp` needs CUDA GPUs: accelerate shards only CUDA processes, and on CPUs the processes
+    would quietly train data-parallel instead."""
+    if cfg.fsdp and not torch.cuda.is_available():
+        raise InputError(
+            "train.fsdp",
+            "FSDP needs CUDA GPUs (accelerate shards only CUDA processes); on CPUs the processes train data-parallel",
+            fix="set train.fsdp=false here, or run on GPUs",
+        )
 
 
 def weighted_prompt_loss(model, inputs: dict, prompt_weight: float):
@@ -247,8 +253,14 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
-    denominator = num_items if num_items is not None else keep.sum().clamp(min=1)
-    return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
+    return _divided(loss, keep.sum(), num_items)
+
+
+def _divided(loss_sum: torch.Tensor, labelled: torch.Tensor, num_items: int | torch.Tensor | None) -> torch.Tensor:
+    """A summed token loss as the model's own loss reports it: over `num_items` (the Trainer's token
+    count of the accumulated batch) when given, else the mean over the batch's labelled tokens."""
+    denominator = num_items if num_items is not None else labelled.clamp(min=1)
+    return loss_sum / (denominator.to(loss_sum.device) if torch.is_tensor(denominator) else denominator)
 
 
 def answer_only_loss_through_forward(model, inputs: dict, num_items: int | torch.Tensor | None = None):
@@ -263,8 +275,7 @@ def answer_only_loss_through_forward(model, inputs: dict, num_items: int | torch
     logits = model(**inputs, use_cache=False, logits_to_keep=positions).logits
     kept = targets[:, positions]
     loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), kept.reshape(-1), reduction="sum")
-    denominator = num_items if num_items is not None else (kept != -100).sum().clamp(min=1)
-    return loss / (denominator.to(loss.device) if torch.is_tensor(denominator) else denominator)
+    return _divided(loss, (kept != -100).sum(), num_items)
 
 
 def load_full_weights(model, checkpoint: Path) -> None:

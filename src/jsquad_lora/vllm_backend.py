@@ -150,24 +150,18 @@ def answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | No
     return generate
 
 
-def base_source(cfg: RunConfig, run_dir: Path) -> str:
-    """The base model directory (or hub id) of a run: the tiny model's base/, or `model.name` resolved."""
-    from .modeling import TINY, resolve_model_source
-
-    return str(run_dir / "base") if cfg.model.name == TINY else resolve_model_source(cfg.model)
-
-
 def _served_path(cfg: RunConfig, run_dir: Path, tokenizer, adapter: Path | None, plan: Serving, engines) -> str:
+    from .modeling import run_base_source, save_merged
+
     if plan.model == "weights":
         return str(adapter)
     if plan.model == "base":
-        return base_source(cfg, run_dir)
-    from .modeling import save_merged
+        return run_base_source(cfg.model, run_dir)
 
     target = run_dir / MERGED_DIR
     engines.remove_on_close(target)
     log.info("merging the adapter into the base weights for vLLM (%s, %s): %s", cfg.model.dtype, adapter, target)
-    return str(save_merged(cfg.model, base_source(cfg, run_dir), adapter, target, tokenizer))
+    return str(save_merged(cfg.model, run_base_source(cfg.model, run_dir), adapter, target, tokenizer))
 
 
 # --- engines --------------------------------------------------------------------------------------
