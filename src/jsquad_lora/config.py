@@ -18,6 +18,7 @@ import yaml
 
 from .decoding import DECODING_MODES
 from .errors import InputError
+from .jsonio import lone_surrogate, shown
 from .prompts import TEMPLATES
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -218,7 +219,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             f"must be a finite number, got {value!r}",
             "give a finite number: NaN and infinity are not allowed (and a value such as 1e400 overflows to infinity)",
         )
-    if hint is str and (found := _lone_surrogate(value)):
+    if hint is str and (found := lone_surrogate(value)):
         _fail(
             source,
             key,
@@ -369,16 +370,8 @@ def find_config(name: str | None) -> Path:
     raise InputError(name, "config file not found", fix=f"pass a YAML path or a preset: {presets}")
 
 
-def _lone_surrogate(text: str) -> str | None:
-    from .jsonio import lone_surrogate
-
-    return lone_surrogate(text)
-
-
 def _override_source(text: str) -> str:
     """An override as an error's source: "override train.epochs=x", printable and of sensible length."""
-    from .jsonio import shown
-
     return "override " + shown(text if len(text) <= 100 else text[:100] + "…")
 
 
@@ -484,12 +477,11 @@ def load_config(path: Path | str | None = None, overrides: list[str] = ()) -> Ru
         sources[".".join(keys)] = text
     try:
         return _build(RunConfig, data, str(source), overrides=sources)
-    except InputError as err:  # a range or cross-field rule (_validate): name the override that set the value
-        if err.source == "config" and err.where in sources:
-            raise InputError(_override_source(sources[err.where]), err.problem, where=err.where, fix=err.fix) from None
-        if err.source == "config":
-            raise InputError(source, err.problem, where=err.where, fix=err.fix) from None
-        raise
+    except InputError as err:  # a range or cross-field rule (_validate): name who set the value
+        if err.source != "config":
+            raise
+        who = _source_of(err.where or "", str(source), sources)
+        raise InputError(who, err.problem, where=err.where, fix=err.fix) from None
 
 
 def config_to_dict(cfg: RunConfig) -> dict[str, Any]:
