@@ -12,7 +12,7 @@ import time
 import torch
 from torch.profiler import profile
 
-from jsquad_lora.collators import SharedPrefixCollator
+from jsquad_lora.collators import SharedPrefixCollator, sliding_window
 from jsquad_lora.config import LoraSettings, ModelConfig
 from jsquad_lora.data import load_split, resolve_split
 from jsquad_lora.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_source
@@ -20,7 +20,7 @@ from jsquad_lora.packing import share_prefixes
 from jsquad_lora.prompts import render_prompt
 from jsquad_lora.sampling import stratified_sample
 from jsquad_lora.tokenize import encode_train_set
-from jsquad_lora.training import answer_only_loss, sliding_window
+from jsquad_lora.training import answer_only_loss
 
 
 def main() -> None:

@@ -145,7 +145,7 @@ def row_logits(model, batch) -> torch.Tensor:
 
 
 def test_sliding_window_of_gemma_configs():
-    from jsquad_lora.training import sliding_window
+    from jsquad_lora.collators import sliding_window
 
     assert sliding_window(tiny_gemma(TOKENIZER).config) == WINDOW
     assert sliding_window(tiny_gemma(TOKENIZER, layer_types=("full_attention",)).config) is None  # no sliding layer
@@ -459,6 +459,37 @@ def test_extractive_answers_are_the_same_with_the_candidate_head(kind, monkeypat
     reference = generate_answers(model, TOKENIZER, prompts, passages, config)
     assert restricted == reference
     assert all(a in p for a, p in zip(reference, passages)) and any(reference)
+
+
+@pytest.mark.parametrize("softcap", [None, 3.0])
+def test_greedy_answers_with_shared_prefixes_and_the_screened_head_equal_one_at_a_time(softcap, monkeypatch):
+    """Prompts far wider than the sliding window: the packed prefill (one unpadded sequence per
+    passage, its cache gathered per row) and the bfloat16-screened head give every prompt the
+    answer it gets alone, unshared, with the plain float32 head."""
+    from jsquad_lora import devices, screened_head
+    from jsquad_lora.decoding import DecodingConfig
+    from jsquad_lora.generation import generate_answers
+
+    model = tiny_gemma(TOKENIZER, softcap=softcap)
+    prompts = [render(q) for q in QUESTIONS]  # three share a passage
+    assert min(len(TOKENIZER(p)["input_ids"]) for p in prompts) > 10 * WINDOW
+    monkeypatch.setattr(devices, "fast_cpu_bf16", lambda: True)  # screen whatever this CPU is
+    calls = []
+    forward = screened_head.ScreenedHead.forward
+    monkeypatch.setattr(screened_head.ScreenedHead, "forward", lambda self, h: calls.append(1) or forward(self, h))
+    batched = generate_answers(model, TOKENIZER, prompts, None, DecodingConfig(max_new_tokens=8, batch_size=4))
+    assert calls, "the screened head was never used"
+    alone = [
+        generate_answers(
+            model,
+            TOKENIZER,
+            [p],
+            None,
+            DecodingConfig(max_new_tokens=8, batch_size=1, share_prefix=False, screen_head=False),
+        )[0]
+        for p in prompts
+    ]
+    assert batched == alone and len(set(alone)) > 1
 
 
 # ---------------------------------------------------------------- 5. LoRA on a Gemma-3-shaped model directory

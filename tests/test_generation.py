@@ -6,7 +6,9 @@ answers, but deterministic ones."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import os
 import random
 
 import pytest
@@ -269,14 +271,18 @@ def test_shared_prefix_answers_equal_one_at_a_time_and_run_the_passage_once(setu
     """A passage's questions: the prompt up to the question is run once for all of them, and every
     answer is the one generating that prompt alone gives; rows sit at the positions they have alone."""
     tokenizer, model = setup
-    seen = []
-    hook = model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True)
+    seen, prefills = [], []
+    hooks = [
+        model.register_forward_pre_hook(lambda _, args, kwargs: seen.append(kwargs), with_kwargs=True),
+        model.base_model.register_forward_pre_hook(lambda _, args, kwargs: prefills.append(kwargs), with_kwargs=True),
+    ]
     try:
         shared = generate_answers(
             model, tokenizer, SHARED, SHARED_PASSAGES, DecodingConfig(max_new_tokens=8, batch_size=6, mode=mode)
         )
     finally:
-        hook.remove()
+        for hook in hooks:
+            hook.remove()
     alone = [
         generate_answers(
             model, tokenizer, [p], [c], DecodingConfig(max_new_tokens=8, batch_size=1, mode=mode, share_prefix=False)
@@ -284,19 +290,30 @@ def test_shared_prefix_answers_equal_one_at_a_time_and_run_the_passage_once(setu
         for p, c in zip(SHARED, SHARED_PASSAGES)
     ]
     assert shared == alone and len(set(alone)) > 2
-    # prompt tokens through the model: each passage's prefix once, then each question's rest
-    lengths = [len(prompt_ids(tokenizer, p)) for p in SHARED]
-    prompt_calls = [k for k in seen if k["input_ids"].shape[1] > 1]
-    processed = sum(int(k["attention_mask"][:, -k["input_ids"].shape[1] :].sum()) for k in prompt_calls)
-    assert processed < sum(lengths) * 0.6, (processed, sum(lengths))
-    # the generate calls: full rows [pad, prefix, pad, rest]; the new part's positions continue the real tokens
-    for k in prompt_calls:
-        if "position_ids" in k and k["attention_mask"].shape[1] > k["input_ids"].shape[1]:
+    # prompt tokens through the model: one unpadded sequence per passage, its prefix once, then
+    # each question's rest but its last token (generate runs that one)
+    encoded = [prompt_ids(tokenizer, p) for p in SHARED]
+    lengths = [len(ids) for ids in encoded]
+    packed = [k for k in prefills if k.get("input_ids") is not None and k["input_ids"].shape[1] > 1]
+    assert len(packed) == 5 and all(k["input_ids"].shape[0] == 1 and k["attention_mask"].dim() == 4 for k in packed)
+    groups = [encoded[3 * g : 3 * g + 3] for g in range(5)]
+    expected_rows = {}
+    for group in groups:  # its rows in any order: prefix, then each rest but its last token
+        c = len(os.path.commonprefix(group))
+        for order in itertools.permutations(group):
+            ids = group[0][:c] + [t for e in order for t in e[c:-1]]
+            expected_rows[tuple(ids)] = list(range(c)) + [p for e in order for p in range(c, len(e) - 1)]
+    seen_rows = {tuple(k["input_ids"][0].tolist()): k["position_ids"][0].tolist() for k in packed}
+    assert all(expected_rows.get(ids) == positions for ids, positions in seen_rows.items())  # positions alone
+    assert sum(map(len, seen_rows)) < sum(lengths) * 0.6, (sum(map(len, seen_rows)), sum(lengths))
+    # generate then runs only the last prompt token of every row, at its position alone
+    assert all(k["input_ids"].shape[1] == 1 for k in seen), "generate re-ran prompt tokens the prefill had cached"
+    for k in seen:
+        if "position_ids" in k:
             mask, width = k["attention_mask"], k["input_ids"].shape[1]
             expected = (mask.cumsum(-1) - 1)[:, -width:]
             real = mask[:, -width:].bool()
             assert k["position_ids"][real].tolist() == expected[real].tolist()
-            assert set(mask.sum(-1).tolist()) <= set(lengths)  # every row holds exactly one whole prompt
 
 
 class ScriptedLM(GPTNeoXForCausalLM):
@@ -339,9 +356,9 @@ def test_stop_strings_and_eos_cut_the_answer(after, stops, expected):
         model, tokenizer, PROMPTS[:2], None, DecodingConfig(max_new_tokens=9, stop_strings=stops)
     )
     assert answers == [expected, expected]
-    assert ScriptedLM.calls == 1 + (
-        9 if not stops else 3
-    )  # the prompts' shared-prefix pass, then stopped as soon as the stop string appeared
+    # generate's forward calls (the shared-prefix prefill runs the decoder alone, without the head):
+    # stopped as soon as the stop string appeared
+    assert ScriptedLM.calls == (9 if not stops else 3)
     # free generation stops at EOS only
     expected_free = "答え<NL>答え<NL>" if after == "<NL>" else "答え"  # 6 tokens; a trailing "\n" is stripped
     assert generate_free(model, tokenizer, PROMPTS[0], max_new_tokens=6) == expected_free

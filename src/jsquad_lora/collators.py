@@ -20,6 +20,13 @@ def _width(features: list[dict]) -> int:
     return max(len(f["input_ids"]) for f in features)
 
 
+def sliding_window(config) -> int | None:
+    """The window of a model whose layers mix sliding-window and global attention (Gemma 2/3), else None."""
+    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
+        return getattr(config, "sliding_window", None)
+    return None
+
+
 class AnswerOnlyCollator:
     """Right-pads a batch to its longest row; padding gets label -100 and attention 0."""
 

@@ -70,6 +70,7 @@ class DecodingConfig:
     stop_strings: tuple[str, ...] = ("<NL>", "\n")
     share_prefix: bool = True  # run a prompt prefix shared by several prompts once (same answers)
     candidate_head: bool = True  # the LM head computes only the tokens the mode can pick (same answers)
+    screen_head: bool = True  # greedy's float32 LM head arg-max via a bfloat16 screen (same answers)
 
     def __post_init__(self) -> None:
         decoding_mode(self.mode)

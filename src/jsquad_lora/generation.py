@@ -30,6 +30,7 @@ from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteria
 from .decoding import DecodingConfig, decoding_mode
 from .extractive import head_restricted_to
 from .prefix_cache import batch_inputs, plan_batches
+from .screened_head import screened_head
 from .tokenize import prompt_ids
 from .vocab import decode, token_vocab
 
@@ -170,7 +171,7 @@ def generate_answers(
                 if config.candidate_head and hasattr(processor, "candidates"):
                     candidates = processor.candidates()
             criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
-            with head_restricted_to(model, candidates):
+            with head_restricted_to(model, candidates), screened_head(model, config.screen_head and not processors):
                 output = _greedy(model, inputs, config.max_new_tokens, eos_ids, pad_id, processors, criteria)
             batch_answers = [
                 cut_answer(tokenizer, ids, end_ids, config.stop_strings, mode.trims_partial_character)

@@ -1,11 +1,13 @@
 """Batches for generation whose shared prompt prefix runs once: planning and the prefilled KV cache.
 
 Prompts that share most of their tokens (the questions of one passage) are batched together and
-their common prefix is run once: its KV cache is copied to each of their rows, each row is
-[padding, prefix, padding, rest of the prompt] with the mask zero on padding, and `generate`
-continues from the cache (`DecodingConfig.share_prefix`; the same answers, tested in
-tests/test_generation.py). Prompt prefill is compute-bound, and JSQuAD has about four questions per
-passage (what this saves is measured in BENCHMARKS.md).
+run as one unpadded sequence: their common prefix once, then each prompt's remaining tokens but
+its last, each branch masked to see the prefix and itself at the positions it has alone (the mask
+of training's shared-prefix rows). Each row's KV cache is gathered from its group's, left-padded,
+and `generate` runs only the last prompt token of every row (`DecodingConfig.share_prefix`; the
+same answers, tested in tests/test_generation.py and tests/test_gemma.py). Prompt prefill is
+compute-bound, JSQuAD has about four questions per passage, and no padding is computed (what this
+saves is measured in BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -64,48 +66,80 @@ def _cache_argument() -> str:
     )
 
 
-@lru_cache(maxsize=8)
-def _keeps_last_logits_only(model_class: type) -> bool:
-    """Whether the model's `forward` takes `logits_to_keep` (the prefix pass then skips the LM head)."""
-    return "logits_to_keep" in inspect.signature(model_class.forward).parameters
-
-
 def _left_pad(rows: list[list[int]], pad_id: int) -> tuple[list[list[int]], list[list[int]]]:
     width = max(map(len, rows))
     return [[pad_id] * (width - len(r)) + r for r in rows], [[0] * (width - len(r)) + [1] * len(r) for r in rows]
 
 
 def batch_inputs(model, encoded: list[list[int]], batch: list[tuple[int, int]], pad_id: int, device) -> dict:
-    """input_ids, attention_mask and (when prefixes are shared) the prefilled cache for one batch."""
-    prefixes = [tuple(encoded[i][:n]) for i, n in batch]
-    shared: dict[tuple[int, ...], int] = {}  # prefix run once → its row in the prefill batch
-    for prefix in prefixes:
-        if prefix:
-            shared.setdefault(prefix, len(shared))
-    if not shared:
+    """input_ids, attention_mask and (when prefixes are shared) the prefilled cache for one batch.
+
+    Sharing on: each group (rows with the same prefix) runs as ONE unpadded sequence, its prefix
+    once and then every row's remaining prompt tokens but the last, each branch masked to see only
+    the prefix and itself at its own positions (`collators.SharedPrefixCollator`'s mask, as
+    training's shared-prefix rows). Each row's cache is then gathered from its group's:
+    left-padded to the batch's widest prompt minus one, so that `generate` runs only the last
+    prompt token of every row. No padding is computed, and no token twice."""
+    if not any(n for _, n in batch) or model.config._attn_implementation != "sdpa":
         ids, mask = _left_pad([encoded[i] for i, _ in batch], pad_id)
         return {"input_ids": torch.tensor(ids, device=device), "attention_mask": torch.tensor(mask, device=device)}
-    prefix_ids, prefix_mask = _left_pad([list(p) for p in shared], pad_id)
-    rest_ids, rest_mask = _left_pad([encoded[i][n:] for i, n in batch], pad_id)
-    mask = torch.tensor(prefix_mask, device=device)
-    key = _cache_argument()
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # a peft model forwards **kwargs
-    extra = {"logits_to_keep": 1} if _keeps_last_logits_only(type(base)) else {}
-    out = model(
-        input_ids=torch.tensor(prefix_ids, device=device),
-        attention_mask=mask,
-        position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
-        use_cache=True,
-        **extra,
-    )
-    cache = getattr(out, key, None)
-    cache = out.past_key_values if cache is None else cache
-    rows = [shared[prefix] for prefix in prefixes]
-    cache.reorder_cache(torch.tensor(rows, device=device))  # one copy of its prefix's cache per row
-    ids = [prefix_ids[g] + r for g, r in zip(rows, rest_ids)]
-    full_mask = [prefix_mask[g] + m for g, m in zip(rows, rest_mask)]
+    groups: dict[tuple[int, ...], list[int]] = {}  # prefix → the batch rows that share it
+    for row, (i, n) in enumerate(batch):
+        groups.setdefault(tuple(encoded[i][:n]), []).append(row)
+    cached = max(len(encoded[i]) for i, _ in batch) - 1  # every prompt but its last token
+    # where each row's cached tokens lie in the groups' packed sequences, laid end to end;
+    # padding points one past the end, at a zero key/value
+    where = [[] for _ in batch]
+    packed_layers, offset = [], 0
+    for prefix, rows in groups.items():
+        rests = [encoded[batch[r][0]][len(prefix) : -1] for r in rows]
+        packed_layers.append(_prefill_group(model, list(prefix), rests, pad_id, device))
+        start = offset + len(prefix)
+        for r, rest in zip(rows, rests):
+            where[r] = list(range(offset, offset + len(prefix))) + list(range(start, start + len(rest)))
+            start += len(rest)
+        offset = start
+    take = torch.tensor([[offset] * (cached - len(w)) + w for w in where], device=device)
+    layers = []
+    for per_group in zip(*packed_layers):  # one layer: (keys, values) of every group
+        keys, values = (torch.cat([*parts, parts[0][:, :, :1] * 0], dim=2)[0] for parts in zip(*per_group))
+        layers.append(tuple(t[:, take].transpose(0, 1).contiguous() for t in (keys, values)))
+    from transformers import DynamicCache
+
+    ids, mask = _left_pad([encoded[i] for i, _ in batch], pad_id)
     return {
         "input_ids": torch.tensor(ids, device=device),
-        "attention_mask": torch.tensor(full_mask, device=device),
-        key: cache,
+        "attention_mask": torch.tensor(mask, device=device),
+        _cache_argument(): DynamicCache(ddp_cache_data=layers),
     }
+
+
+def _prefill_group(model, prefix: list[int], rests: list[list[int]], pad_id: int, device) -> list:
+    """Per layer (keys, values) of one packed sequence: `prefix`, then each of `rests` as a branch
+    that sees the prefix and itself (shapes [1, heads, tokens, head dim])."""
+    from transformers import DynamicCache
+
+    from .collators import SharedPrefixCollator, sliding_window
+
+    ids, positions, segments = list(prefix), list(range(len(prefix))), [0] * len(prefix)
+    for k, rest in enumerate(rests, 1):
+        ids += rest
+        positions += range(len(prefix), len(prefix) + len(rest))
+        segments += [k] * len(rest)
+    row = {"input_ids": ids, "labels": [-100] * len(ids), "position_ids": positions, "segments": segments}
+    packed = SharedPrefixCollator(pad_id, sliding_window(model.config))([row])
+    attention = packed["attention_mask"]
+    attention = {k: v.to(device) for k, v in attention.items()} if isinstance(attention, dict) else attention.to(device)
+    cache = DynamicCache()  # full layers, also for sliding-window models: rows are gathered by index
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # the LoRA layers are in it
+    decoder = getattr(base, "base_model", base)  # no LM head: the prefill needs no logits
+    decoder(
+        input_ids=packed["input_ids"].to(device),
+        attention_mask=attention,
+        position_ids=packed["position_ids"].to(device),
+        use_cache=True,
+        **{_cache_argument(): cache},
+    )
+    if cache.get_seq_length() != len(ids):
+        raise RuntimeError(f"{type(decoder).__name__} did not fill the KV cache it was given; set share_prefix=False")
+    return [(layer.keys, layer.values) for layer in cache.layers]

@@ -21,7 +21,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import TrainerCallback
 
-from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
+from .collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator, sliding_window
 from .config import TrainConfig
 from .distributed import barrier, is_main, summed, world_size
 from .errors import InputError
@@ -79,13 +79,6 @@ class TrainResult:
             "steps": self.steps,
             "final_loss": self.final_loss,
         }
-
-
-def sliding_window(config) -> int | None:
-    """The window of a model whose layers mix sliding-window and global attention (Gemma 2/3), else None."""
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-        return getattr(config, "sliding_window", None)
-    return None
 
 
 class _LogAtCheckpoints(TrainerCallback):
