@@ -23,6 +23,7 @@ Needs TRL and lm-eval in the same environment (the `peers` extra; lm-eval is kep
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import platform
@@ -42,9 +43,24 @@ TASK = "jsquad_bench_vs_peers"
 
 
 def _cfg(args, dtype_overrides=()):
+    """CPU rows: the default recipe (Gemma 3 270M). GPU rows: the rinna-3.6b-best recipe on the
+    rinna-3.6B-shaped random model `_prepare_gpu_model` saved, the same JSQuAD files."""
     from jsquad_lora.config import load_config
 
-    return load_config("gemma-3-270m", [f"data.train_limit={args.train_questions}", *dtype_overrides])
+    if not args.gpu:
+        return load_config("gemma-3-270m", [f"data.train_limit={args.train_questions}", *dtype_overrides])
+    data = Path(os.environ.get("JSQUAD_DIR", "../shared/jsquad")).resolve()
+    return load_config(
+        "rinna-3.6b-best",
+        [
+            f"model.name={args.work / 'gpu-model'}",
+            f"data.dir={data}",
+            "data.train_split=test",
+            "data.eval_split=valid",
+            f"data.train_limit={args.train_questions}",
+            *dtype_overrides,
+        ],
+    )
 
 
 def _model_and_tokenizer(cfg, dtype: str = "float32"):
@@ -55,6 +71,47 @@ def _model_and_tokenizer(cfg, dtype: str = "float32"):
     source = resolve_model_source(cfg.model)
     model = load_base_model(dataclasses.replace(cfg.model, name=source, gguf_file=None, dtype=dtype))
     return model, load_tokenizer(source), source
+
+
+def _train_dtype(args, cfg) -> str:
+    """The weights' dtype while training: the recipe's (Gemma: float32 masters; rinna best: bfloat16)."""
+    return cfg.model.dtype
+
+
+def _adapter(args) -> Path:
+    return args.work / ("gpu-adapter" if args.gpu else "adapter")
+
+
+def row_prepare_gpu_model(args, work: Path) -> dict:
+    """A rinna-3.6B-shaped GPT-NeoX with random weights (bench_gpu.SHAPES; `--gpu-shape tiny` for a
+    CPU smoke run) and a character tokenizer of exactly its 32,000 tokens: every character of the
+    rows' questions first, then CJK letters. rinna's sentencepiece tokenizer is not available
+    offline; one token per character makes the sequences longer than rinna's (a worst case for
+    both tools alike). Saved to WORK/gpu-model for every GPU row (TRL and lm-eval load it by path)."""
+    import torch
+    from bench_gpu import VOCAB, model_config, random_model
+
+    from jsquad_lora.data import load_split, resolve_split
+    from jsquad_lora.modeling import build_char_tokenizer
+
+    args.gpu = True
+    cfg = _cfg(args)
+    texts = [
+        f"{q.context}{q.question}{''.join(q.answers)}"
+        for split, n in ((cfg.data.train_split, args.train_questions), (cfg.data.eval_split, args.dev_questions))
+        for q in load_split(resolve_split(cfg.data.dir, split)).questions[: max(n, args.em_questions)]
+    ]
+    seen = set("".join(texts))
+    filler = [chr(c) for c in [*range(0x4E00, 0xA000), *range(0xAC00, 0xD7A4)] if chr(c) not in seen]
+    size = len(build_char_tokenizer(texts))
+    tokenizer = build_char_tokenizer([*texts, "".join(filler[: VOCAB - size])])
+    assert len(tokenizer) == VOCAB, len(tokenizer)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = random_model(model_config(args.gpu_shape, tokenizer), torch.bfloat16, device, None)
+    target = work / "gpu-model"
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return {"tool": "set-up", "shape": args.gpu_shape, "parameters": sum(p.numel() for p in model.parameters())}
 
 
 def _train_inputs(args, cfg, tokenizer):
@@ -105,9 +162,14 @@ def row_train_ours(args, work: Path) -> dict:
     from jsquad_lora.training import train
 
     cfg = _cfg(args, ["train.logging_steps=1"])  # every step's loss, as TRL logs it below
-    model, tokenizer, _ = _model_and_tokenizer(cfg)
+    model, tokenizer, _ = _model_and_tokenizer(cfg, _train_dtype(args, cfg))
     train_qs, examples = _train_inputs(args, cfg, tokenizer)
-    rows = share_prefixes(examples, [q.context for q in train_qs], max_tokens=2 * cfg.model.max_length)
+    shared = cfg.train.batching == "shared_prefix"
+    rows = (
+        share_prefixes(examples, [q.context for q in train_qs], max_tokens=2 * cfg.model.max_length)
+        if shared
+        else examples
+    )
     model = attach_lora(model, cfg.lora)
     bf16 = train_in_bf16(cfg.train.mixed_precision)
     torch.manual_seed(cfg.train.seed)
@@ -118,14 +180,18 @@ def row_train_ours(args, work: Path) -> dict:
         work / "ours-checkpoints",
         work / "ours-loss.jsonl",
         bf16=bf16,
-        save_to=work / "adapter",
+        save_to=_adapter(args),
         tokenizer=tokenizer,
     )
     em = _dev_em(merged(model), tokenizer, args, cfg, args.em_questions)
+    batching = (
+        f"shared-prefix rows (batch {cfg.train.batch_size} rows), LM head at labels"
+        if shared
+        else f"{cfg.train.batching} batches of {cfg.train.batch_size}"
+    )
     return {
         "tool": "jsquad-lora",
-        "setting": f"shared-prefix rows (batch {cfg.train.batch_size} rows), LM head at labels, "
-        f"{'bf16 autocast' if bf16 else 'float32'}",
+        "setting": f"{batching}, {'bf16 autocast' if bf16 else 'float32'}",
         "precision": "bf16 autocast" if bf16 else "float32",
         "examples": len(examples),
         "rows": len(rows),
@@ -145,9 +211,10 @@ def row_train_trl(args, work: Path) -> dict:
     from trl import SFTConfig, SFTTrainer
 
     from jsquad_lora.devices import train_in_bf16
+    from jsquad_lora.modeling import lora_target_modules
 
     cfg = _cfg(args)
-    model, tokenizer, _ = _model_and_tokenizer(cfg)
+    model, tokenizer, _ = _model_and_tokenizer(cfg, _train_dtype(args, cfg))
     _, examples = _train_inputs(args, cfg, tokenizer)
     # the very token ids this tool trains on; TRL's completion mask = this tool's answer-only labels
     dataset = datasets.Dataset.from_dict(
@@ -160,7 +227,7 @@ def row_train_trl(args, work: Path) -> dict:
     t = cfg.train
     sft = SFTConfig(
         output_dir=str(work / "trl"),
-        per_device_train_batch_size=args.trl_batch,
+        per_device_train_batch_size=t.batch_size if args.gpu else args.trl_batch,  # GPU: the recipe's 16
         learning_rate=t.learning_rate,
         num_train_epochs=t.epochs,
         lr_scheduler_type=t.scheduler,
@@ -170,7 +237,8 @@ def row_train_trl(args, work: Path) -> dict:
         optim=t.optim,
         seed=t.seed,
         bf16=bf16,
-        use_cpu=True,
+        use_cpu=not torch.cuda.is_available(),
+        use_liger_kernel=torch.cuda.is_available() and importlib.util.find_spec("liger_kernel") is not None,
         completion_only_loss=True,
         padding_free=True,  # one flattened row per batch, position ids restart per example
         max_length=None,  # the examples are already fitted to model.max_length (as this tool fits them)
@@ -185,7 +253,8 @@ def row_train_trl(args, work: Path) -> dict:
         r=cfg.lora.r,
         lora_alpha=cfg.lora.alpha,
         lora_dropout=cfg.lora.dropout,
-        target_modules="all-linear",
+        target_modules=lora_target_modules(cfg.lora),
+        use_rslora=cfg.lora.use_rslora,
         task_type="CAUSAL_LM",
     )
     # no KV cache in training: a forward pass that builds one skips transformers' packed-sequence
@@ -193,12 +262,16 @@ def row_train_trl(args, work: Path) -> dict:
     model.config.use_cache = False
     torch.manual_seed(t.seed)
     trainer = SFTTrainer(model=model, args=sft, train_dataset=dataset, processing_class=tokenizer, peft_config=lora)
+    profiled = _step_profiler(step=2) if args.profile_trl else None
+    if profiled:
+        trainer.add_callback(profiled)
     start = time.perf_counter()
     output = trainer.train()
     seconds = time.perf_counter() - start
     merged_model = trainer.model.merge_and_unload()
     em = _dev_em(merged_model, tokenizer, args, cfg, args.em_questions)
     return {
+        **({"profile": profiled.table} if profiled else {}),
         "tool": "TRL SFTTrainer",
         "setting": f"padding-free batches of {args.trl_batch}, completion-only loss, "
         f"{'bf16' if bf16 else 'float32'}, no gradient checkpointing",
@@ -213,13 +286,37 @@ def row_train_trl(args, work: Path) -> dict:
     }
 
 
+def _step_profiler(step: int):
+    """A TrainerCallback that runs torch.profiler over optimizer step `step` (`--profile-trl`: where
+    TRL's step goes; that run's timing is then not a clean row). Its table ends up in `.table`."""
+    from torch.profiler import profile
+    from transformers import TrainerCallback
+
+    class StepProfile(TrainerCallback):
+        table, profiler = None, None
+
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step + 1 == step:
+                self.profiler = profile()
+                self.profiler.__enter__()
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.profiler is not None and state.global_step == step:
+                self.profiler.__exit__(None, None, None)
+                self.table = self.profiler.key_averages().table(sort_by="self_cpu_time_total", row_limit=15)
+                print(self.table, file=sys.stderr)
+                self.profiler = None
+
+    return StepProfile()
+
+
 def _eval_model(args, dtype: str, merge: bool):
     import torch
     from peft import PeftModel
 
     cfg = _cfg(args)
     model, tokenizer, source = _model_and_tokenizer(cfg)
-    model = PeftModel.from_pretrained(model, str(args.work / "adapter"))
+    model = PeftModel.from_pretrained(model, str(_adapter(args)))
     if merge:
         model = model.merge_and_unload()
     return cfg, model.to(getattr(torch, dtype)), tokenizer
@@ -248,6 +345,7 @@ def row_eval_ours(args, work: Path, dtype: str, mode: str) -> dict:
 
 def row_eval_lm_eval(args, work: Path, dtype: str) -> dict:
     import lm_eval
+    import torch
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
@@ -274,14 +372,13 @@ def row_eval_lm_eval(args, work: Path, dtype: str) -> dict:
         f"generation_kwargs:\n  until: {stops}\n  do_sample: false\n  max_gen_toks: {args.max_new_tokens}\n"
         "metric_list:\n  - metric: exact_match\n"
     )
-    # the prompt text starts with <bos> (Gemma's chat template writes it): no second BOS
     lm = HFLM(
         pretrained=source,
-        peft=str(work / "adapter"),
+        peft=str(_adapter(args)),
         dtype=dtype,
         batch_size=args.lm_eval_batch,
-        add_bos_token=False,
-        device="cpu",
+        add_bos_token=False,  # Gemma: the template writes <bos>; the GPU rows' tokenizer has none
+        device="cuda" if torch.cuda.is_available() else "cpu",
     )
     generating = []  # the seconds inside generate_until (the rest: task and dataset set-up)
     plain_generate = lm.generate_until
@@ -350,6 +447,7 @@ def row_eval_hf_loop(args, work: Path, dtype: str) -> dict:
 
 
 ROWS = {
+    "prepare-model": row_prepare_gpu_model,  # GPU rows only: their model, before their other rows
     "train-ours": row_train_ours,
     "train-trl": row_train_trl,
     "eval-ours-greedy-float32": lambda a, w: row_eval_ours(a, w, "float32", "greedy"),
@@ -359,6 +457,10 @@ ROWS = {
     "eval-ours-extractive-bfloat16": lambda a, w: row_eval_ours(a, w, "bfloat16", "extractive"),
     "eval-hf-loop-float32": lambda a, w: row_eval_hf_loop(a, w, "float32"),
 }
+CPU_ROWS = [name for name in ROWS if name != "prepare-model"]
+#: on one CUDA GPU: rinna-3.6B shape, the rinna-3.6b-best recipe (bf16 weights, all-linear rsLoRA r=16,
+#: padding-free batches of 16, eval batch 64); the one-at-a-time loop is left out there
+GPU_ROWS = ["gpu-" + name for name in ROWS if name not in ("eval-ours-extractive-bfloat16", "eval-hf-loop-float32")]
 
 
 # ---------------------------------------------------------------- driver
@@ -371,8 +473,9 @@ def _run_row(name: str, args) -> dict:
     cmd = [sys.executable, __file__, "--row", name, *_pass_through(args)]
     print(f"[{time.strftime('%H:%M:%S')}] {name} ...", flush=True)
     start = time.perf_counter()
-    # every row on the CPU, even where CUDA exists (the GPU rows of issue 14 are not implemented yet)
-    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    # CPU rows never see a GPU; GPU rows see it (or not, in a CPU smoke run)
+    on_gpu = name.startswith("gpu-") and args.gpu_rows == "on"
+    env = os.environ if on_gpu else {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
     proc = subprocess.Popen(
         cmd, stdout=subprocess.DEVNULL if not args.verbose else None, stderr=subprocess.PIPE, env=env
     )
@@ -395,6 +498,9 @@ def _pass_through(args) -> list[str]:
         f"--lm-eval-batch={args.lm_eval_batch}",
         f"--loop-questions={args.loop_questions}",
         f"--work={args.work}",
+        f"--gpu-shape={args.gpu_shape}",
+        f"--gpu-rows={args.gpu_rows}",
+        *(["--profile-trl"] if args.profile_trl else []),
     ]
 
 
@@ -434,7 +540,16 @@ def main() -> None:
     parser.add_argument("--trl-batch", type=int, default=8, help="TRL's per-device batch (examples)")
     parser.add_argument("--loop-questions", type=int, default=40, help="dev questions for the one-at-a-time loop")
     parser.add_argument("--lm-eval-batch", type=int, default=16, help="lm_eval's --batch_size")
-    parser.add_argument("--rows", default=",".join(ROWS), help="comma-separated subset of: " + ", ".join(ROWS))
+    parser.add_argument("--rows", default=",".join(CPU_ROWS), help="CPU rows, a subset of: " + ", ".join(CPU_ROWS))
+    parser.add_argument(
+        "--gpu-rows",
+        choices=("auto", "on", "off", "smoke"),
+        default="auto",
+        help="the rows on one CUDA GPU (rinna-3.6B shape): auto = where torch sees a GPU; "
+        "smoke = run them on the CPU (with --gpu-shape tiny) to check the plumbing",
+    )
+    parser.add_argument("--gpu-shape", choices=("rinna-3.6b", "tiny"), default="rinna-3.6b")
+    parser.add_argument("--profile-trl", action="store_true", help="profile TRL's second step (table in the row)")
     parser.add_argument("--work", type=Path, default=ROOT / "runs" / "bench-vs-peers", help="scratch directory")
     parser.add_argument("--out", type=Path, default=RESULTS)
     parser.add_argument("--verbose", action="store_true", help="show each row's own output")
@@ -442,15 +557,26 @@ def main() -> None:
     args = parser.parse_args()
     args.work = args.work.resolve()
     if args.row:  # a child: one row, its result as JSON in the scratch directory
-        row = ROWS[args.row](args, args.work)
+        args.gpu = args.row.startswith("gpu-")
+        row = ROWS[args.row.removeprefix("gpu-")](args, args.work)
         row["peak_rss_mib"] = _peak_rss_mib()
         (args.work / f"{args.row}.json").write_text(json.dumps(row))
         return
     args.work.mkdir(parents=True, exist_ok=True)
     import torch
 
+    if args.gpu_rows == "auto":
+        args.gpu_rows = "on" if torch.cuda.is_available() else "off"
     begin = time.perf_counter()
-    rows = [_run_row(name, args) for name in args.rows.split(",")]
+    names = [n for n in args.rows.split(",") if n] + (GPU_ROWS if args.gpu_rows in ("on", "smoke") else [])
+    rows = [_run_row(name, args) for name in names]
+    if args.gpu_rows == "on":
+        gpu_rows = f"{torch.cuda.get_device_name(0)}: rinna-3.6b-best recipe on {args.gpu_shape}-shaped random weights"
+    elif args.gpu_rows == "smoke":
+        gpu_rows = f"smoke run on the CPU ({args.gpu_shape} shape): plumbing only, not GPU numbers"
+    else:
+        gpu_rows = "empty: no CUDA GPU on this machine (torch.cuda.is_available() is False)"
+    rows = [r for r in rows if r["tool"] != "set-up"]
     by = {r["name"]: r for r in rows}
     for r in rows:
         if "examples" in r:
@@ -458,14 +584,14 @@ def main() -> None:
             r["example_tokens_per_second"] = r["example_tokens"] / r["seconds"]
         else:
             r["questions_per_second"] = r["questions"] / r["seconds"]
-    reference = by.get("eval-lm_eval-float32")
     for r in rows:
+        reference = by.get(("gpu-" if r["name"].startswith("gpu-") else "") + "eval-lm_eval-float32")
         if "answers" in r and reference:
             r["answers_equal_to_lm_eval_float32"] = sum(a == b for a, b in zip(r["answers"], reference["answers"]))
     for r in rows:
         if "answers" in r:
             twin = by.get(r["name"].replace("ours-greedy", "lm_eval"))
-            if twin is not None and twin is not r and r["name"].startswith("eval-ours-greedy"):
+            if twin is not None and twin is not r and "eval-ours-greedy" in r["name"]:
                 r["differences"] = [
                     {"index": i, "ours": a, "lm_eval": b}
                     for i, (a, b) in enumerate(zip(r["answers"], twin["answers"]))
@@ -481,7 +607,7 @@ def main() -> None:
         "cpu": _cpu(),
         "machine": platform.machine(),
         "threads": torch.get_num_threads(),
-        "gpu_rows": "empty: not implemented (every row runs on the CPU, CUDA hidden); see BENCHMARKS.md",
+        "gpu_rows": gpu_rows,
         "versions": _versions(),
         "train_questions": args.train_questions,
         "dev_questions": args.dev_questions,
@@ -490,6 +616,11 @@ def main() -> None:
         "eval_ratio": ratio("eval-ours-greedy-float32", "eval-lm_eval-float32", "questions_per_second"),
         "eval_ratio_bfloat16": ratio("eval-ours-greedy-bfloat16", "eval-lm_eval-bfloat16", "questions_per_second"),
         "eval_ratio_vs_hf_loop": ratio("eval-ours-greedy-float32", "eval-hf-loop-float32", "questions_per_second"),
+        "gpu_train_ratio": ratio("gpu-train-ours", "gpu-train-trl", "examples_per_second"),
+        "gpu_eval_ratio": ratio("gpu-eval-ours-greedy-float32", "gpu-eval-lm_eval-float32", "questions_per_second"),
+        "gpu_eval_ratio_bfloat16": ratio(
+            "gpu-eval-ours-greedy-bfloat16", "gpu-eval-lm_eval-bfloat16", "questions_per_second"
+        ),
         "total_seconds": time.perf_counter() - begin,
         "rows": rows,
     }
@@ -521,6 +652,10 @@ def _table(result: dict) -> str:
     lines.append(
         f"train_ratio {result['train_ratio']}, eval_ratio {result['eval_ratio']} "
         f"(bf16 {result['eval_ratio_bfloat16']}, vs HF loop {result['eval_ratio_vs_hf_loop']})"
+    )
+    lines.append(
+        f"GPU rows: {result['gpu_rows']}; gpu_train_ratio {result['gpu_train_ratio']}, "
+        f"gpu_eval_ratio {result['gpu_eval_ratio']} (bf16 {result['gpu_eval_ratio_bfloat16']})"
     )
     return "\n".join(lines)
 

@@ -436,3 +436,25 @@ def test_extractive_whitespace_policy(passage, expected):
         assert answer == expected if expected else answer in passage
     finally:
         ScriptedLM.second = None
+
+
+def test_growing_cache_layer_appends_like_a_dynamic_layer():
+    from transformers.cache_utils import DynamicLayer
+
+    from jsquad_lora.prefix_cache import GrowingLayer
+
+    torch.manual_seed(0)
+    keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)
+    growing, plain = GrowingLayer(keys, values, room=2), DynamicLayer()
+    plain.update(keys, values)
+    buffer = growing.key_buffer
+    for step in range(4):  # two steps fit the room, then it grows by concatenation
+        new = torch.randn(3, 2, 1, 4), torch.randn(3, 2, 1, 4)
+        for got, expected in zip(growing.update(*new), plain.update(*new)):
+            assert torch.equal(got, expected)
+        assert (growing.keys.data_ptr() == buffer.data_ptr()) == (step < 2)
+    growing = GrowingLayer(keys, values, room=4)
+    growing.batch_select_indices(torch.tensor([2, 0]))  # replaced keys: appending must not write the old buffer
+    new = torch.randn(2, 2, 1, 4), torch.randn(2, 2, 1, 4)
+    got_keys, _ = growing.update(*new)
+    assert torch.equal(got_keys, torch.cat([keys[[2, 0]], new[0]], dim=2))

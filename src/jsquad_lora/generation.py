@@ -160,7 +160,7 @@ def generate_answers(
     ):
         for planned in plan_batches(encoded, config.batch_size, config.share_prefix):
             batch = [i for i, _ in planned]
-            inputs = batch_inputs(model, encoded, planned, pad_id, device)
+            inputs = batch_inputs(model, encoded, planned, pad_id, device, room=config.max_new_tokens)
             width = inputs["input_ids"].shape[1]  # every row's prompt ends here
             processors = LogitsProcessorList()
             candidates = None
