@@ -27,6 +27,7 @@ import importlib.util
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import time
@@ -172,6 +173,9 @@ def row_train_ours(args, work: Path) -> dict:
     )
     model = attach_lora(model, cfg.lora)
     bf16 = train_in_bf16(cfg.train.mixed_precision)
+    # a fresh start: train() would resume from (or skip to the end of) an earlier run's checkpoints
+    shutil.rmtree(work / "ours-checkpoints", ignore_errors=True)
+    (work / "ours-loss.jsonl").unlink(missing_ok=True)
     torch.manual_seed(cfg.train.seed)
     result = train(
         model,
@@ -273,8 +277,9 @@ def row_train_trl(args, work: Path) -> dict:
     return {
         **({"profile": profiled.table} if profiled else {}),
         "tool": "TRL SFTTrainer",
-        "setting": f"padding-free batches of {args.trl_batch}, completion-only loss, "
-        f"{'bf16' if bf16 else 'float32'}, no gradient checkpointing",
+        "setting": f"padding-free batches of {sft.per_device_train_batch_size}, completion-only loss, "
+        f"{'bf16' if bf16 else 'float32'}, no gradient checkpointing"
+        + (", Liger kernels" if sft.use_liger_kernel else ""),
         "precision": "bf16 autocast" if bf16 else "float32",
         "examples": len(examples),
         "steps": trainer.state.global_step,
