@@ -102,3 +102,11 @@ def test_the_head_is_restored_after_the_block_and_left_alone_where_it_does_not_a
     monkeypatch.setattr(devices, "fast_cpu_bf16", lambda: True)
     with screened_head(model, True):  # already bfloat16: nothing to screen
         assert model.get_output_embeddings() is head
+
+
+def test_non_finite_hidden_states_get_the_full_heads_logits():
+    head = _head(300, 16)
+    hidden = torch.randn(2, 16)
+    hidden[0, 3] = float("nan")
+    with torch.no_grad():
+        torch.testing.assert_close(ScreenedHead(head)(hidden), head(hidden), equal_nan=True)

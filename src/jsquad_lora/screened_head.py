@@ -67,7 +67,8 @@ class ScreenedHead(torch.nn.Module):
         slack = (self.factor * flat.norm(dim=1))[:, None] * self.norms[None, :]
         best_floor = (rough - slack).amax(dim=1, keepdim=True)
         candidates = ((rough + slack) >= best_floor).any(dim=0).nonzero().squeeze(1)
-        if candidates.numel() > self.MAX_SHARE * weight.shape[0]:
+        finite = bool(torch.isfinite(best_floor).all())  # else NaN/inf rows: the full head, as without a screen
+        if not finite or candidates.numel() > self.MAX_SHARE * weight.shape[0]:
             logits = torch.nn.functional.linear(flat, weight)
         else:
             exact = torch.nn.functional.linear(flat, weight[candidates])
