@@ -110,3 +110,10 @@ def test_non_finite_hidden_states_get_the_full_heads_logits():
     hidden[0, 3] = float("nan")
     with torch.no_grad():
         torch.testing.assert_close(ScreenedHead(head)(hidden), head(hidden), equal_nan=True)
+
+
+def test_many_positions_at_once_get_the_plain_head():
+    head = _head(300, 16)
+    hidden = torch.randn(2, ScreenedHead.MAX_ROWS, 16)  # a whole prompt's positions: no screen
+    with torch.no_grad():
+        assert torch.equal(ScreenedHead(head)(hidden), head(hidden))

@@ -53,6 +53,10 @@ class ScreenedHead(torch.nn.Module):
 
     #: above this share of the vocabulary as candidates, the full float32 head is cheaper
     MAX_SHARE = 0.25
+    #: above this many positions at once (a model whose forward has no `logits_to_keep` runs the head
+    #: over whole prompts), the screen's [positions, vocabulary] temporaries would cost 4x the head's
+    #: own output: the plain head then
+    MAX_ROWS = 256
 
     def __init__(self, head: torch.nn.Linear) -> None:
         super().__init__()
@@ -63,6 +67,8 @@ class ScreenedHead(torch.nn.Module):
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         weight = self.head.weight
         flat = hidden.reshape(-1, hidden.shape[-1]).contiguous().to(weight.dtype)
+        if flat.shape[0] > self.MAX_ROWS:
+            return torch.nn.functional.linear(flat, weight).reshape(*hidden.shape[:-1], weight.shape[0])
         rough = torch.nn.functional.linear(flat.to(torch.bfloat16), self.low).float()
         slack = (self.factor * flat.norm(dim=1))[:, None] * self.norms[None, :]
         best_floor = (rough - slack).amax(dim=1, keepdim=True)
