@@ -74,11 +74,6 @@ def _model_and_tokenizer(cfg, dtype: str = "float32"):
     return model, load_tokenizer(source), source
 
 
-def _train_dtype(args, cfg) -> str:
-    """The weights' dtype while training: the recipe's (Gemma: float32 masters; rinna best: bfloat16)."""
-    return cfg.model.dtype
-
-
 def _adapter(args) -> Path:
     return args.work / ("gpu-adapter" if args.gpu else "adapter")
 
@@ -163,7 +158,7 @@ def row_train_ours(args, work: Path) -> dict:
     from jsquad_lora.training import train
 
     cfg = _cfg(args, ["train.logging_steps=1"])  # every step's loss, as TRL logs it below
-    model, tokenizer, _ = _model_and_tokenizer(cfg, _train_dtype(args, cfg))
+    model, tokenizer, _ = _model_and_tokenizer(cfg, cfg.model.dtype)  # the recipe's master weights
     train_qs, examples = _train_inputs(args, cfg, tokenizer)
     shared = cfg.train.batching == "shared_prefix"
     rows = (
@@ -218,7 +213,7 @@ def row_train_trl(args, work: Path) -> dict:
     from jsquad_lora.modeling import lora_target_modules
 
     cfg = _cfg(args)
-    model, tokenizer, _ = _model_and_tokenizer(cfg, _train_dtype(args, cfg))
+    model, tokenizer, _ = _model_and_tokenizer(cfg, cfg.model.dtype)  # the recipe's master weights
     _, examples = _train_inputs(args, cfg, tokenizer)
     # the very token ids this tool trains on; TRL's completion mask = this tool's answer-only labels
     dataset = datasets.Dataset.from_dict(

@@ -12,6 +12,7 @@ from typing import Iterator, Sequence
 import torch
 from transformers import LogitsProcessor
 
+from .modeling import output_layer_replaced
 from .vocab import decode, token_vocab
 
 
@@ -125,13 +126,7 @@ class CandidateHead(torch.nn.Module):
 def head_restricted_to(model, ids: list[int] | None) -> Iterator[None]:
     """The model's output layer computes only `ids` inside the block (no change when None, or
     where the output layer is not a plain linear layer)."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if ids is not None else None
-    if type(head) is not torch.nn.Linear:
+    with output_layer_replaced(
+        model, lambda head: CandidateHead(head, ids) if ids is not None and type(head) is torch.nn.Linear else None
+    ):
         yield
-        return
-    base.set_output_embeddings(CandidateHead(head, ids))
-    try:
-        yield
-    finally:
-        base.set_output_embeddings(head)

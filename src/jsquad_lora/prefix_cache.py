@@ -17,7 +17,10 @@ from functools import lru_cache
 from typing import Sequence
 
 import torch
+from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
+
+from .modeling import unwrapped
 
 
 def _common_length(a: Sequence[int], b: Sequence[int]) -> int:
@@ -104,8 +107,6 @@ def batch_inputs(
             start += len(rest)
         offset = start
     take = torch.tensor([[offset] * (cached - len(w)) + w for w in where], device=device)
-    from transformers import DynamicCache
-
     cache = DynamicCache()
     cache.layers = []
     for per_group in zip(*packed_layers):  # one layer: (keys, values) of every group
@@ -149,8 +150,6 @@ class GrowingLayer(DynamicLayer):
 def _prefill_group(model, prefix: list[int], rests: list[list[int]], pad_id: int, device) -> list:
     """Per layer (keys, values) of one packed sequence: `prefix`, then each of `rests` as a branch
     that sees the prefix and itself (shapes [1, heads, tokens, head dim])."""
-    from transformers import DynamicCache
-
     from .collators import SharedPrefixCollator, sliding_window
 
     ids, positions, segments = list(prefix), list(range(len(prefix))), [0] * len(prefix)
@@ -163,8 +162,7 @@ def _prefill_group(model, prefix: list[int], rests: list[list[int]], pad_id: int
     attention = packed["attention_mask"]
     attention = {k: v.to(device) for k, v in attention.items()} if isinstance(attention, dict) else attention.to(device)
     cache = DynamicCache()  # full layers, also for sliding-window models: rows are gathered by index
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # the LoRA layers are in it
-    decoder = getattr(base, "base_model", base)  # no LM head: the prefill needs no logits
+    decoder = unwrapped(model).get_decoder()  # no LM head: the prefill needs no logits
     decoder(
         input_ids=packed["input_ids"].to(device),
         attention_mask=attention,

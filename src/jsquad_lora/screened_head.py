@@ -98,13 +98,7 @@ def can_screen(head) -> bool:
 @contextmanager
 def screened_head(model, enabled: bool) -> Iterator[None]:
     """The model's output layer replaced by a `ScreenedHead` inside the block, where it applies."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    head = base.get_output_embeddings() if enabled else None
-    if head is None or not can_screen(head):
+    from .modeling import output_layer_replaced
+
+    with output_layer_replaced(model, lambda head: ScreenedHead(head) if enabled and can_screen(head) else None):
         yield
-        return
-    base.set_output_embeddings(ScreenedHead(head))
-    try:
-        yield
-    finally:
-        base.set_output_embeddings(head)

@@ -26,6 +26,7 @@ from .config import TrainConfig
 from .distributed import barrier, is_main, summed, world_size
 from .errors import InputError
 from .files import write_jsonl
+from .modeling import unwrapped
 from .packing import SharedPrefixRow
 from .tokenize import Encoded
 
@@ -237,7 +238,7 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
 
     inputs = dict(inputs)
     labels = inputs.pop("labels")
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft wraps the modules in place
+    base = unwrapped(model)
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100

@@ -118,8 +118,9 @@ def architecture_of(model) -> str:
     names = getattr(getattr(model, "config", None), "architectures", None)
     if names:
         return names[0]
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return type(base).__name__
+    from .modeling import unwrapped
+
+    return type(unwrapped(model)).__name__
 
 
 def answerer(cfg: RunConfig, run_dir: Path, model, tokenizer, adapter: Path | None, engines: VllmEngines):
