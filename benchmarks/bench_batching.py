@@ -20,14 +20,15 @@ from pathlib import Path
 
 import torch
 
-from jsquad_lora.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
-from jsquad_lora.config import load_config
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
-from jsquad_lora.packing import share_prefixes
-from jsquad_lora.prompts import render_prompt
-from jsquad_lora.tokenize import encode_train_set
-from jsquad_lora.training import EpochBatchOrder
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.encoding.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
+from jsquad_lora.encoding.packing import share_prefixes
+from jsquad_lora.encoding.tokens import encode_train_set
+from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
+from jsquad_lora.prompts.templates import render_prompt
+from jsquad_lora.train.batch_order import EpochBatchOrder
 
 MODES = {
     "random (naive)": "random",

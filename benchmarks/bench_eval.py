@@ -19,13 +19,15 @@ from pathlib import Path
 
 import torch
 
-from jsquad_lora.config import load_config
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.decoding import DecodingConfig
-from jsquad_lora.evaluation import build_prompts
-from jsquad_lora.generation import generate_answers
-from jsquad_lora.modeling import load_trained
-from jsquad_lora.run import base_model_and_tokenizer, make_renderer
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.evaluate.loop import build_prompts
+from jsquad_lora.generate.decoding import DecodingConfig
+from jsquad_lora.generate.greedy import generate_answers
+from jsquad_lora.model.lora import load_trained
+from jsquad_lora.model.source import base_model_and_tokenizer
+from jsquad_lora.prompts.fewshot import make_renderer
 
 
 def main() -> None:

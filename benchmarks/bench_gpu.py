@@ -52,14 +52,17 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
-from jsquad_lora.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter
-from jsquad_lora.config import load_config
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.decoding import DecodingConfig
-from jsquad_lora.generation import generate_answers
-from jsquad_lora.modeling import attach_lora, build_char_tokenizer, count_parameters, load_base_model
-from jsquad_lora.prompts import render_prompt
-from jsquad_lora.training import EpochBatchOrder
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.encoding.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter
+from jsquad_lora.generate.decoding import DecodingConfig
+from jsquad_lora.generate.greedy import generate_answers
+from jsquad_lora.model.load import load_base_model
+from jsquad_lora.model.lora import attach_lora, count_parameters
+from jsquad_lora.model.sources.tiny import build_char_tokenizer
+from jsquad_lora.prompts.templates import render_prompt
+from jsquad_lora.train.batch_order import EpochBatchOrder
 
 # rinna/japanese-gpt-neox-3.6b's config.json; "tiny" only checks the plumbing on a CPU
 SHAPES = {

@@ -72,7 +72,7 @@ def main() -> None:
             rows.append(row)
     import torch
 
-    from jsquad_lora.devices import cpu_name
+    from jsquad_lora.util.devices import cpu_name
 
     device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu_name()}"
     print(f"{args.config} on {device}, {os.cpu_count()} cores, torch {torch.__version__}")

@@ -46,7 +46,7 @@ TASK = "jsquad_bench_vs_peers"
 def _cfg(args, dtype_overrides=()):
     """CPU rows: the default recipe (Gemma 3 270M). GPU rows: the rinna-3.6b-best recipe on the
     rinna-3.6B-shaped random model `_prepare_gpu_model` saved, the same JSQuAD files."""
-    from jsquad_lora.config import load_config
+    from jsquad_lora.config.load import load_config
 
     if not args.gpu:
         return load_config("gemma-3-270m", [f"data.train_limit={args.train_questions}", *dtype_overrides])
@@ -67,7 +67,8 @@ def _cfg(args, dtype_overrides=()):
 def _model_and_tokenizer(cfg, dtype: str = "float32"):
     import dataclasses
 
-    from jsquad_lora.modeling import load_base_model, load_tokenizer, resolve_model_source
+    from jsquad_lora.model.load import load_base_model, load_tokenizer
+    from jsquad_lora.model.source import resolve_model_source
 
     source = resolve_model_source(cfg.model)
     model = load_base_model(dataclasses.replace(cfg.model, name=source, gguf_file=None, dtype=dtype))
@@ -87,8 +88,9 @@ def row_prepare_gpu_model(args, work: Path) -> dict:
     import torch
     from bench_gpu import VOCAB, model_config, random_model
 
-    from jsquad_lora.data import load_split, resolve_split
-    from jsquad_lora.modeling import build_char_tokenizer
+    from jsquad_lora.data.jglue import resolve_split
+    from jsquad_lora.data.jsquad import load_split
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer
 
     args.gpu = True
     cfg = _cfg(args)
@@ -112,8 +114,9 @@ def row_prepare_gpu_model(args, work: Path) -> dict:
 
 def _train_inputs(args, cfg, tokenizer):
     """The training questions and their examples (prompt + first answer + EOS; labels on answer + EOS)."""
-    from jsquad_lora.run import load_questions, make_renderer
-    from jsquad_lora.tokenize import encode_train_set
+    from jsquad_lora.data.select import load_questions
+    from jsquad_lora.encoding.tokens import encode_train_set
+    from jsquad_lora.prompts.fewshot import make_renderer
 
     train_qs, _ = load_questions(cfg)
     render = make_renderer(cfg, tokenizer, train_qs)
@@ -123,9 +126,10 @@ def _train_inputs(args, cfg, tokenizer):
 
 def _dev_prompts(args, cfg, tokenizer):
     """The first M dev questions (whole passages come together) and their prompts."""
-    from jsquad_lora.data import load_split, resolve_split
-    from jsquad_lora.evaluation import build_prompts
-    from jsquad_lora.run import make_renderer
+    from jsquad_lora.data.jglue import resolve_split
+    from jsquad_lora.data.jsquad import load_split
+    from jsquad_lora.evaluate.loop import build_prompts
+    from jsquad_lora.prompts.fewshot import make_renderer
 
     dev = load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions[: args.dev_questions]
     render = make_renderer(cfg, tokenizer, dev)
@@ -135,9 +139,9 @@ def _dev_prompts(args, cfg, tokenizer):
 
 def _dev_em(model, tokenizer, args, cfg, k: int) -> float:
     """Exact match (jglue) of greedy answers on the first k dev questions: did training learn."""
-    from jsquad_lora.decoding import DecodingConfig
-    from jsquad_lora.generation import generate_answers
-    from jsquad_lora.scoring import SCORERS
+    from jsquad_lora.evaluate.scorers import SCORERS
+    from jsquad_lora.generate.decoding import DecodingConfig
+    from jsquad_lora.generate.greedy import generate_answers
 
     dev, prompts, passages = _dev_prompts(argparse.Namespace(**{**vars(args), "dev_questions": k}), cfg, tokenizer)
     answers = generate_answers(
@@ -152,10 +156,10 @@ def _dev_em(model, tokenizer, args, cfg, k: int) -> float:
 def row_train_ours(args, work: Path) -> dict:
     import torch
 
-    from jsquad_lora.devices import train_in_bf16
-    from jsquad_lora.modeling import attach_lora, merged
-    from jsquad_lora.packing import share_prefixes
-    from jsquad_lora.training import train
+    from jsquad_lora.encoding.packing import share_prefixes
+    from jsquad_lora.model.lora import attach_lora, merged
+    from jsquad_lora.train.trainer import train
+    from jsquad_lora.util.devices import train_in_bf16
 
     cfg = _cfg(args, ["train.logging_steps=1"])  # every step's loss, as TRL logs it below
     model, tokenizer, _ = _model_and_tokenizer(cfg, cfg.model.dtype)  # the recipe's master weights
@@ -209,8 +213,8 @@ def row_train_trl(args, work: Path) -> dict:
     from peft import LoraConfig
     from trl import SFTConfig, SFTTrainer
 
-    from jsquad_lora.devices import train_in_bf16
-    from jsquad_lora.modeling import lora_target_modules
+    from jsquad_lora.model.lora import lora_target_modules
+    from jsquad_lora.util.devices import train_in_bf16
 
     cfg = _cfg(args)
     model, tokenizer, _ = _model_and_tokenizer(cfg, cfg.model.dtype)  # the recipe's master weights
@@ -323,8 +327,8 @@ def _eval_model(args, dtype: str, merge: bool):
 
 
 def row_eval_ours(args, work: Path, dtype: str, mode: str) -> dict:
-    from jsquad_lora.decoding import DecodingConfig
-    from jsquad_lora.generation import generate_answers
+    from jsquad_lora.generate.decoding import DecodingConfig
+    from jsquad_lora.generate.greedy import generate_answers
 
     cfg, model, tokenizer = _eval_model(args, dtype, merge=True)
     dev, prompts, passages = _dev_prompts(args, cfg, tokenizer)
@@ -349,7 +353,8 @@ def row_eval_lm_eval(args, work: Path, dtype: str) -> dict:
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
-    from jsquad_lora.modeling import load_tokenizer, resolve_model_source
+    from jsquad_lora.model.load import load_tokenizer
+    from jsquad_lora.model.source import resolve_model_source
 
     cfg = _cfg(args)
     source = resolve_model_source(cfg.model)
@@ -412,7 +417,7 @@ def row_eval_lm_eval(args, work: Path, dtype: str) -> dict:
 
 
 def _prompt_ids(tokenizer, prompt: str) -> list[int]:
-    from jsquad_lora.tokenize import prompt_ids
+    from jsquad_lora.encoding.tokens import prompt_ids
 
     return prompt_ids(tokenizer, prompt)
 
@@ -524,7 +529,7 @@ def _versions() -> dict:
 
 
 def _cpu() -> str:
-    from jsquad_lora.devices import cpu_flags, cpu_name, usable_isa
+    from jsquad_lora.util.devices import cpu_flags, cpu_name, usable_isa
 
     return (
         f"{cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}; torch uses {usable_isa()}), {os.cpu_count()} cores"

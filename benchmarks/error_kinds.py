@@ -10,7 +10,7 @@ import argparse
 import json
 from pathlib import Path
 
-from jsquad_lora.scoring import jglue_normalize
+from jsquad_lora.evaluate.scorers import jglue_normalize
 
 
 def kind(row: dict) -> str:

@@ -21,10 +21,12 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from jsquad_lora.config import load_config
-from jsquad_lora.modeling import load_trained
-from jsquad_lora.run import base_model_and_tokenizer, load_questions, make_renderer
-from jsquad_lora.tokenize import encode_train_example, prompt_ids
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.select import load_questions
+from jsquad_lora.encoding.tokens import encode_train_example, prompt_ids
+from jsquad_lora.model.lora import load_trained
+from jsquad_lora.model.source import base_model_and_tokenizer
+from jsquad_lora.prompts.fewshot import make_renderer
 
 CHUNK = 30
 

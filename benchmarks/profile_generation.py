@@ -19,8 +19,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_vs_peers as peers  # noqa: E402
 
-from jsquad_lora import generation, screened_head  # noqa: E402
-from jsquad_lora.decoding import DecodingConfig  # noqa: E402
+from jsquad_lora.generate import greedy as generation
+from jsquad_lora.generate import screened_head  # noqa: E402
+from jsquad_lora.generate.decoding import DecodingConfig  # noqa: E402
 
 
 def main() -> None:

@@ -12,15 +12,18 @@ import time
 import torch
 from torch.profiler import profile
 
-from jsquad_lora.collators import SharedPrefixCollator, sliding_window
-from jsquad_lora.config import LoraSettings, ModelConfig
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.modeling import attach_lora, load_base_model, load_tokenizer, resolve_model_source
-from jsquad_lora.packing import share_prefixes
-from jsquad_lora.prompts import render_prompt
-from jsquad_lora.sampling import stratified_sample
-from jsquad_lora.tokenize import encode_train_set
-from jsquad_lora.training import answer_only_loss
+from jsquad_lora.config.schema import LoraSettings, ModelConfig
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.data.sampling import stratified_sample
+from jsquad_lora.encoding.collators import SharedPrefixCollator, sliding_window
+from jsquad_lora.encoding.packing import share_prefixes
+from jsquad_lora.encoding.tokens import encode_train_set
+from jsquad_lora.model.load import load_base_model, load_tokenizer
+from jsquad_lora.model.lora import attach_lora
+from jsquad_lora.model.source import resolve_model_source
+from jsquad_lora.prompts.templates import render_prompt
+from jsquad_lora.train.losses import answer_only_loss
 
 
 def main() -> None:

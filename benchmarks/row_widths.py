@@ -12,12 +12,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-from jsquad_lora.augment import cloze_questions
-from jsquad_lora.config import load_config
-from jsquad_lora.packing import share_prefixes
-from jsquad_lora.run import base_model_and_tokenizer, load_questions, make_renderer
-from jsquad_lora.tokenize import encode_train_set
-from jsquad_lora.training import EpochBatchOrder
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.augment import cloze_questions
+from jsquad_lora.data.select import load_questions
+from jsquad_lora.encoding.packing import share_prefixes
+from jsquad_lora.encoding.tokens import encode_train_set
+from jsquad_lora.model.source import base_model_and_tokenizer
+from jsquad_lora.prompts.fewshot import make_renderer
+from jsquad_lora.train.batch_order import EpochBatchOrder
 
 
 def main() -> None:

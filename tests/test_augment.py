@@ -4,12 +4,13 @@ from collections import Counter
 
 from conftest import needs_data
 
-from jsquad_lora.augment import cloze_questions, noun_spans
-from jsquad_lora.data import load_split, resolve_split
+from jsquad_lora.data.augment import cloze_questions, noun_spans
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
 
 
 def test_cloze_question_forms():
-    from jsquad_lora.augment import _cloze_question
+    from jsquad_lora.data.augment import _cloze_question
 
     sentence = "1958年7月24日、日本新聞協会加盟の各社は、報道管制を決定した"
     start, end = 0, len("1958年7月24日")

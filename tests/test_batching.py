@@ -2,11 +2,11 @@
 
 import pytest
 
-from jsquad_lora.collators import AnswerOnlyCollator, PaddingMeter
-from jsquad_lora.data import Question
-from jsquad_lora.modeling import build_char_tokenizer
-from jsquad_lora.prompts import render_prompt
-from jsquad_lora.tokenize import encode_train_example, fit_question, prompt_ids
+from jsquad_lora.data.question import Question
+from jsquad_lora.encoding.collators import AnswerOnlyCollator, PaddingMeter
+from jsquad_lora.encoding.tokens import encode_train_example, fit_question, prompt_ids
+from jsquad_lora.model.sources.tiny import build_char_tokenizer
+from jsquad_lora.prompts.templates import render_prompt
 
 BODY = (
     "人体は、呼吸や心拍数を速め、血液組成を変化させて高度に順応することができる。"
@@ -58,9 +58,9 @@ def test_padding_free_batch_gives_the_padded_loss():
     summed answer loss equals the padded batch's, example by example."""
     import torch
 
-    from jsquad_lora.collators import FlatteningCollator
-    from jsquad_lora.config import ModelConfig
-    from jsquad_lora.modeling import build_tiny_model
+    from jsquad_lora.config.schema import ModelConfig
+    from jsquad_lora.encoding.collators import FlatteningCollator
+    from jsquad_lora.model.sources.tiny import build_tiny_model
 
     torch.manual_seed(0)
     model = build_tiny_model(
@@ -85,9 +85,9 @@ def test_padding_free_training_matches_padded_training(tmp_path, prompt_loss_wei
     the logged losses agree (they would not if examples of a flattened row saw each other)."""
     import torch
 
-    from jsquad_lora.config import ModelConfig, TrainConfig
-    from jsquad_lora.modeling import build_tiny_model
-    from jsquad_lora.training import train
+    from jsquad_lora.config.schema import ModelConfig, TrainConfig
+    from jsquad_lora.model.sources.tiny import build_tiny_model
+    from jsquad_lora.train.trainer import train
 
     short = Question("q2", "", BODY[:40], "何が変化するか?", ("血液組成",), (BODY.index("血液組成"),))
     examples = [encode_train_example(q, render, TOKENIZER, 1024)[0] for q in (Q, short) * 4]
@@ -119,10 +119,10 @@ def test_weighted_prompt_loss():
     and padded and flattened batches give the same weighted loss."""
     import torch
 
-    from jsquad_lora.collators import FlatteningCollator
-    from jsquad_lora.config import ModelConfig
-    from jsquad_lora.modeling import build_tiny_model
-    from jsquad_lora.training import weighted_prompt_loss
+    from jsquad_lora.config.schema import ModelConfig
+    from jsquad_lora.encoding.collators import FlatteningCollator
+    from jsquad_lora.model.sources.tiny import build_tiny_model
+    from jsquad_lora.train.losses import weighted_prompt_loss
 
     torch.manual_seed(0)
     model = build_tiny_model(
@@ -146,11 +146,11 @@ def test_shared_prefix_rows_equal_separate_examples():
     it gets alone, and the same answer-only and weighted losses as the padded batch."""
     import torch
 
-    from jsquad_lora.collators import SharedPrefixCollator
-    from jsquad_lora.config import ModelConfig
-    from jsquad_lora.modeling import build_tiny_model
-    from jsquad_lora.packing import share_prefixes
-    from jsquad_lora.training import weighted_prompt_loss
+    from jsquad_lora.config.schema import ModelConfig
+    from jsquad_lora.encoding.collators import SharedPrefixCollator
+    from jsquad_lora.encoding.packing import share_prefixes
+    from jsquad_lora.model.sources.tiny import build_tiny_model
+    from jsquad_lora.train.losses import weighted_prompt_loss
 
     torch.manual_seed(0)
     model = build_tiny_model(
@@ -190,7 +190,7 @@ def test_shared_prefix_rows_equal_separate_examples():
 def test_shared_prefix_rows_stop_at_max_tokens():
     """A row stops growing at `max_tokens` (attention costs its width squared); an example longer
     than the cap still gets a row of its own; every example lands in exactly one row."""
-    from jsquad_lora.packing import share_prefixes
+    from jsquad_lora.encoding.packing import share_prefixes
 
     questions = [
         Question(f"q{k}", "", BODY, BODY[k : k + 3] + "は何か?", ("血液組成",), (BODY.index("血液組成"),))

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from jsquad_lora.dropout import SparseDropout, dropped_positions
+from jsquad_lora.model.dropout import SparseDropout, dropped_positions
 
 
 @pytest.mark.parametrize("p", [0.05, 0.2])
@@ -70,8 +70,9 @@ def test_eval_mode_and_p_zero_are_the_identity_and_draws_follow_the_seed():
 
 
 def test_attach_lora_uses_it_for_every_lora_dropout():
-    from jsquad_lora.config import LoraSettings, ModelConfig
-    from jsquad_lora.modeling import attach_lora, build_char_tokenizer, build_tiny_model
+    from jsquad_lora.config.schema import LoraSettings, ModelConfig
+    from jsquad_lora.model.lora import attach_lora
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer(["あいう"])
     config = ModelConfig(tiny_layers=2, tiny_hidden=32, tiny_heads=2, tiny_intermediate=64)

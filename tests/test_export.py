@@ -14,13 +14,15 @@ import yaml
 from conftest import TINY_TEST, needs_data
 
 from jsquad_lora.cli import main
-from jsquad_lora.config import load_config
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.devices import inference_dtype
-from jsquad_lora.evaluation import build_prompts
-from jsquad_lora.export import CONFIG_NAME, EXPORT_MARKER
-from jsquad_lora.generation import generate_answers
-from jsquad_lora.run import decoding_config, make_renderer
+from jsquad_lora.config.load import load_config
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.evaluate.loop import build_prompts
+from jsquad_lora.generate.decoding import decoding_config
+from jsquad_lora.generate.greedy import generate_answers
+from jsquad_lora.prompts.fewshot import make_renderer
+from jsquad_lora.tuned.export import CONFIG_NAME, EXPORT_MARKER
+from jsquad_lora.util.devices import inference_dtype
 
 pytestmark = needs_data()
 QUESTIONS = 24  # all the run evaluated (TINY_TEST's data.eval_limit)

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from jsquad_lora import files
+from jsquad_lora.util import files, jsonio
 
 
 def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
@@ -48,7 +48,7 @@ def test_torn_jsonl_tail_is_dropped_and_truncated(tmp_path):
     files.append_jsonl_lines(log, [{"id": "a", "prediction": "x"}, {"id": "b", "prediction": "y"}])
     with open(log, "ab") as handle:
         handle.write(b'{"id": "c", "predi')
-    assert files.read_jsonl_prefix(log) == [{"id": "a", "prediction": "x"}, {"id": "b", "prediction": "y"}]
+    assert jsonio.read_jsonl_prefix(log) == [{"id": "a", "prediction": "x"}, {"id": "b", "prediction": "y"}]
     assert log.read_bytes().endswith(b'"y"}\n')
     files.append_jsonl_lines(log, [{"id": "c", "prediction": "z"}])
-    assert [r["id"] for r in files.read_jsonl_prefix(log)] == ["a", "b", "c"]
+    assert [r["id"] for r in jsonio.read_jsonl_prefix(log)] == ["a", "b", "c"]

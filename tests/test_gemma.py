@@ -16,13 +16,13 @@ import torch
 import torch.nn.functional as F
 from conftest import needs_data
 
-from jsquad_lora.collators import AnswerOnlyCollator, SharedPrefixCollator
-from jsquad_lora.config import LoraSettings, ModelConfig
-from jsquad_lora.data import Question
-from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
-from jsquad_lora.packing import share_prefixes
-from jsquad_lora.prompts import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
-from jsquad_lora.tokenize import Encoded, encode_train_set
+from jsquad_lora.config.schema import LoraSettings, ModelConfig
+from jsquad_lora.data.question import Question
+from jsquad_lora.encoding.collators import AnswerOnlyCollator, SharedPrefixCollator
+from jsquad_lora.encoding.packing import share_prefixes
+from jsquad_lora.encoding.tokens import Encoded, encode_train_set
+from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
+from jsquad_lora.prompts.templates import SEED_INSTRUCTION, SIDE_CHECK_PROMPT, render_prompt
 
 WINDOW = 6
 BODY = (
@@ -145,7 +145,7 @@ def row_logits(model, batch) -> torch.Tensor:
 
 
 def test_sliding_window_of_gemma_configs():
-    from jsquad_lora.collators import sliding_window
+    from jsquad_lora.encoding.collators import sliding_window
 
     assert sliding_window(tiny_gemma(TOKENIZER).config) == WINDOW
     assert sliding_window(tiny_gemma(TOKENIZER, layer_types=("full_attention",)).config) is None  # no sliding layer
@@ -211,7 +211,7 @@ def _model_and_batch(kind: str):
 def test_answer_only_loss_equals_the_model_loss(kind):
     """(a) GPT-NeoX, right-padded batch; (b) Gemma 3 with logit softcapping, shared-prefix rows
     (the mask is a dict per layer type); (c) with `num_items`: the summed token losses / num_items."""
-    from jsquad_lora.training import answer_only_loss
+    from jsquad_lora.train.losses import answer_only_loss
 
     model, batch = _model_and_batch(kind)
     with torch.no_grad():
@@ -240,8 +240,8 @@ def test_answer_only_loss_equals_the_model_loss(kind):
 @pytest.mark.parametrize("kind", ["neox", "gemma"])
 def test_answer_only_loss_gradient_matches_on_lora(kind):
     """Through a LoRA adapter (all linear layers), the answer-only loss gives the full loss's gradient."""
-    from jsquad_lora.modeling import attach_lora
-    from jsquad_lora.training import answer_only_loss
+    from jsquad_lora.model.lora import attach_lora
+    from jsquad_lora.train.losses import answer_only_loss
 
     model, batch = _model_and_batch(kind)
     model = attach_lora(model, LoraSettings(target_modules=["all-linear"], dropout=0.0))
@@ -352,8 +352,8 @@ def gguf_source(tmp_path_factory):
 def test_gguf_converts_once_into_a_model_directory(gguf_source, tmp_path, monkeypatch):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jsquad_lora import modeling
-    from jsquad_lora.modeling import resolve_model_source
+    from jsquad_lora.model import gguf as modeling
+    from jsquad_lora.model.source import resolve_model_source
 
     source_dir, source_model = gguf_source
     monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path / "cache"))
@@ -397,7 +397,7 @@ def test_gguf_converts_once_into_a_model_directory(gguf_source, tmp_path, monkey
 
 def test_missing_gguf_file_is_an_input_error(tmp_path, monkeypatch):
     from jsquad_lora.errors import InputError
-    from jsquad_lora.modeling import resolve_model_source
+    from jsquad_lora.model.source import resolve_model_source
 
     monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path / "cache"))
     with pytest.raises(InputError) as err:
@@ -410,7 +410,7 @@ def test_missing_gguf_file_is_an_input_error(tmp_path, monkeypatch):
 
 
 def test_candidate_head_computes_only_the_candidates():
-    from jsquad_lora.extractive import CandidateHead
+    from jsquad_lora.generate.extractive import CandidateHead
 
     torch.manual_seed(0)
     ids = [0, 3, 4, 17, 41]
@@ -425,7 +425,7 @@ def test_candidate_head_computes_only_the_candidates():
 
 
 def test_head_restriction_is_undone_after_the_block():
-    from jsquad_lora.extractive import CandidateHead, head_restricted_to
+    from jsquad_lora.generate.extractive import CandidateHead, head_restricted_to
 
     model = tiny_neox(TOKENIZER)
     head = model.get_output_embeddings()
@@ -441,9 +441,10 @@ def test_head_restriction_is_undone_after_the_block():
 def test_extractive_answers_are_the_same_with_the_candidate_head(kind, monkeypatch):
     """The head restricted to the passages' tokens changes no answer (Gemma: with logit softcapping,
     which maps the restricted head's -inf to -cap, still below every allowed token once masked)."""
-    from jsquad_lora import extractive, generation
-    from jsquad_lora.decoding import DecodingConfig
-    from jsquad_lora.generation import generate_answers
+    from jsquad_lora.generate import extractive
+    from jsquad_lora.generate import greedy as generation
+    from jsquad_lora.generate.decoding import DecodingConfig
+    from jsquad_lora.generate.greedy import generate_answers
 
     model = tiny_neox(TOKENIZER) if kind == "neox" else tiny_gemma(TOKENIZER, softcap=3.0)
     prompts, passages = [render(q) for q in QUESTIONS], [q.context for q in QUESTIONS]
@@ -466,9 +467,10 @@ def test_greedy_answers_with_shared_prefixes_and_the_screened_head_equal_one_at_
     """Prompts far wider than the sliding window: the packed prefill (one unpadded sequence per
     passage, its cache gathered per row) and the bfloat16-screened head give every prompt the
     answer it gets alone, unshared, with the plain float32 head."""
-    from jsquad_lora import devices, screened_head
-    from jsquad_lora.decoding import DecodingConfig
-    from jsquad_lora.generation import generate_answers
+    from jsquad_lora.generate import screened_head
+    from jsquad_lora.generate.decoding import DecodingConfig
+    from jsquad_lora.generate.greedy import generate_answers
+    from jsquad_lora.util import devices
 
     model = tiny_gemma(TOKENIZER, softcap=softcap)
     prompts = [render(q) for q in QUESTIONS]  # three share a passage
@@ -500,7 +502,8 @@ def test_lora_run_on_a_gemma_model_directory(tmp_path):
     """`jsquad-lora run` with a local Gemma-3-shaped model: shared-prefix rows with the sliding-window
     mask, the answer-only loss, LoRA on every linear layer, extractive evaluation before and after."""
     from jsquad_lora.cli import main
-    from jsquad_lora.data import load_split, resolve_split
+    from jsquad_lora.data.jglue import resolve_split
+    from jsquad_lora.data.jsquad import load_split
 
     train = load_split(resolve_split(None, "test")).questions[:48]
     valid = load_split(resolve_split(None, "valid")).questions[:12]

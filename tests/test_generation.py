@@ -23,10 +23,10 @@ from transformers import (
     T5Tokenizer,
 )
 
-from jsquad_lora.decoding import DecodingConfig
-from jsquad_lora.generation import generate_answers, generate_free
-from jsquad_lora.tokenize import prompt_ids
-from jsquad_lora.vocab import token_vocab
+from jsquad_lora.encoding.tokens import prompt_ids
+from jsquad_lora.generate.decoding import DecodingConfig
+from jsquad_lora.generate.greedy import generate_answers, generate_free
+from jsquad_lora.generate.vocab import token_vocab
 
 PASSAGES = [
     "東京都は日本の首都である。",
@@ -441,7 +441,7 @@ def test_extractive_whitespace_policy(passage, expected):
 def test_growing_cache_layer_appends_like_a_dynamic_layer():
     from transformers.cache_utils import DynamicLayer
 
-    from jsquad_lora.prefix_cache import GrowingLayer
+    from jsquad_lora.generate.prefix_cache import GrowingLayer
 
     torch.manual_seed(0)
     keys, values = torch.randn(3, 2, 5, 4), torch.randn(3, 2, 5, 4)

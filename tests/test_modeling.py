@@ -3,8 +3,10 @@
 import torch
 from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
-from jsquad_lora.config import LoraSettings, ModelConfig
-from jsquad_lora.modeling import NL_TOKEN, attach_lora, build_char_tokenizer, build_tiny_model, count_parameters
+from jsquad_lora.config.schema import LoraSettings, ModelConfig
+from jsquad_lora.model.lora import attach_lora, count_parameters
+from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
+from jsquad_lora.prompts.templates import NL as NL_TOKEN
 
 
 def rinna_shaped_on_meta():
@@ -66,8 +68,9 @@ def test_pickle_checkpoints_are_refused_unless_allowed(tmp_path, capsys):
     from pathlib import Path
 
     from jsquad_lora.cli import main
-    from jsquad_lora.config import ModelConfig
-    from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model, load_base_model
+    from jsquad_lora.config.schema import ModelConfig
+    from jsquad_lora.model.load import load_base_model
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
 
     tokenizer = build_char_tokenizer(["梅雨は東アジアの気象現象である。"])
     model = build_tiny_model(ModelConfig(tiny_layers=1, tiny_hidden=16, tiny_heads=2, tiny_intermediate=32), tokenizer)

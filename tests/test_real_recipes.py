@@ -27,13 +27,16 @@ from conftest import SHARED, needs_data
 from standins import qwen_standin, randomise_lora, rinna_standin
 
 from jsquad_lora.cli import main
-from jsquad_lora.config import LoraSettings, load_config
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.decoding import DecodingConfig
-from jsquad_lora.generation import generate_answers
-from jsquad_lora.modeling import attach_lora, load_base_model, load_tokenizer, save_merged
-from jsquad_lora.sentencepiece_tokenizer import SentencePieceTokenizer
-from jsquad_lora.vllm_backend import MERGED_DIR, Serving, VllmEngines, answerer, serving
+from jsquad_lora.config.load import load_config
+from jsquad_lora.config.schema import LoraSettings
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.evaluate.vllm import MERGED_DIR, Serving, VllmEngines, answerer, serving
+from jsquad_lora.generate.decoding import DecodingConfig
+from jsquad_lora.generate.greedy import generate_answers
+from jsquad_lora.model.load import load_base_model, load_tokenizer
+from jsquad_lora.model.lora import attach_lora, save_merged
+from jsquad_lora.model.sentencepiece_tokenizer import SentencePieceTokenizer
 
 #: small data and short answers: a run in seconds (the configs' model, LoRA, prompt and decoding kept)
 SMALL = [
@@ -205,7 +208,7 @@ def _peft_model(config: str, model_dir: Path):
 @needs_data()
 @pytest.mark.parametrize("config", list(ON_CPU))
 def test_peft_wrapped_generation_batched_equals_one_at_a_time(standins, config):
-    from jsquad_lora.run import make_renderer
+    from jsquad_lora.prompts.fewshot import make_renderer
 
     cfg, model, tokenizer = _peft_model(config, standins[config])
     questions = load_split(SHARED / "valid-v1.3.json").questions[:40:6]
@@ -300,7 +303,7 @@ def test_vllm_engines_before_and_after(runs, config, fake_vllm):
     """Before: the base. After: rinna's merged weights (a temporary directory, gone afterwards), Qwen's
     base with the adapter per request. Each engine starts when answers are asked and is released
     when they are in: never two at once, none alive between the evaluations (training) or after."""
-    from jsquad_lora.modeling import load_trained
+    from jsquad_lora.model.lora import load_trained
 
     run_dir = runs[config]
     cfg = load_config(run_dir / "config.yaml", ["eval.backend=vllm", "eval.decoding=greedy"])

@@ -9,11 +9,14 @@ import pytest
 import torch
 from transformers import LogitsProcessor
 
-from jsquad_lora import decoding, prompts, scoring
 from jsquad_lora.cli import main
-from jsquad_lora.config import ModelConfig, load_config
-from jsquad_lora.data import Question
+from jsquad_lora.config.load import load_config
+from jsquad_lora.config.schema import ModelConfig
+from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
+from jsquad_lora.evaluate import scorers as scoring
+from jsquad_lora.generate import decoding
+from jsquad_lora.prompts import templates as prompts
 
 QUESTIONS = [
     Question("q1", "", "東京都は日本の首都である。", "日本の首都は？", ("東京都",), (0,)),
@@ -77,9 +80,9 @@ def _plain_mean(each, questions, question):
 
 
 def test_a_registered_scorer_is_scored_everywhere(registries, tmp_path, capsys):
-    from jsquad_lora.evaluation import evaluate
-    from jsquad_lora.modeling import build_char_tokenizer
-    from jsquad_lora.report import write_report
+    from jsquad_lora.evaluate.loop import evaluate
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer
+    from jsquad_lora.report.render import write_report
 
     scoring.register_scorer("first-char", "the first character agrees", _plain_mean)(_first_character_question)
     # the CLI
@@ -124,9 +127,9 @@ class _EndAtOnce(LogitsProcessor):
 
 
 def test_a_registered_decoding_mode_runs_on_the_backends_it_names(registries):
-    from jsquad_lora.generation import generate_answers
-    from jsquad_lora.modeling import build_char_tokenizer, build_tiny_model
-    from jsquad_lora.vllm_backend import check_available
+    from jsquad_lora.evaluate.vllm import check_available
+    from jsquad_lora.generate.greedy import generate_answers
+    from jsquad_lora.model.sources.tiny import build_char_tokenizer, build_tiny_model
 
     decoding.register_decoding(decoding.DecodingMode("silent", "ends every answer at once", processor=_EndAtOnce))
     assert load_config("tiny-cpu", ["eval.decoding=silent"]).eval.decoding == "silent"

@@ -8,16 +8,10 @@ from pathlib import Path
 import pytest
 
 from jsquad_lora.errors import InputError
-from jsquad_lora.report import (
-    REFERENCE_SCORES,
-    ReportInputError,
-    load_run,
-    plot_loss,
-    plot_scores,
-    render_html,
-    render_markdown,
-    write_report,
-)
+from jsquad_lora.report.charts import plot_loss, plot_scores
+from jsquad_lora.report.references import REFERENCE_SCORES
+from jsquad_lora.report.render import render_html, render_markdown, write_report
+from jsquad_lora.report.summary import ReportInputError, load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

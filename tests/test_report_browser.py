@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from jsquad_lora.data import Question
-from jsquad_lora.question_browser import PAGE_SIZE, browser_data, eval_questions, render_browser
-from jsquad_lora.report import write_report
+from jsquad_lora.data.question import Question
+from jsquad_lora.report.question_browser import PAGE_SIZE, browser_data, eval_questions, render_browser
+from jsquad_lora.report.render import write_report
 
 N = 4442  # the JSQuAD dev set's size
 PER_PASSAGE = 22

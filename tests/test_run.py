@@ -6,9 +6,10 @@ import pytest
 from conftest import TINY_TEST, needs_data
 
 from jsquad_lora.cli import main
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.predictions import load_predictions
-from jsquad_lora.scoring import score_predictions
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.evaluate.predictions import load_predictions
+from jsquad_lora.evaluate.scorers import score_predictions
 
 
 @pytest.fixture(scope="module")

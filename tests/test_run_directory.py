@@ -14,8 +14,8 @@ import pytest
 from conftest import SHARED, TINY_TEST, needs_data
 
 from jsquad_lora.cli import main
-from jsquad_lora.config import load_config
-from jsquad_lora.rundir import LOCK, MARKER, run_directory
+from jsquad_lora.config.load import load_config
+from jsquad_lora.recipe.rundir import LOCK, MARKER, run_directory
 
 FAST = TINY_TEST + ["data.train_limit=16", "data.eval_limit=4", "eval.side_check=false"]
 
@@ -80,8 +80,8 @@ def test_overwrite_is_a_clean_start_even_for_an_unfinished_run(tmp_path, capsys)
 
 HOLD = """
 import sys, time
-from jsquad_lora.config import load_config
-from jsquad_lora.rundir import run_directory
+from jsquad_lora.config.load import load_config
+from jsquad_lora.recipe.rundir import run_directory
 with run_directory(load_config("tiny-cpu"), sys.argv[1], resume=True, overwrite=False):
     print("holding", flush=True)
     time.sleep(600)

@@ -6,8 +6,10 @@ import pytest
 from conftest import needs_data
 
 from jsquad_lora.cli import main
-from jsquad_lora.data import Question, load_split, resolve_split
-from jsquad_lora.sampling import sample_standard_error, stratified_sample
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.data.question import Question
+from jsquad_lora.data.sampling import sample_standard_error, stratified_sample
 
 
 def _questions() -> list[Question]:
@@ -70,8 +72,8 @@ def test_score_with_ids_scores_the_sample_only(tmp_path, capsys):
 def test_float32_cpu_training_takes_its_own_sample_size():
     import torch
 
-    from jsquad_lora.config import load_config
-    from jsquad_lora.run import train_sample_size
+    from jsquad_lora.config.load import load_config
+    from jsquad_lora.data.select import train_sample_size
 
     cfg = load_config(
         "gemma-3-270m", ["data.train_sample=2000", "data.train_sample_cpu_float32=700", "train.mixed_precision=float32"]

@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from jsquad_lora.data import Question
+from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
-from jsquad_lora.predictions import load_predictions
-from jsquad_lora.scoring import jglue_question, llmjp_question, score_predictions, stability_question
+from jsquad_lora.evaluate.predictions import load_predictions
+from jsquad_lora.evaluate.scorers import jglue_question, llmjp_question, score_predictions, stability_question
 
 # (prediction, golds) → {metric: (em, f1)}
 CASES = [

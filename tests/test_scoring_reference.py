@@ -15,8 +15,8 @@ import neologdn
 import pytest
 from fugashi import Tagger
 
-from jsquad_lora.data import load_split
-from jsquad_lora.scoring import score_predictions
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.evaluate.scorers import score_predictions
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "jsquad" / "valid-v1.3.json"
 

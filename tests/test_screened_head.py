@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from jsquad_lora.screened_head import ScreenedHead, error_factor, screened_head
+from jsquad_lora.generate.screened_head import ScreenedHead, error_factor, screened_head
 
 
 def _head(vocab: int, dim: int, seed: int = 0) -> torch.nn.Linear:
@@ -84,7 +84,7 @@ def test_the_screen_is_made_once_per_weight_and_remade_when_the_weight_changes()
 def test_the_head_is_restored_after_the_block_and_left_alone_where_it_does_not_apply(monkeypatch):
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from jsquad_lora import devices
+    from jsquad_lora.util import devices
 
     model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).eval()
     head = model.get_output_embeddings()

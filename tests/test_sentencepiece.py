@@ -17,14 +17,15 @@ from conftest import SHARED, needs_data
 from standins import NL, RINNA_SPECIALS, write_rinna_tokenizer
 
 from jsquad_lora.cli import main
-from jsquad_lora.data import load_split
-from jsquad_lora.decoding import DecodingConfig
-from jsquad_lora.generation import generate_answers
-from jsquad_lora.modeling import load_tokenizer
-from jsquad_lora.prompts import render_prompt, select_fewshot
-from jsquad_lora.sentencepiece_tokenizer import SentencePieceTokenizer
-from jsquad_lora.tokenize import answer_ids, encode_train_example, prompt_ids
-from jsquad_lora.vocab import token_vocab
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.encoding.tokens import answer_ids, encode_train_example, prompt_ids
+from jsquad_lora.generate.decoding import DecodingConfig
+from jsquad_lora.generate.greedy import generate_answers
+from jsquad_lora.generate.vocab import token_vocab
+from jsquad_lora.model.load import load_tokenizer
+from jsquad_lora.model.sentencepiece_tokenizer import SentencePieceTokenizer
+from jsquad_lora.prompts.fewshot import select_fewshot
+from jsquad_lora.prompts.templates import render_prompt
 
 pytestmark = [needs_data(), pytest.mark.usefixtures("one_thread")]
 

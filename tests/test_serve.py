@@ -16,10 +16,11 @@ from contextlib import contextmanager
 import pytest
 from conftest import TINY_TEST, needs_data
 
-from jsquad_lora.ask import load_run_model
 from jsquad_lora.cli import build_parser, main
-from jsquad_lora.data import load_split, resolve_split
-from jsquad_lora.serve import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError, create_app
+from jsquad_lora.data.jglue import resolve_split
+from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.tuned.loaded import load_run_model
+from jsquad_lora.tuned.serve import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError, create_app
 
 pytestmark = needs_data()
 

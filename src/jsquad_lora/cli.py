@@ -14,26 +14,26 @@ import logging
 import sys
 from pathlib import Path
 
-from .config import DEFAULT_CONFIG
-from .decoding import DECODING_MODES
-from .errors import InputError
-from .prompts import TEMPLATES
-from .scoring import SCORERS
+from jsquad_lora.config.load import DEFAULT_CONFIG
+from jsquad_lora.errors import InputError
+from jsquad_lora.evaluate.scorers import SCORERS
+from jsquad_lora.generate.decoding import DECODING_MODES
+from jsquad_lora.prompts.templates import TEMPLATES
 
 
 def _load(data: str, split: str = "valid"):
-    from .data import load_split, resolve_split
+    from jsquad_lora.data.formats import read_split
 
-    return load_split(resolve_split(data, split))
+    return read_split(data, split)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from .predictions import load_predictions
-    from .scoring import score_predictions
+    from jsquad_lora.evaluate.predictions import load_predictions
+    from jsquad_lora.evaluate.scorers import score_predictions
 
     questions = _load(args.data).questions
     if args.ids:
-        from .sampling import select_ids
+        from jsquad_lora.data.sampling import select_ids
 
         questions = select_ids(questions, args.ids)
     predictions = load_predictions(
@@ -44,7 +44,8 @@ def cmd_score(args: argparse.Namespace) -> int:
 
 
 def cmd_prompt(args: argparse.Namespace) -> int:
-    from .prompts import render_prompt, select_fewshot
+    from jsquad_lora.prompts.fewshot import select_fewshot
+    from jsquad_lora.prompts.templates import render_prompt
 
     split = _load(args.data)
     question = split.by_id().get(args.id)
@@ -62,11 +63,11 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if args.token_ids and not args.tokenizer:
         raise InputError("--token-ids", "token ids need a tokenizer", fix="add --tokenizer MODEL_DIR_OR_HUB_ID")
     if args.tokenizer:
-        from .modeling import load_tokenizer
+        from jsquad_lora.model.load import load_tokenizer
 
         tokenizer = load_tokenizer(args.tokenizer, trust_remote_code=False)
     if args.token_ids:
-        from .tokenize import answer_ids, prompt_ids
+        from jsquad_lora.encoding.tokens import answer_ids, prompt_ids
 
         text = render_prompt(question, args.template, examples=examples, tokenizer=tokenizer)
         ids = prompt_ids(tokenizer, text) + (answer_ids(tokenizer, question.answers[0]) if args.with_answer else [])
@@ -80,7 +81,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
-    from .data import split_stats
+    from jsquad_lora.data.stats import split_stats
 
     stats = split_stats(_load(args.data))
     if args.json:
@@ -102,7 +103,7 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .run import main_job
+    from jsquad_lora.recipe.job import main_job
 
     main_job(
         args.config, args.output, args.overrides, resume=args.resume, overwrite=args.overwrite, stages=args.command
@@ -111,7 +112,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from .report import write_report
+    from jsquad_lora.report.render import write_report
 
     for path in write_report([Path(d) for d in args.runs], Path(args.output)):
         print(path)
@@ -119,7 +120,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from .ask import ask
+    from jsquad_lora.tuned.ask import ask
 
     print(ask(Path(args.run), args.context, args.question, decoding=args.decoding))
     return 0
@@ -141,14 +142,14 @@ def _int_in(low: int, high: int):
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .serve import serve
+    from jsquad_lora.tuned.serve import serve
 
     serve(Path(args.run), args.host, args.port, max_batch=args.max_batch, queue_size=args.queue_size)
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from .export import export_run
+    from jsquad_lora.tuned.export import export_run
 
     print(export_run(Path(args.run), Path(args.output), merge=args.merge, overwrite=args.overwrite))
     return 0

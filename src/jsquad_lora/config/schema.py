@@ -1,0 +1,250 @@
+"""The run configuration's schema: typed dataclasses, their defaults and help, and the range checks.
+
+`config.load` reads them from YAML with `key=value` overrides. A field whose values are a registry's names
+says so in its metadata (`{"choices": TEMPLATES}`): the loader checks the value against the registry as it
+is then, so a newly registered template or decoding mode is a valid value with no edit here.
+"""
+
+from __future__ import annotations
+
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from jsquad_lora.errors import InputError
+from jsquad_lora.registry import DECODING_MODES, EVAL_BACKENDS, TEMPLATES
+
+
+@dataclass
+class ModelConfig:
+    #: hub id, local path, "gemma-3-270m" (built in: Gemma 3 270M from its PyPI GGUF packages,
+    #: converted once into a cached model directory), or "tiny": a small GPT-NeoX built offline
+    name: str = "tiny"
+    #: a GGUF file to convert (once, cached) into a model directory; relative to `name` when that is a directory
+    gguf_file: str | None = None
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    load_in_8bit: bool = False
+    load_in_4bit: bool = False
+    trust_remote_code: bool = False
+    #: load pickle (.bin) checkpoints; off: only safetensors, since unpickling can run code
+    allow_pickle: bool = False
+    #: None lets transformers pick (sdpa where available); "flash_attention_2" needs the package
+    attn_implementation: str | None = None
+    #: longest training/eval sequence in tokens; longer prompts lose passage text, never the answer
+    max_length: int = 1024
+    gradient_checkpointing: bool = False
+    # shape of the offline "tiny" model
+    tiny_layers: int = 4
+    tiny_hidden: int = 256
+    tiny_heads: int = 8
+    tiny_intermediate: int = 1024
+
+
+@dataclass
+class LoraSettings:
+    #: False → full fine-tuning of every weight
+    enabled: bool = True
+    r: int = 8
+    alpha: int = 16
+    dropout: float = 0.05
+    #: module names, or ["all-linear"]
+    target_modules: list[str] = field(default_factory=lambda: ["query_key_value"])
+    bias: Literal["none", "all", "lora_only"] = "none"
+    use_dora: bool = False
+    use_rslora: bool = False
+
+
+@dataclass
+class DataConfig:
+    #: JSON file, JGLUE-style directory, or "jglue:v1.3" / "jglue:v1.1"; None → $JSQUAD_DIR
+    dir: str | None = None
+    #: split names ("train", "valid", "test") or file names inside `dir`
+    train_split: str = "train"
+    eval_split: str = "valid"
+    #: use only the first N questions (None: all); for smoke tests
+    train_limit: int | None = None
+    eval_limit: int | None = None
+    #: evaluate a fixed random sample of this many questions (None: all), stratified by article,
+    #: the same ids before and after (written to eval_ids.json); its standard error is reported
+    eval_sample: int | None = None
+    #: train on a fixed random sample of this many questions (None: all), stratified by article
+    train_sample: int | None = None
+    #: the sample size instead, when training runs in float32 on a CPU (no AVX512-BF16/AMX, or
+    #: train.mixed_precision=float32): the same time budget at float32 speed (None: train_sample)
+    train_sample_cpu_float32: int | None = None
+    #: seed of both samples
+    sample_seed: int = 20231
+
+
+@dataclass
+class PromptConfig:
+    #: a name registered in registry.TEMPLATES (seed, newline, harness, fintan, chat)
+    template: str = field(default="seed", metadata={"choices": TEMPLATES})
+    fewshot: int = 0
+    seed: int = 1234
+
+
+@dataclass
+class TrainConfig:
+    epochs: float = 2.0
+    learning_rate: float = 2e-4
+    batch_size: int = 8
+    grad_accum: int = 1
+    warmup_ratio: float = 0.03
+    scheduler: Literal["linear", "cosine", "constant_with_warmup"] = "cosine"
+    weight_decay: float = 0.0
+    max_grad_norm: float = 1.0
+    seed: int = 42
+    #: length_grouped: batches of similar length; padding_free: one flattened row per batch;
+    #: shared_prefix: the questions of one passage in one row, the prompt up to the question
+    #: computed once (a 4-D mask keeps them apart; sdpa only; batch_size then counts passages);
+    #: random: naive pad-to-longest in random order
+    batching: Literal["length_grouped", "padding_free", "shared_prefix", "random"] = "length_grouped"
+    #: cloze questions made from each training passage (augment.py); for from-scratch models
+    synthetic_per_passage: int = 0
+    #: loss weight of prompt tokens relative to answer + EOS tokens. 0 = answer-only loss (every
+    #: pretrained recipe). A from-scratch model needs the prompt's signal to learn the language
+    #: and to copy: a question mostly repeats passage words, so predicting it trains the same
+    #: look-up-and-copy attention that extracting an answer needs.
+    prompt_loss_weight: float = 0.0
+    #: apply the output layer only where a token is labelled (the answer + EOS), not at every
+    #: position as `model(labels=...)` does: the same loss, much faster with a large vocabulary (BENCHMARKS.md §0)
+    head_at_labels_only: bool = True
+    #: bfloat16 autocast in training: "auto" = on a CUDA GPU with bf16, or a CPU with AMX-BF16
+    #: (measured faster there; BENCHMARKS.md); float32 master weights and optimizer either way
+    mixed_precision: Literal["auto", "bf16", "float32"] = "auto"
+    logging_steps: int = 10
+    save_steps: int = 200
+    optim: str = "adamw_torch"
+    #: also send the training metrics here, besides loss.jsonl: [] or [tensorboard] (RUN/tensorboard/)
+    report_to: list[str] = field(default_factory=list)
+    #: FSDP (weights, gradients and optimizer state sharded over the processes) for a model that does not
+    #: fit one GPU; launch with torchrun / accelerate launch; CUDA GPUs only (README "Several processes")
+    fsdp: bool = False
+    #: transformers' `fsdp_config`, e.g. {fsdp_version: 2, transformer_layer_cls_to_wrap: [Qwen2DecoderLayer]}
+    fsdp_config: dict = field(default_factory=dict)
+
+
+@dataclass
+class EvalConfig:
+    #: a name registered in registry.DECODING_MODES (greedy, extractive)
+    decoding: str = field(default="greedy", metadata={"choices": DECODING_MODES})
+    batch_size: int = 32
+    max_new_tokens: int = 48
+    before: bool = True
+    after: bool = True
+    side_check: bool = True
+    #: a name registered in registry.EVAL_BACKENDS (hf, vllm)
+    backend: str = field(default="hf", metadata={"choices": EVAL_BACKENDS})
+    #: weights for generation: "auto" = bfloat16 on a GPU with bf16 or a CPU with bf16 instructions
+    #: (AVX512-BF16/AMX), else the model's dtype. Answers checked against float32 in BENCHMARKS.md
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    share_prefix: bool = True  # HF backend: run a passage's shared prompt prefix once for its questions (same answers)
+
+
+@dataclass
+class RunConfig:
+    name: str = "tiny-cpu"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    lora: LoraSettings = field(default_factory=LoraSettings)
+    data: DataConfig = field(default_factory=DataConfig)
+    prompt: PromptConfig = field(default_factory=PromptConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+
+def _fail(source: str, key: str, problem: str, fix: str) -> typing.NoReturn:
+    raise InputError(source, problem, where=key, fix=fix)
+
+
+RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
+
+
+SEED_LIMIT = 2**32  # numpy's and the Trainer's seed range
+
+
+def _optimizer_names() -> set[str]:
+    from transformers.training_args import OptimizerNames
+
+    return {o.value for o in OptimizerNames}
+
+
+def _validate(cfg: RunConfig) -> None:
+    """Ranges and cross-field rules, checked when the config loads: before any model work."""
+    positive_or_all = "must be positive (or null: all questions)"
+    m, t, d, e = cfg.model, cfg.train, cfg.data, cfg.eval
+    checks = [
+        ("name", RUN_NAME.fullmatch(cfg.name) is not None, "must be a plain name: letters, digits, . _ - (no /)"),
+        ("lora.r", 0 < cfg.lora.r <= 4096, "must be in [1, 4096]"),
+        ("lora.alpha", cfg.lora.alpha > 0, "must be positive"),
+        ("lora.dropout", 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
+        ("lora.target_modules", bool(cfg.lora.target_modules), "must name at least one module (or all-linear)"),
+        ("train.epochs", 0 < t.epochs <= 1000, "must be in (0, 1000]"),
+        ("train.learning_rate", 0 < t.learning_rate < 1, "must be in (0, 1)"),
+        ("train.batch_size", t.batch_size > 0, "must be positive"),
+        ("train.grad_accum", t.grad_accum > 0, "must be positive"),
+        ("train.warmup_ratio", 0 <= t.warmup_ratio < 1, "must be in [0, 1)"),
+        ("train.weight_decay", 0 <= t.weight_decay < 1, "must be in [0, 1)"),
+        ("train.max_grad_norm", t.max_grad_norm > 0, "must be positive"),
+        ("train.seed", 0 <= t.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("train.prompt_loss_weight", 0 <= t.prompt_loss_weight <= 1, "must be in [0, 1]"),
+        ("train.logging_steps", t.logging_steps > 0, "must be positive"),
+        ("train.save_steps", t.save_steps > 0, "must be positive"),
+        ("train.synthetic_per_passage", t.synthetic_per_passage >= 0, "must be >= 0"),
+        ("train.report_to", set(t.report_to) <= {"tensorboard"}, "may hold only tensorboard"),
+        ("train.fsdp_config", isinstance(t.fsdp_config, dict), "must be a mapping"),
+        ("train.fsdp", not t.fsdp or m.load_in_8bit + m.load_in_4bit == 0, "does not combine with 8-/4-bit loading"),
+        ("eval.batch_size", e.batch_size > 0, "must be positive"),
+        ("eval.max_new_tokens", e.max_new_tokens > 0, "must be positive"),
+        ("data.eval_sample", d.eval_sample is None or d.eval_sample > 0, positive_or_all),
+        ("data.train_sample", d.train_sample is None or d.train_sample > 0, positive_or_all),
+        (
+            "data.train_sample_cpu_float32",
+            d.train_sample_cpu_float32 is None or d.train_sample_cpu_float32 > 0,
+            "must be positive (or null: use data.train_sample)",
+        ),
+        ("data.train_limit", d.train_limit is None or d.train_limit > 0, positive_or_all),
+        ("data.eval_limit", d.eval_limit is None or d.eval_limit > 0, positive_or_all),
+        ("data.sample_seed", 0 <= d.sample_seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("model.max_length", 64 <= m.max_length <= 1_048_576, "must be in [64, 1048576]"),
+        ("prompt.fewshot", 0 <= cfg.prompt.fewshot <= 64, "must be in [0, 64]"),
+        ("prompt.seed", 0 <= cfg.prompt.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
+        ("model.load_in_8bit", not (m.load_in_8bit and m.load_in_4bit), "8-bit and 4-bit are exclusive"),
+        (
+            "eval.max_new_tokens",
+            e.max_new_tokens <= m.max_length // 2,
+            f"must leave the prompt at least half of model.max_length={m.max_length}",
+        ),
+    ]
+    if m.name == "tiny":
+        checks += [
+            (f"model.tiny_{k}", getattr(m, f"tiny_{k}") > 0, "must be positive")
+            for k in ("layers", "hidden", "heads", "intermediate")
+        ]
+        checks.append(
+            ("model.tiny_hidden", m.tiny_heads > 0 and m.tiny_hidden % m.tiny_heads == 0,
+             f"must be a multiple of model.tiny_heads={m.tiny_heads}")
+        )  # fmt: skip
+    for key, ok, problem in checks:
+        if not ok:
+            _fail(
+                "config", key, f"{problem} (got {_get(cfg, key)!r})", "change the value in the config or with key=value"
+            )
+    if t.optim not in _optimizer_names():
+        _fail(
+            "config",
+            "train.optim",
+            f"unknown optimizer {t.optim!r}",
+            f"use one of transformers' optimizers, e.g. adamw_torch, adamw_torch_fused, adafactor, sgd "
+            f"({len(_optimizer_names())} in all: transformers.training_args.OptimizerNames)",
+        )
+
+
+def _get(cfg: Any, key: str) -> Any:
+    for part in key.split("."):
+        cfg = getattr(cfg, part)
+    return cfg

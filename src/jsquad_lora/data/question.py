@@ -1,0 +1,39 @@
+"""JSQuAD (SQuAD v1.1 JSON) loading with validation, title stripping and the JGLUE download cache.
+
+Hand-written because no library validates SQuAD files with errors a user can act on: every
+problem names the file, the record (question id or JSON path) and the fix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+SPLIT_NAMES = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class Question:
+    """One JSQuAD question. `context` is the passage body, without the `<title> [SEP] ` prefix;
+    `answer_starts` are character offsets into that body (as given, shifted by the prefix)."""
+
+    id: str
+    title: str
+    context: str
+    question: str
+    answers: tuple[str, ...]
+    answer_starts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Split:
+    path: Path
+    questions: tuple[Question, ...]
+    #: "qid#k" for each gold answer whose answer_start does not point at its text
+    start_mismatches: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def by_id(self) -> dict[str, Question]:
+        return {q.id: q for q in self.questions}

@@ -1,0 +1,46 @@
+"""Evaluation backends (registered in `registry.EVAL_BACKENDS`): what generates a run's answers.
+
+A backend is a check, run before any work (a clear error where it cannot run: a decoding mode it does not
+implement, a missing package or GPU), and an `answerer(cfg, run_dir, model, tokenizer, adapter, engines)`:
+the answer function `evaluate` calls, or None for the transformers generation of `generate.greedy` (the
+"hf" backend). vLLM's entry is lazy ("module:attr"): its module is imported only when a config names it.
+Adding a backend is one `EVAL_BACKENDS.register` call here (its module registers nothing else).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from jsquad_lora.registry import EVAL_BACKENDS
+
+
+@dataclass(frozen=True)
+class EvalBackend:
+    name: str
+    help: str
+    #: check(decoding mode name): an InputError, before any work, where the backend cannot run
+    check: Callable[[str], None]
+    #: answerer(cfg, run_dir, model, tokenizer, adapter, engines) -> generator(prompts, decoding, on_batch), or
+    #: None: generate.greedy's batched generation with the HF model
+    answerer: Callable[..., Any]
+    #: resources() -> a context manager holding what the backend keeps for one job (vLLM: its engines), given
+    #: to `answerer` as `engines` and released when the job ends
+    resources: Callable[[], Any] = contextlib.nullcontext
+    #: (why, fix) where the backend runs in one process only; None: it runs under torchrun / accelerate launch too
+    single_process: tuple[str, str] | None = None
+
+
+def _no_check(mode: str) -> None:
+    return None
+
+
+def _hf_answerer(*args: Any) -> None:
+    return None  # evaluate generates with the HF model itself
+
+
+EVAL_BACKENDS.register(
+    "hf", EvalBackend("hf", "transformers generation, batched, in every decoding mode", _no_check, _hf_answerer)
+)
+EVAL_BACKENDS.register("vllm", "jsquad_lora.evaluate.vllm:BACKEND")

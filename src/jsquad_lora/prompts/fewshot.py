@@ -1,0 +1,44 @@
+"""Prompt templates (a registry of pure functions) and deterministic few-shot selection.
+
+Adding a template is one `@register_template` function in this file: it gets the question, its
+few-shot examples and the tokenizer, and returns the text that ends where the answer starts.
+`prompt.template`, the CLI's `--template` choices and the docs' list all read `TEMPLATES`.
+Each template below is string-exact with its source.
+"""
+
+from __future__ import annotations
+
+import random
+from typing import Sequence
+
+from jsquad_lora.config.schema import RunConfig
+from jsquad_lora.data.question import Question
+from jsquad_lora.errors import InputError
+
+
+def select_fewshot(pool: Sequence[Question], k: int, seed: int, question: Question) -> list[Question]:
+    """k examples from `pool` (the training split), fixed for (seed, question id), never the question itself."""
+    if k <= 0:
+        return []
+    candidates = [
+        i
+        for i in random.Random(f"{seed}:{question.id}").sample(range(len(pool)), min(len(pool), k + 1))
+        if pool[i].id != question.id
+    ]
+    if len(candidates) < k:
+        raise InputError(
+            "prompt.fewshot",
+            f"{k} few-shot examples asked, the training split has only {len(candidates)} others",
+            fix="lower prompt.fewshot",
+        )
+    return [pool[i] for i in candidates[:k]]
+
+
+def make_renderer(cfg: RunConfig, tokenizer, fewshot_pool):
+    from jsquad_lora.prompts.templates import render_prompt
+
+    def render(q):
+        shots = select_fewshot(fewshot_pool, cfg.prompt.fewshot, cfg.prompt.seed, q) if cfg.prompt.fewshot else ()
+        return render_prompt(q, cfg.prompt.template, examples=shots, tokenizer=tokenizer)
+
+    return render

@@ -1,0 +1,128 @@
+"""Prompt templates: pure functions registered in `registry.TEMPLATES`.
+
+Adding a template is one `@register_template` function in this file: it gets the question, its
+few-shot examples and the tokenizer, and returns the text that ends where the answer starts.
+`prompt.template`, the CLI's `--template` choices and the docs' list all read `TEMPLATES`.
+Each template below is string-exact with its source.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+from jsquad_lora.data.question import Question
+from jsquad_lora.errors import InputError
+from jsquad_lora.registry import TEMPLATES
+
+#: rinna's newline marker: written for a newline in its prompts, and a stop string of generation
+NL = "<NL>"
+SEED_INSTRUCTION = "質問に対する回答を文章から抽出してください。"
+HARNESS_DESCRIPTION = (
+    "ユーザー: 与えられた文脈から、質問に対する答えを抜き出してください。<NL>システム: 分かりました。<NL>"
+)
+FINTAN_DESCRIPTION = "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n"
+#: the reference experiment's free-generation side check, before and after tuning
+SIDE_CHECK_PROMPT = "ユーザー: 自然言語処理について教えて下さい。<NL>システム:"
+
+
+#: render(question, examples, tokenizer) -> the prompt text, ending where the answer starts
+RenderTemplate = Callable[[Question, Sequence[Question], Any], str]
+
+
+@dataclass(frozen=True)
+class Template:
+    name: str
+    help: str
+    render: RenderTemplate
+
+
+def register_template(name: str, help: str) -> Callable[[RenderTemplate], RenderTemplate]:
+    """Decorator: registers `render` as template `name`."""
+
+    def register(render: RenderTemplate) -> RenderTemplate:
+        TEMPLATES.register(name, Template(name, help, render))
+        return render
+
+    return register
+
+
+def _with_shots(header: str, separator: str, text: Callable[[Question], str], question, examples) -> str:
+    """`header`, each example's text + first gold answer + `separator`, then the question's text."""
+    return header + "".join(text(e) + e.answers[0] + separator for e in examples) + text(question)
+
+
+def _seed_text(q: Question) -> str:
+    return f"ユーザー: {SEED_INSTRUCTION}{NL}文章:{q.context}{NL}質問:{q.question}{NL}システム: "
+
+
+@register_template("seed", "the reference experiment's prompt (SPEC §1), rinna's literal <NL> newline marker")
+def seed(question: Question, examples: Sequence[Question], tokenizer: Any) -> str:
+    return _with_shots("", NL, _seed_text, question, examples)
+
+
+def _newline_text(q: Question) -> str:
+    return _seed_text(q).replace(NL, "\n")
+
+
+@register_template("newline", "the seed prompt with real newlines for <NL> (for tokenizers other than rinna's)")
+def newline(question: Question, examples: Sequence[Question], tokenizer: Any) -> str:
+    return _with_shots("", "\n", _newline_text, question, examples)
+
+
+def _harness_text(q: Question) -> str:
+    return f"ユーザー: 文脈：{q.context}{NL}質問：{q.question}{NL}システム: "
+
+
+@register_template("harness", "the jp-stable harness, rinna instruction format, prompt version 0.4")
+def harness(question: Question, examples: Sequence[Question], tokenizer: Any) -> str:
+    return _with_shots(HARNESS_DESCRIPTION, NL, _harness_text, question, examples)
+
+
+def _fintan_text(q: Question) -> str:
+    return f"文章:{q.context}\n質問:{q.question}\n回答:"
+
+
+@register_template("fintan", "the jp-stable harness's prompt 0.2, from fintan.jp's ChatGPT-vs-BERT comparison")
+def fintan(question: Question, examples: Sequence[Question], tokenizer: Any) -> str:
+    return _with_shots(FINTAN_DESCRIPTION, "\n\n", _fintan_text, question, examples)
+
+
+def _chat_user_message(q: Question) -> str:
+    return f"{SEED_INSTRUCTION}\n文章:{q.context}\n質問:{q.question}"
+
+
+@register_template("chat", "the seed instruction inside the tokenizer's own chat template (real newlines)")
+def chat(question: Question, examples: Sequence[Question], tokenizer: Any) -> str:
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise InputError(
+            "prompt.template=chat",
+            "no tokenizer given" if tokenizer is None else "the tokenizer has no chat template",
+            fix="use a chat model's tokenizer (`prompt --tokenizer HUB_ID_OR_PATH`; an instruct model) "
+            "or another template: " + ", ".join(n for n in TEMPLATES if n != "chat"),
+        )
+    messages = []
+    for e in examples:
+        messages += [
+            {"role": "user", "content": _chat_user_message(e)},
+            {"role": "assistant", "content": e.answers[0]},
+        ]
+    messages.append({"role": "user", "content": _chat_user_message(question)})
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def render_prompt(
+    question: Question,
+    template: str = "seed",
+    *,
+    with_answer: bool = False,
+    examples: Sequence[Question] = (),
+    tokenizer: Any = None,
+) -> str:
+    """The exact text the model sees for `question` (ending where the answer starts), with the
+    first gold answer appended when `with_answer`. `examples` are few-shot demonstrations,
+    rendered with their first gold answer. `tokenizer` is needed only for `chat`."""
+    if template not in TEMPLATES:
+        raise InputError("prompt.template", f"Unknown template {template!r}", fix=f"Available: {', '.join(TEMPLATES)}")
+    answer = question.answers[0] if with_answer else ""
+    return TEMPLATES[template].render(question, examples, tokenizer) + answer

@@ -1,0 +1,376 @@
+"""The recipe: the main job as stages (prepare → evaluate "before" → train → evaluate "after" → finish).
+
+`main_job` reads like a table of contents; each stage is a function of the `Job` the stages share
+(config, run directory, questions, model, metrics). The CLI configures logging and calls it.
+
+Run directory layout (every file written atomically):
+    config.yaml                 the resolved config
+    base/                       the offline tiny model + tokenizer (safetensors), when model.name=tiny
+    checkpoints/checkpoint-N/   Trainer checkpoints (resume point)
+    adapter/                    the trained LoRA adapter (or full weights) + tokenizer, safetensors
+    eval_ids.json               the evaluated question ids, when data.eval_sample draws a sample of the split
+    predictions-before.jsonl    per-question answers before tuning (id, question, prediction, golds, em, f1)
+    predictions-after.jsonl     the same after tuning
+    loss.jsonl, loss.png        the training loss curve
+    side_check.json             free generation for the seed's side-check prompt, before and after
+    .vllm-merged/               base + adapter merged for vLLM while it evaluates (eval.backend=vllm,
+                                architectures without LoRA in vLLM)
+    metrics.json                scores, timings, base model card, sample and its standard error;
+                                "finished": true once complete
+    report.md, report.html, scores.png
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Literal
+
+from jsquad_lora.config.load import load_config
+from jsquad_lora.config.schema import RunConfig
+from jsquad_lora.data.question import Question
+from jsquad_lora.data.sampling import sample_standard_error
+from jsquad_lora.data.select import _questions
+from jsquad_lora.errors import InputError
+from jsquad_lora.generate.decoding import decoding_config
+from jsquad_lora.model.source import base_model_and_tokenizer, base_model_card
+from jsquad_lora.prompts.fewshot import make_renderer
+from jsquad_lora.recipe.rundir import mark_started, run_dir_path, run_directory
+from jsquad_lora.registry import EVAL_BACKENDS
+from jsquad_lora.util import distributed
+from jsquad_lora.util.files import write_json
+from jsquad_lora.util.jsonio import read_jsonl, read_jsonl_prefix
+
+log = logging.getLogger(__name__)
+
+
+Stage = Literal["before", "after"]
+
+
+#: metrics.json's key for each evaluation's timings (older runs' names, kept for their reports)
+EVAL_SUMMARY_KEY = {"before": "eval_before", "after": "eval"}
+
+
+@dataclass
+class Job:
+    """What the stages of one run share."""
+
+    cfg: RunConfig
+    run_dir: Path
+    train_questions: list[Question]
+    eval_questions: list[Question]
+    model: Any
+    tokenizer: Any
+    render: Callable[[Question], str]
+    metrics: dict
+    engines: Any = None  # what the evaluation backend holds for the job (vLLM: evaluate.vllm.VllmEngines)
+    side_check: dict = field(default_factory=dict)
+    base_for_inference: Any = None  # the untouched base in eval.dtype (before tuning), made once
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.run_dir / "adapter"
+
+    @property
+    def trained(self) -> bool:
+        return self.adapter_dir.exists()
+
+    def save_metrics(self) -> None:
+        if distributed.is_main():
+            write_json(self.run_dir / "metrics.json", self.metrics)
+
+
+def main_job(
+    config: str | None,
+    output: str | None,
+    overrides: list[str],
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    stages: str = "run",
+) -> Path:
+    """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
+    cfg = load_config(config, overrides)
+    evaluating = stages in ("run", "evaluate")
+    if stages in ("run", "train"):
+        from jsquad_lora.train.trainer import check_fsdp_possible
+
+        check_fsdp_possible(cfg.train)  # before any work, not after the before-evaluation
+    distributed.init()
+    with (
+        _run_directory(cfg, output, resume, overwrite) as run_dir,
+        EVAL_BACKENDS[cfg.eval.backend].resources() as engines,
+    ):
+        job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
+        if distributed.is_main():
+            mark_started(run_dir)
+        if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
+            evaluate_stage(job, "before")
+        if evaluating and cfg.eval.side_check:
+            side_check_stage(job, "before")
+        if stages in ("run", "train") and not job.trained:
+            train_stage(job)
+        elif job.trained and evaluating:
+            load_trained_stage(job)
+        if evaluating and cfg.eval.after and job.trained:
+            evaluate_stage(job, "after")
+            if job.side_check:
+                side_check_stage(job, "after")
+        finish(job, finished=stages == "run", report=evaluating)
+    distributed.shutdown()
+    return run_dir
+
+
+@contextmanager
+def _run_directory(cfg: RunConfig, output: str | None, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """The run directory, prepared and locked by the main process; the other ranks wait for it."""
+    if distributed.is_main():
+        with run_directory(cfg, output, resume=resume, overwrite=overwrite) as run_dir:
+            distributed.barrier()
+            yield run_dir
+    else:
+        distributed.barrier()
+        yield run_dir_path(cfg, output)
+
+
+def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) -> Job:
+    """Questions (bad data fails here, before any model is loaded), the base model, the prompt renderer."""
+    metrics_path = run_dir / "metrics.json"
+    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
+    if not isinstance(metrics, dict):
+        raise InputError(
+            metrics_path, "not a JSON object", fix="pass --overwrite for a fresh start, or repair the file"
+        )
+    metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
+    train_questions, eval_questions, population = _questions(cfg)
+    if cfg.data.eval_sample:
+        if distributed.is_main():
+            write_json(run_dir / "eval_ids.json", [q.id for q in eval_questions])
+        metrics["sample"] = {
+            "questions": len(eval_questions),
+            "of": population,
+            "seed": cfg.data.sample_seed,
+            "stratified_by": "article",
+            "drawn_as": "whole passages",
+            "ids": "eval_ids.json",
+        }
+    backend = EVAL_BACKENDS[cfg.eval.backend]
+    if evaluating:
+        if backend.single_process and distributed.world_size() > 1:
+            raise InputError(
+                f"eval.backend={backend.name}",
+                backend.single_process[0],
+                fix=backend.single_process[1],
+            )
+        backend.check(cfg.eval.decoding)
+    model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
+    metrics["base_model"] = base_model_card(cfg.model, model)
+    render = make_renderer(cfg, tokenizer, train_questions)
+    _check_prompts_fit(cfg, render, tokenizer, train_questions, eval_questions)
+    return Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
+
+
+def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
+    """A prompt that cannot fit even with its passage removed fails now, before any model work."""
+    from jsquad_lora.encoding.tokens import encode_train_example, fit_question
+
+    for q in eval_questions[:8]:
+        fit_question(q, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens, around_answer=False)
+    for q in train_questions[:8]:
+        encode_train_example(q, render, tokenizer, cfg.model.max_length)
+
+
+def evaluate_stage(job: Job, stage: Stage) -> None:
+    """Answer the evaluation questions with the base ("before") or trained ("after") model; score them."""
+    from jsquad_lora.evaluate.loop import evaluate
+
+    predictions = job.run_dir / f"predictions-{stage}.jsonl"
+    if _evaluated(job, stage, predictions):
+        log.info("%s is complete: the evaluation %s tuning is not repeated", predictions.name, stage)
+        return
+    log.info("evaluating %d questions %s tuning", len(job.eval_questions), stage)
+    model = _inference_model(job, stage)
+    adapter = job.adapter_dir if stage == "after" else None
+    generator = EVAL_BACKENDS[job.cfg.eval.backend].answerer(
+        job.cfg, job.run_dir, model, job.tokenizer, adapter, job.engines
+    )
+    result = evaluate(
+        model,
+        job.tokenizer,
+        job.eval_questions,
+        job.render,
+        decoding_config(job.cfg),
+        job.cfg.model.max_length,
+        predictions,
+        generator=generator,
+    )
+    if not distributed.is_main():
+        return  # the main process merged every rank's answers and scores them
+    if result.truncated_prompts:
+        log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
+    job.metrics[stage] = result.scores
+    if "sample" in job.metrics:
+        errors = job.metrics["sample"].setdefault("em_standard_error", {})
+        errors[stage] = _em_standard_error(predictions, job.eval_questions, job.metrics["sample"]["of"])
+    job.metrics[EVAL_SUMMARY_KEY[stage]] = result.summary()
+    job.save_metrics()
+
+
+def _evaluated(job: Job, stage: Stage, predictions: Path) -> bool:
+    """Whether an earlier try of this run finished this evaluation: its scores are in metrics.json and
+    its predictions file holds exactly these questions (a resume after a later stage died)."""
+    from jsquad_lora.evaluate.scorers import SCORERS
+
+    scores = job.metrics.get(stage)
+    if not isinstance(scores, dict) or set(scores) != set(SCORERS) or not predictions.is_file():
+        return False
+    if EVAL_SUMMARY_KEY[stage] not in job.metrics:
+        return False
+    try:
+        ids = [row.get("id") for _, row in read_jsonl(predictions)]
+    except (InputError, AttributeError):
+        return False
+    return ids == [q.id for q in job.eval_questions]
+
+
+def side_check_stage(job: Job, stage: Stage) -> None:
+    """The reference experiment's free-generation side check (a prompt outside the task)."""
+    from jsquad_lora.generate.greedy import generate_free
+    from jsquad_lora.prompts.templates import SIDE_CHECK_PROMPT
+
+    if not distributed.is_main():
+        return  # one free generation, on the main process
+    job.side_check["prompt"] = SIDE_CHECK_PROMPT
+    job.side_check[stage] = generate_free(
+        _inference_model(job, stage), job.tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64
+    )
+
+
+def train_stage(job: Job) -> None:
+    """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
+    from jsquad_lora.encoding.tokens import encode_train_set
+    from jsquad_lora.model.lora import attach_lora, count_parameters, merged
+    from jsquad_lora.train.trainer import train
+    from jsquad_lora.util.devices import train_in_bf16
+
+    cfg = job.cfg
+    job.base_for_inference = None  # the before-tuning copy is done with: free its memory
+    quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
+    model = attach_lora(
+        job.model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
+    )
+    trainable, total = count_parameters(model)
+    log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
+    train_set = list(job.train_questions)
+    if cfg.train.synthetic_per_passage:
+        from jsquad_lora.data.augment import cloze_questions
+
+        train_set += cloze_questions(job.train_questions, cfg.train.synthetic_per_passage, cfg.train.seed)
+    examples, truncated = encode_train_set(train_set, job.render, job.tokenizer, cfg.model.max_length)
+    n_examples = len(examples)
+    if cfg.train.batching == "shared_prefix":
+        from jsquad_lora.encoding.packing import share_prefixes
+
+        examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
+        log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
+    if truncated:
+        log.info(
+            "%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
+            "around the answer (the answer span is kept)",
+            truncated,
+            n_examples,
+            cfg.model.max_length,
+        )
+    bf16 = train_in_bf16(cfg.train.mixed_precision)
+    log.info(
+        "training in %s (train.mixed_precision=%s)",
+        "bfloat16 autocast" if bf16 else cfg.model.dtype,
+        cfg.train.mixed_precision,
+    )
+    # train() saves the adapter; every rank sees it (job.trained) when it returns
+    result = train(
+        model,
+        examples,
+        cfg.train,
+        job.run_dir / "checkpoints",
+        job.run_dir / "loss.jsonl",
+        bf16=bf16,
+        save_to=job.adapter_dir,
+        tokenizer=job.tokenizer,
+    )
+    job.model = merged(model)
+    job.metrics["train"] = {
+        **result.summary(),
+        "examples": n_examples,
+        "rows": len(examples),
+        "synthetic_examples": len(train_set) - len(job.train_questions),
+        "truncated_prompts": truncated,
+        "trainable_parameters": trainable,
+        "total_parameters": total,
+    }
+    job.save_metrics()
+
+
+def load_trained_stage(job: Job) -> None:
+    """The run's saved adapter (or full weights) on the base model, for evaluation."""
+    from jsquad_lora.model.lora import load_trained
+
+    job.model = load_trained(job.model, job.adapter_dir, job.cfg.lora.enabled)
+
+
+def finish(job: Job, *, finished: bool, report: bool) -> None:
+    """side_check.json, the final metrics.json, the report, and the summary lines in the log."""
+    from jsquad_lora.evaluate.scorers import SCORERS
+
+    if not distributed.is_main():
+        return
+
+    if job.side_check:
+        write_json(job.run_dir / "side_check.json", job.side_check)
+    job.metrics["finished"] = finished  # train/evaluate alone leave the run open for the rest
+    job.save_metrics()
+    if report:
+        from jsquad_lora.report.render import write_report
+
+        write_report([job.run_dir], job.run_dir)
+    for name in SCORERS:
+        parts = [
+            f"{tag} {job.metrics[tag][name]['exact_match']:.2f}" for tag in ("before", "after") if tag in job.metrics
+        ]
+        if parts:
+            log.info("EM (%s): %s", name, " → ".join(parts))
+    log.info("run directory: %s", job.run_dir)
+
+
+def _inference_model(job: Job, stage: Stage):
+    """The model in `eval.dtype` (resolved for this machine: bfloat16 where the CPU/GPU is fast in it).
+    Before tuning: a cast copy, made once, so that training still starts from the untouched weights.
+    After: the trained model itself (its adapter is saved)."""
+    import copy
+
+    import torch
+
+    from jsquad_lora.util.devices import inference_dtype
+
+    cfg = job.cfg
+    dtype = getattr(torch, inference_dtype(cfg.eval.dtype, cfg.model.dtype))
+    if cfg.model.load_in_8bit or cfg.model.load_in_4bit or next(job.model.parameters()).dtype == dtype:
+        return job.model
+    if stage == "after":
+        job.model = job.model.to(dtype)
+        return job.model
+    if job.base_for_inference is None:
+        log.info("generating in %s (eval.dtype=%s)", dtype, cfg.eval.dtype)
+        job.base_for_inference = copy.deepcopy(job.model).to(dtype)
+    return job.base_for_inference
+
+
+def _em_standard_error(predictions: Path, questions: list[Question], population: int) -> float:
+    """The standard error of a sampled evaluation's jglue EM (percentage points), passages as clusters."""
+    passage = {q.id: q.context for q in questions}
+    rows = read_jsonl_prefix(predictions)
+    ems, clusters = [100.0 * row["em"] for row in rows], [passage[row["id"]] for row in rows]
+    return sample_standard_error(ems, clusters, population)

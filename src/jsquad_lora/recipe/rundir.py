@@ -1,0 +1,166 @@
+"""The run directory: where a run's files live, created or resumed, never clobbered by accident.
+
+Rules, so that no user file is ever lost:
+- Every directory this tool creates for a run holds a marker file (`.jsquad-lora-run`), written
+  first. The tool resumes into, or deletes the contents of, only such directories; a non-empty
+  directory without the marker is refused, whatever the flags.
+- One process per run directory: an OS file lock (`.lock`, `fcntl.flock`) is held for the whole
+  job and released by the OS on any exit; a second process gets an error naming the holder.
+- `--overwrite` is a clean start: everything in the (marked) directory goes, finished or not.
+- A start that fails before any work (bad data, a prompt that cannot fit) leaves no new directory.
+
+Its layout is listed in run.py's docstring; every file in it is written atomically (files.py).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import socket
+import sys
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from jsquad_lora.config.load import config_to_yaml
+from jsquad_lora.config.schema import RunConfig
+from jsquad_lora.errors import InputError
+from jsquad_lora.util.files import holds_marker, write_text
+
+log = logging.getLogger(__name__)
+
+
+MARKER = ".jsquad-lora-run"
+
+
+LOCK = ".lock"
+
+
+STARTED = ".started"
+
+
+@contextmanager
+def run_directory(cfg: RunConfig, output: str | None, *, resume: bool, overwrite: bool) -> Iterator[Path]:
+    """The run directory, locked for the block: created (with its marker and config.yaml), resumed,
+    or cleaned for a fresh start (`overwrite`). A directory this call created is removed again if
+    the block fails with an InputError before `mark_started` (nothing was done in it)."""
+    run_dir = run_dir_path(cfg, output)
+    made, fresh = _create(run_dir)
+    try:
+        with _locked(run_dir):
+            _prepare(run_dir, cfg, resume=resume, overwrite=overwrite, fresh=fresh)
+            yield run_dir
+    except InputError:
+        if fresh and not (run_dir / STARTED).exists():  # only this start's own files are in it
+            if made:
+                shutil.rmtree(run_dir)
+            else:
+                _empty(run_dir, keep=())
+        raise
+
+
+def run_dir_path(cfg: RunConfig, output: str | None) -> Path:
+    """`--output`, or runs/<config name>."""
+    return Path(output) if output else Path("runs") / cfg.name
+
+
+def mark_started(run_dir: Path) -> None:
+    """Work begins in `run_dir`: from now on a failure keeps the directory for `--resume`."""
+    write_text(run_dir / STARTED, "")
+
+
+def _create(run_dir: Path) -> tuple[bool, bool]:
+    """Make `run_dir` if needed and mark it: (this call made the directory, it was new or empty)."""
+    fix = (
+        "choose a new or empty --output; if it is a run of an earlier version of this tool, "
+        f"create the marker: touch {run_dir / MARKER}"
+    )
+    if holds_marker(run_dir, MARKER, what="a run directory of jsquad-lora", fix=fix):
+        return False, False
+    made = not run_dir.exists()
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_text(run_dir / MARKER, "a run directory of jsquad-lora: `--overwrite` may empty it\n")
+    except OSError as err:
+        raise InputError(
+            run_dir, f"cannot create the run directory ({err.strerror or err})", fix="choose a writable --output"
+        ) from None
+    return made, True
+
+
+@contextmanager
+def _locked(run_dir: Path) -> Iterator[None]:
+    """An exclusive OS lock on `run_dir` for the block (released by the OS on any exit, even a kill)."""
+    path = run_dir / LOCK
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as err:
+        raise InputError(
+            path, f"cannot open the lock file ({err.strerror or err})", fix="choose a writable --output"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 4096, 0).decode("utf-8", "replace").strip() or "unknown"
+        os.close(fd)
+        raise InputError(
+            run_dir,
+            f"another jsquad-lora process is using this run directory ({holder})",
+            fix="wait for it to finish, stop it, or choose another --output",
+        ) from None
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+    holder["command"] = " ".join(sys.argv)[:500]
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, json.dumps(holder, ensure_ascii=False).encode(), 0)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fresh: bool) -> None:
+    if overwrite:
+        _empty(run_dir)
+    elif _finished(run_dir / "metrics.json"):
+        raise InputError(
+            run_dir,
+            "this directory holds a finished run",
+            fix="pass --overwrite to replace it, or --output to write somewhere else",
+        )
+    elif not fresh and not resume and (run_dir / "config.yaml").exists():
+        log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
+    previous = run_dir / "config.yaml"
+    if previous.exists() and previous.read_text(encoding="utf-8") != config_to_yaml(cfg):
+        raise InputError(
+            run_dir,
+            "an unfinished run with a different config is here",
+            fix="resume with the same config and overrides, or pass --overwrite, or choose another --output",
+        )
+    write_text(previous, config_to_yaml(cfg))
+
+
+def _finished(metrics: Path) -> bool:
+    try:
+        data = json.loads(metrics.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        raise InputError(
+            metrics, "unreadable or not JSON", fix="pass --overwrite for a fresh start, or repair the file"
+        ) from None
+    return isinstance(data, dict) and data.get("finished") is True
+
+
+def _empty(run_dir: Path, keep: tuple[str, ...] = (MARKER, LOCK)) -> None:
+    """Remove everything in a marked run directory but `keep` (by default its marker and lock, held)."""
+    for entry in run_dir.iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()

@@ -1,0 +1,97 @@
+"""Reports: our runs' scores beside the published JSQuAD reference scores, as Markdown and HTML.
+
+Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
+are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
+every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
+report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any, Sequence
+
+from jsquad_lora.evaluate.scorers import PRIMARY_SCORER
+from jsquad_lora.report.references import REFERENCE_SCORES
+from jsquad_lora.report.summary import STAGES, RunSummary
+from jsquad_lora.util.files import write_bytes
+
+
+def _ascii(text: str) -> str:
+    # The default fonts lack CJK glyphs; ASCII labels render everywhere.
+    return text.replace("—", "-").encode("ascii", "replace").decode("ascii")
+
+
+def _png(fig: Any) -> bytes:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return buf.getvalue()
+
+
+def scores_png(runs: Sequence[RunSummary]) -> bytes:
+    """Horizontal bars of EM, sorted: references grey, our runs (jglue scorer) coloured."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    colours = {"reference": "#a0a0a0", "before": "#6baed6", "after": "#e6550d"}
+    bars = [
+        (r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference")
+        for r in REFERENCE_SCORES
+    ]
+    for run in runs:
+        for stage in STAGES:
+            if (em := run.score(stage, PRIMARY_SCORER, "exact_match")) is not None:
+                bars.append((em, _ascii(f"{run.name} ({run.metrics.get('model', '?')}) {stage}"), stage))
+    bars.sort(key=lambda b: b[0])
+    fig = Figure(figsize=(9, 1.5 + 0.32 * len(bars)))
+    ax = fig.add_subplot()
+    ax.barh(range(len(bars)), [b[0] for b in bars], color=[colours[b[2]] for b in bars])
+    ax.set_yticks(range(len(bars)), [b[1] for b in bars], fontsize=8)
+    for i, (em, _, _) in enumerate(bars):
+        ax.text(em + 0.5, i, f"{em:.1f}", va="center", fontsize=7)
+    ax.set_xlim(0, 105)
+    ax.set_xlabel("Exact Match (%)")
+    ax.set_title("JSQuAD dev EM: ours (jglue scorer) vs published references (scorer as published)", fontsize=9)
+    ax.legend(
+        handles=[
+            Patch(color=c, label=f"ours, {k} tuning" if k != "reference" else "published reference")
+            for k, c in colours.items()
+        ],
+        fontsize=7,
+        loc="lower right",
+    )
+    return _png(fig)
+
+
+def loss_png(runs: Sequence[RunSummary]) -> bytes | None:
+    """Training loss against step, one line per run; None when no run logged any loss."""
+    from matplotlib.figure import Figure
+
+    if not any(r.loss for r in runs):
+        return None
+    fig = Figure(figsize=(8, 4.5))
+    ax = fig.add_subplot()
+    for run in runs:
+        if run.loss:
+            ax.plot([s for s, _ in run.loss], [v for _, v in run.loss], label=_ascii(run.name), linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("training loss")
+    ax.set_title("Training loss")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _png(fig)
+
+
+def plot_scores(runs: Sequence[RunSummary], path: Path | str) -> Path:
+    """Write the EM bar chart PNG to `path` (atomically)."""
+    return write_bytes(path, scores_png(runs))
+
+
+def plot_loss(runs: Sequence[RunSummary], path: Path | str) -> Path | None:
+    """Write the loss curve PNG to `path` (atomically); None and no file when no run logged loss."""
+    data = loss_png(runs)
+    return write_bytes(path, data) if data is not None else None

@@ -1,0 +1,223 @@
+"""Reports: our runs' scores beside the published JSQuAD reference scores, as Markdown and HTML.
+
+Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
+are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
+every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
+report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+from typing import Any, Sequence
+
+from jsquad_lora.evaluate.scorers import PRIMARY_SCORER, SCORERS
+from jsquad_lora.report.charts import loss_png, scores_png
+from jsquad_lora.report.question_browser import CSS as BROWSER_CSS
+from jsquad_lora.report.question_browser import browser_data, render_browser, script
+from jsquad_lora.report.references import NOT_COMPARABLE, REFERENCE_SCORES
+from jsquad_lora.report.summary import STAGES, ReportInputError, RunSummary, _dig, _is_right, _number, load_run
+from jsquad_lora.util.files import write_bytes, write_text
+from jsquad_lora.util.jsonio import shown
+
+
+def _f(value: Any, spec: str = ".2f") -> str:
+    """A number formatted, or "—" for anything else (absent, or of the wrong type in a run file)."""
+    number = _number(value)
+    return "—" if number is None else format(number, spec)
+
+
+def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
+    head = ["run", "model", "recipe", "stage"]
+    head += [f"{s} {k}" for s in SCORERS for k in ("EM", "F1")]
+    head += ["questions", "train s", "tokens/s", "eval s"]
+    rows = []
+    for run in runs:
+        for stage in STAGES:
+            if not isinstance(run.metrics.get(stage), dict):
+                continue
+            row = [run.name, str(run.metrics.get("model", "?")), str(run.metrics.get("recipe", "?")), stage]
+            row += [_f(run.score(stage, s, k)) for s in SCORERS for k in ("exact_match", "f1")]
+            count = next((c for s in SCORERS if isinstance(c := _dig(run.metrics, stage, s, "count"), int)), None)
+            row.append("—" if count is None else str(count))
+            train = run.metrics.get("train") if stage == "after" else None
+            row += [_f(_dig(train, "seconds"), ".1f"), _f(_dig(train, "tokens_per_second"), ",.0f")]
+            row.append(_f(_dig(run.metrics, "eval" if stage == "after" else "eval_before", "seconds"), ".1f"))
+            rows.append(row)
+    return head, rows
+
+
+def _reference_table() -> tuple[list[str], list[list[str]]]:
+    head = ["system", "setting", "EM", "F1", "scorer", "source"]
+    return head, [
+        [r.system, r.setting, str(r.em), "—" if r.f1 is None else str(r.f1), r.scorer, r.source]
+        for r in REFERENCE_SCORES
+    ]
+
+
+def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
+    head = ["", "id", "question", "prediction", "gold answers", "F1"]
+    rows = [
+        [
+            "right" if _is_right(r) else "wrong",
+            str(r.get("id", "")),
+            str(r.get("question", "")),
+            str(r.get("prediction", "")),
+            " / ".join(map(str, golds)) if isinstance(golds := r.get("golds"), list) else str(golds or ""),
+            _f(r.get("f1")),
+        ]
+        for r in run.examples
+    ]
+    return head, rows
+
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    # Cells are HTML-escaped too: model output may hold markup, and Markdown renders raw HTML.
+    def cell(text: str) -> str:
+        return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(map(cell, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+
+def _html_table(head: list[str], rows: list[list[str]]) -> str:
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c, quote=False)}</td>" for c in r) + "</tr>\n" for r in rows)
+    return f"<table>\n<tr>{th}</tr>\n{body}</table>"
+
+
+def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> list[str]:
+    """The report body shared by both formats; `images` maps chart name → URL (link or data URI)."""
+    md = fmt == "md"
+    table = _md_table if md else _html_table
+
+    def h(level: int, text: str) -> str:
+        return f"{'#' * level} {text}" if md else f"<h{level}>{html.escape(text)}</h{level}>"
+
+    def p(text: str) -> str:
+        return text if md else f"<p>{html.escape(text)}</p>"
+
+    def pre(text: str) -> str:
+        return f"<pre>{html.escape(text)}</pre>"
+
+    def img(name: str, alt: str) -> str:
+        return f"![{alt}]({images[name]})" if md else f'<img alt="{alt}" src="{images[name]}">'
+
+    out = [h(1, "JSQuAD LoRA report"), p(("**Note.** " if md else "Note. ") + NOT_COMPARABLE)]
+    if tiny := [r.name for r in runs if r.is_tiny]:
+        out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
+    out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
+    out += [
+        h(2, "Published reference scores (JSQuAD dev)"),
+        p(
+            "The scorer column says which scorer made each number: jglue = JGLUE's SQuAD scorer, "
+            "stability = the jp-stable (lm-evaluation-harness) scorer, unspecified = the source's own."
+        ),
+        table(*_reference_table()),
+    ]
+    if "scores.png" in images:
+        out += [h(2, "Exact Match chart"), img("scores.png", "EM: our runs (jglue scorer) beside the references")]
+    if "loss.png" in images:
+        out += [h(2, "Training loss"), img("loss.png", "training loss")]
+    for number, run in enumerate(runs):
+        out.append(h(2, f"Run {run.name}"))
+        out.append(p(f"Directory: {run.path}"))
+        if isinstance(card := run.metrics.get("base_model"), dict) and card:
+            out.append(
+                p(
+                    f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
+                    f"{(_number(card.get('parameters')) or 0) / 1e6:,.1f}M parameters); "
+                    f"source: {card.get('source', '?')}; license: {card.get('license', '?')}."
+                )
+            )
+        out.append(p(_evaluated_questions(run.metrics)))
+        if run.side_check:
+            out.append(h(3, "Side check: free generation"))
+            out += [p("Prompt:"), pre(run.side_check.get("prompt", ""))]
+            for stage in STAGES:
+                if stage in run.side_check:
+                    out += [p(f"{stage.capitalize()} tuning:"), pre(run.side_check[stage])]
+        if run.examples:
+            out += [
+                h(3, f"Example predictions ({run.examples_stage} tuning; first wrong, then right)"),
+                table(*_example_table(run)),
+            ]
+        if run.predictions and not md:
+            out += [
+                h(3, "Every question: filter, search, open one to see its passage"),
+                render_browser(browser_data(run.predictions, run.questions), str(number), run.questions_note),
+            ]
+        if run.config_text is not None:
+            out.append(h(3, f"Resolved config ({run.path / 'config.yaml'})"))
+            out.append(f"<details><summary>config.yaml</summary>{pre(run.config_text)}</details>")
+    return out
+
+
+def _evaluated_questions(metrics: dict) -> str:
+    """Which dev questions the scores are over: the whole split, or the sample with its standard error."""
+    sample = metrics.get("sample")
+    count = _dig(metrics, "after", PRIMARY_SCORER, "count") or _dig(metrics, "before", PRIMARY_SCORER, "count")
+    if not isinstance(sample, dict):
+        return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
+    errors = sample.get("em_standard_error")
+    errors = errors if isinstance(errors, dict) else {}
+    spread = "; ".join(f"{tag} ±{value:.2f}" for tag, raw in errors.items() if (value := _number(raw)) is not None)
+    return (
+        f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
+        f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
+        f"Standard error of jglue EM (points): {spread or 'n/a'}. "
+        "The whole split is one override away: data.eval_sample=null."
+    )
+
+
+def render_markdown(runs: Sequence[RunSummary]) -> str:
+    """The report as Markdown, linking scores.png (and loss.png when any run logged loss) beside it."""
+    images = {"scores.png": "scores.png"}
+    if any(r.loss for r in runs):
+        images["loss.png"] = "loss.png"
+    return shown("\n\n".join(_sections(runs, "md", images)) + "\n")  # a lone surrogate from a run file: escaped
+
+
+_CSS = (
+    "body{font-family:sans-serif;max-width:75em;margin:2em auto;padding:0 1em}"
+    "table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.25em .5em;text-align:left}"
+    "pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}img{max-width:100%}"
+)
+
+
+def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
+    """A self-contained HTML report: `images` (chart name → PNG bytes) embedded as data URIs."""
+    uris = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
+    body = shown("\n".join(_sections(runs, "html", uris)))  # a lone surrogate from a run file: escaped
+    if any(r.predictions for r in runs):
+        body += f"\n<script>\n{script()}</script>"
+    return (
+        f'<!DOCTYPE html>\n<html lang="ja">\n<head><meta charset="utf-8"><title>JSQuAD LoRA report</title>'
+        f"<style>{_CSS}{BROWSER_CSS}</style></head>\n<body>\n{body}\n</body>\n</html>\n"
+    )
+
+
+def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
+    """Write report.md, report.html, scores.png and (if any loss was logged) loss.png; return their paths."""
+    if not run_dirs:
+        raise ReportInputError("report", "no run directories given", fix="pass one or more run directories")
+    runs = [load_run(d) for d in run_dirs]
+    out_dir = Path(out_dir)
+    images = {"scores.png": scores_png(runs)}
+    if (loss := loss_png(runs)) is not None:
+        images["loss.png"] = loss
+    try:
+        written = [
+            write_text(out_dir / "report.md", render_markdown(runs)),
+            write_text(out_dir / "report.html", render_html(runs, images)),
+        ]
+        written += [write_bytes(out_dir / name, data) for name, data in images.items()]
+    except OSError as err:
+        raise ReportInputError(
+            out_dir,
+            f"cannot write the report here ({err.strerror or err})",
+            fix="pass --output a directory you can write to (not an existing file)",
+        ) from None
+    return written

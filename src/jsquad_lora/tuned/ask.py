@@ -1,0 +1,60 @@
+"""A finished run loaded once (`load_run_model`: `ask`, `serve` and `export` share it), and one
+question about one passage answered with it (`ask`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from jsquad_lora.errors import InputError
+from jsquad_lora.tuned.loaded import load_run_model
+
+MAX_ASK_CONTEXT_CHARS = 20_000
+
+
+MAX_ASK_QUESTION_CHARS = 2_000
+
+
+def _check_text(text: str, option: str) -> None:
+    """Refuse command-line text that is not UTF-8: Python keeps each byte that is not as a lone
+    surrogate (U+DC80..U+DCFF), which would crash the tokenizer or the output."""
+    from jsquad_lora.util.jsonio import lone_surrogate
+
+    if (found := lone_surrogate(text)) is None:
+        return
+    bad = next(c for c in text if "\ud800" <= c <= "\udfff")
+    problem = (
+        f"not UTF-8 text: the byte 0x{ord(bad) - 0xDC00:02x} at character {text.index(bad)} is not part of "
+        "a UTF-8 character"
+        if "\udc80" <= bad <= "\udcff"
+        else f"not valid text: it holds {found}"
+    )
+    raise InputError(
+        option,
+        problem,
+        fix="pass the text in UTF-8 (convert it first, e.g. `iconv -f SHIFT_JIS -t UTF-8`, or set a UTF-8 locale)",
+    )
+
+
+def check_question_text(context: str, question: str, names: tuple[str, str] = ("--context", "--question")) -> None:
+    """Refuse a passage or question that is not UTF-8, too long or empty; `names` are what the user
+    called them (command-line options, or the fields of a `serve` request)."""
+    _check_text(context, names[0])
+    _check_text(question, names[1])
+    both = "/".join(names)
+    if len(context) > MAX_ASK_CONTEXT_CHARS or len(question) > MAX_ASK_QUESTION_CHARS:
+        raise InputError(
+            both,
+            f"input too long ({len(context)} / {len(question)} characters; limits "
+            f"{MAX_ASK_CONTEXT_CHARS} / {MAX_ASK_QUESTION_CHARS})",
+            fix="pass a shorter passage or question",
+        )
+    if not context.strip() or not question.strip():
+        raise InputError(both, "empty passage or question", fix="pass both a passage and a question")
+
+
+def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> str:
+    """Answer one question about one passage with a finished run's model and adapter.
+    Every problem with the text (too long, empty, not UTF-8) or the run directory (no config.yaml, no
+    trained model, a damaged one) is an InputError naming it."""
+    check_question_text(context, question)
+    return load_run_model(run_dir).answer(context, question, decoding)

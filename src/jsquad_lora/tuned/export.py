@@ -1,0 +1,249 @@
+"""`jsquad-lora export`: a finished run's trained model as a directory that plain transformers (and
+peft, for an adapter) load, with a model card.
+
+    adapter (default)  the run's LoRA adapter (adapter_config.json + adapter_model.safetensors) and
+                       tokenizer; its base_model_name_or_path is the base the run trained on (an
+                       absolute path for a local or built-in base), so from_pretrained finds it
+    --merge            the base with the adapter folded in (peft `merge_and_unload`): a whole model
+                       (config.json + model.safetensors) and tokenizer, in `model.dtype`
+A run that fine-tuned every weight (`lora.enabled: false`) has no adapter: both give its whole model.
+Beside the weights: README.md (the model card: base model and its license, recipe, dev scores, how
+to load and prompt it), jsquad-lora-config.yaml (the run's config) and a marker file. Everything is
+written in a temporary directory beside OUTPUT, renamed into place at the end (`files.atomic_dir`);
+OUTPUT must be new, empty, or (with --overwrite) an earlier export: nothing else is ever replaced.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from jsquad_lora.config.schema import RunConfig
+from jsquad_lora.data.question import Question
+from jsquad_lora.errors import InputError
+from jsquad_lora.evaluate.scorers import SCORERS
+from jsquad_lora.model.source import model_source
+from jsquad_lora.tuned.loaded import check_run, load_model
+from jsquad_lora.util.files import atomic_dir, holds_marker, write_text
+
+log = logging.getLogger(__name__)
+
+
+EXPORT_MARKER = ".jsquad-lora-export"
+
+
+CONFIG_NAME = "jsquad-lora-config.yaml"
+
+
+EXAMPLE = Question(
+    "example",
+    "",
+    "梅雨は、東アジアの広範囲においてみられる特有の気象現象で、5月から7月にかけて毎年巡ってくる曇りや雨の多い期間のことである。",
+    "梅雨がみられるのはどこか。",
+    ("東アジアの広範囲",),
+    (4,),
+)
+
+
+def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: bool = False) -> Path:
+    """Write the run's adapter (or, `merge`, the merged model) with tokenizer and model card to `output`."""
+    run_dir, output = Path(run_dir), Path(output)
+    cfg = check_run(run_dir)
+    _check_target(output, overwrite)
+    metrics = _read_metrics(run_dir)
+    kind = "merged" if merge and cfg.lora.enabled else "adapter" if cfg.lora.enabled else "full"
+    with atomic_dir(output) as tmp:
+        if kind == "merged":
+            log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
+            model, tokenizer = load_model(run_dir, _unquantized(cfg))
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+        else:
+            if merge:
+                log.info("the run fine-tuned every weight: its adapter/ is the whole model already")
+            for path in sorted((run_dir / "adapter").iterdir()):
+                if path.is_file() and path.name != "README.md":  # peft's placeholder card: ours replaces it
+                    shutil.copyfile(path, tmp / path.name)
+        base = None
+        if kind == "adapter":
+            base = _base_location(cfg, run_dir)
+            adapter_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
+            adapter_config["base_model_name_or_path"] = base
+            write_text(tmp / "adapter_config.json", json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
+        write_text(tmp / "README.md", model_card(cfg, metrics, kind, run_dir, base, _example_prompt(cfg, tmp)))
+        shutil.copyfile(run_dir / "config.yaml", tmp / CONFIG_NAME)
+        write_text(tmp / EXPORT_MARKER, f"exported by jsquad-lora from {run_dir.resolve()}\n")
+    log.info("exported %s (%s) to %s", run_dir, kind, output)
+    return output
+
+
+def _check_target(output: Path, overwrite: bool) -> None:
+    """OUTPUT new or empty, or an earlier export with --overwrite; anything else is refused untouched."""
+    if not holds_marker(
+        output, EXPORT_MARKER, what="an export of this tool", fix="pass --output a new or empty directory"
+    ):
+        return
+    if not overwrite:
+        raise InputError(
+            output, "an earlier export is here", fix="pass --overwrite to replace it, or a new --output directory"
+        )
+
+
+def _unquantized(cfg: RunConfig) -> RunConfig:
+    """The config with the base loaded in `model.dtype`: merging into 8-/4-bit weights would round the adapter."""
+    model = dataclasses.replace(cfg.model, load_in_8bit=False, load_in_4bit=False)
+    return dataclasses.replace(cfg, model=model)
+
+
+def _base_location(cfg: RunConfig, run_dir: Path) -> str:
+    """Where the adapter's base model is: a tiny run's base/, a built-in or local base's absolute path, or a hub id."""
+    from jsquad_lora.model.source import run_base_source
+
+    source = run_base_source(cfg.model, run_dir)
+    return str(Path(source).expanduser().resolve()) if Path(source).expanduser().exists() else source
+
+
+def _read_metrics(run_dir: Path) -> dict:
+    path = run_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        log.warning("%s: missing or unreadable; the model card will have no scores", path)
+        return {}
+    return metrics if isinstance(metrics, dict) else {}
+
+
+def _example_prompt(cfg: RunConfig, directory: Path) -> str:
+    """The prompt of a sample question, rendered as the run's evaluation rendered prompts."""
+    from transformers import AutoTokenizer
+
+    from jsquad_lora.prompts.fewshot import make_renderer
+
+    return make_renderer(cfg, AutoTokenizer.from_pretrained(directory), ())(EXAMPLE)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "—"
+
+
+def _scores_table(metrics: dict) -> str:
+    head = "| stage | " + " | ".join(f"{s} EM | {s} F1" for s in SCORERS) + " | questions |"
+    lines = [head, "|" + "---|" * (2 + 2 * len(SCORERS))]
+    for stage in ("before", "after"):
+        scores = metrics.get(stage)
+        if not isinstance(scores, dict):
+            continue
+        cells = [_number((scores.get(s) or {}).get(k)) for s in SCORERS for k in ("exact_match", "f1")]
+        count = next((c for s in SCORERS if isinstance(c := (scores.get(s) or {}).get("count"), int)), "—")
+        lines.append(f"| {stage} tuning | " + " | ".join(cells) + f" | {count} |")
+    return "\n".join(lines) if len(lines) > 2 else "No scores: the run has no metrics.json scores."
+
+
+def model_card(cfg: RunConfig, metrics: dict, kind: str, run_dir: Path, base: str | None, example_prompt: str) -> str:
+    """README.md of an export: Hugging Face model-card metadata, then what the model is and how to use it."""
+    card = metrics.get("base_model") if isinstance(metrics.get("base_model"), dict) else {}
+    license_text = str(card.get("license") or f"see the model card of {cfg.model.name}")
+    meta = {
+        "base_model": base or cfg.model.name,
+        "library_name": "peft" if kind == "adapter" else "transformers",
+        "license": model_source(cfg.model).hf_license,
+        "language": ["ja"],
+        "pipeline_tag": "text-generation",
+        "tags": ["jsquad", "question-answering", "extractive-qa", "jsquad-lora"] + (["lora"] * cfg.lora.enabled),
+    }
+    what = {
+        "adapter": "a LoRA adapter (load it on its base model)",
+        "merged": "the base model with the LoRA adapter merged in (a whole model)",
+        "full": "a whole model (every weight was fine-tuned)",
+    }[kind]
+    if cfg.lora.enabled:
+        lora = cfg.lora
+        method = (
+            f"LoRA r={lora.r}, alpha={lora.alpha}, dropout={lora.dropout}, target modules "
+            f"{', '.join(lora.target_modules)}"
+            + (", rsLoRA" if lora.use_rslora else "")
+            + (", DoRA" if lora.use_dora else "")
+        )
+    else:
+        method = "full fine-tuning (every weight)"
+    train = metrics.get("train") if isinstance(metrics.get("train"), dict) else {}
+    sample = metrics.get("sample") if isinstance(metrics.get("sample"), dict) else None
+    evaluated = (
+        f"a fixed stratified sample of {sample.get('questions')} of the {sample.get('of')} questions of "
+        f"`{cfg.data.eval_split}`"
+        if sample
+        else f"the questions of the `{cfg.data.eval_split}` split"
+        + (f" (the first {cfg.data.eval_limit})" if cfg.data.eval_limit else "")
+    )
+    if kind == "adapter":
+        load = (
+            "from peft import PeftModel\n"
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            f'base = AutoModelForCausalLM.from_pretrained("{base}")\n'
+            'model = PeftModel.from_pretrained(base, "THIS_DIRECTORY").merge_and_unload()\n'
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_DIRECTORY")'
+        )
+    else:
+        load = (
+            "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+            'model = AutoModelForCausalLM.from_pretrained("THIS_DIRECTORY")\n'
+            'tokenizer = AutoTokenizer.from_pretrained("THIS_DIRECTORY")'
+        )
+    base_line = f"- name: `{cfg.model.name}`" + (f" (loaded from `{base}`)" if base and base != cfg.model.name else "")
+    parts = [
+        "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---",
+        f"# {cfg.name}: `{cfg.model.name}` tuned for JSQuAD extractive QA",
+        f"Exported by `jsquad-lora export` on {date.today().isoformat()} from the run directory "
+        f"`{run_dir.resolve().name}`, as {what}. Safetensors weights; the run's config is in `{CONFIG_NAME}`.",
+        "## Base model\n\n"
+        + "\n".join(
+            [
+                base_line,
+                f"- source: {card.get('source', '?')}",
+                f"- architecture: {card.get('architecture', '?')}, {_number((card.get('parameters') or 0) / 1e6)}M "
+                "parameters",
+                f"- license: {license_text}. These weights derive from the base model: its license applies to them.",
+            ]
+            + (
+                [
+                    f"- the adapter's base is the local directory `{base}`: elsewhere, put the same base model "
+                    "there or change `base_model_name_or_path` in adapter_config.json (for a built-in source, "
+                    "jsquad-lora builds it on first use of `model.name`), or export with `--merge` for a whole model"
+                ]
+                if kind == "adapter" and base and Path(base).is_absolute()
+                else []
+            )
+        ),
+        "## Recipe\n\n"
+        + "\n".join(
+            [
+                f"- {method}; {cfg.train.epochs} epoch(s), learning rate {cfg.train.learning_rate}, "
+                f"batch size {cfg.train.batch_size}, seed {cfg.train.seed}",
+                f"- training data: JSQuAD `{cfg.data.train_split}` split"
+                + (f" ({train.get('examples')} examples, {_number(train.get('seconds'))} s)" if train else ""),
+                f"- prompt template `{cfg.prompt.template}`, {cfg.prompt.fewshot} few-shot examples; "
+                f"evaluation decoding `{cfg.eval.decoding}`, at most {cfg.eval.max_new_tokens} new tokens",
+            ]
+        ),
+        f"## Scores (JSQuAD dev, percent; {evaluated})\n\n" + _scores_table(metrics),
+        "## Use\n\n```python\n" + load + "\n```\n\n"
+        "Prompt it as the run did (the prompt of a sample question below) and generate greedily; the answer is "
+        "the generated text up to the first newline, `<NL>` or end-of-sequence token, stripped. "
+        + (
+            "The scores above used `extractive` decoding: greedy over spans of the passage only (jsquad-lora's "
+            "decoder, `generation.generate_answers`); plain `generate` is unconstrained greedy decoding."
+            if cfg.eval.decoding == "extractive"
+            else f"The scores above used `{cfg.eval.decoding}` decoding."
+        )
+        + "\n\n```text\n"
+        + example_prompt
+        + "\n```",
+    ]
+    return "\n\n".join(parts) + "\n"

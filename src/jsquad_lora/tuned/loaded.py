@@ -1,0 +1,152 @@
+"""A finished run loaded once (`load_run_model`: `ask`, `serve` and `export` share it), and one
+question about one passage answered with it (`ask`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from jsquad_lora.config.load import load_config
+from jsquad_lora.config.schema import RunConfig
+from jsquad_lora.data.question import Question
+from jsquad_lora.errors import InputError
+from jsquad_lora.generate.decoding import decoding_config
+from jsquad_lora.model.source import base_model_and_tokenizer
+from jsquad_lora.prompts.fewshot import make_renderer
+
+#: what a run's adapter/ holds: a LoRA adapter, or the full weights when lora.enabled=false
+ADAPTER_FILES = {
+    True: ("adapter_config.json", "adapter_model.safetensors"),
+    False: ("config.json", "model.safetensors"),
+}
+
+
+#: what a tiny run's base/ holds: the initial model and its character tokenizer
+TINY_BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+
+
+def _missing(directory: Path, names: tuple[str, ...]) -> list[str]:
+    return [name for name in names if not (directory / name).is_file()]
+
+
+def _check_run_dir(run_dir: Path, cfg) -> None:
+    """The trained model a run directory must hold for `ask`, named file by file when missing."""
+    from jsquad_lora.model.sources.tiny import TINY
+
+    finish = f"finish the run (jsquad-lora run --resume --output {run_dir}, with the run's overrides), or pass "
+    adapter = run_dir / "adapter"
+    if not adapter.is_dir():
+        raise InputError(
+            run_dir,
+            "no trained model here: adapter/ is missing (the run has not finished training)",
+            fix=f"{finish}a finished run directory",
+        )
+    names = ADAPTER_FILES[bool(cfg.lora.enabled)]
+    if (adapter / "model.safetensors.index.json").is_file():
+        names = tuple(n for n in names if n != "model.safetensors")  # full weights in shards
+    if missing := _missing(adapter, names):
+        raise InputError(
+            adapter,
+            f"the trained model is incomplete: {', '.join(missing)} missing",
+            fix=f"{finish}a finished run directory (a copied run needs all of adapter/)",
+        )
+    base = run_dir / "base"
+    if cfg.model.name == TINY and (missing := _missing(base, TINY_BASE_FILES)):
+        raise InputError(
+            base,
+            f"the tiny run's base model is missing ({', '.join(missing)} not found)",
+            fix="a tiny run keeps its base model in base/; copy the whole run directory, or run it again "
+            f"(jsquad-lora run --overwrite --output {run_dir})",
+        )
+
+
+def check_run(run_dir: Path) -> RunConfig:
+    """A finished run directory's config, after checking that it holds a complete trained model;
+    every problem (no directory, no config.yaml, a damaged one, no trained model) is an InputError."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise InputError(
+            run_dir,
+            "run directory not found" if not run_dir.exists() else "not a run directory but a file",
+            fix="pass a directory written by `jsquad-lora run`",
+        )
+    config_path = run_dir / "config.yaml"
+    if not config_path.is_file():
+        raise InputError(
+            run_dir, "not a run directory (no config.yaml)", fix="pass a directory written by `jsquad-lora run`"
+        )
+    try:
+        cfg = load_config(config_path)
+    except InputError as err:
+        raise InputError(
+            err.source,
+            err.problem,
+            where=err.where,
+            fix=f"{err.fix}; this is the run's own config.yaml, written by `jsquad-lora run`: restore it, "
+            f"or run again (jsquad-lora run --overwrite --output {run_dir})",
+        ) from None
+    _check_run_dir(run_dir, cfg)
+    return cfg
+
+
+def load_model(run_dir: Path, cfg: RunConfig):
+    """(trained model, tokenizer) of a checked run: the base with the adapter merged in, or the full
+    weights; files that cannot be loaded are an InputError naming the run."""
+    from safetensors import SafetensorError
+
+    from jsquad_lora.model.lora import load_trained
+
+    try:
+        model, tokenizer = base_model_and_tokenizer(cfg, run_dir, ())
+        return load_trained(model, run_dir / "adapter", cfg.lora.enabled), tokenizer
+    except (OSError, ValueError, KeyError, SafetensorError) as err:
+        raise InputError(
+            run_dir,
+            f"the run's model could not be loaded ({(str(err).strip().splitlines() or [type(err).__name__])[0][:300]})",
+            fix="its files are damaged or from another version: copy the run directory again, or re-run it "
+            f"(jsquad-lora run --overwrite --output {run_dir})",
+        ) from None
+
+
+@dataclass
+class LoadedRun:
+    """A finished run's trained model, tokenizer and prompt format, loaded once (`load_run_model`)
+    and used for any number of questions (`ask`, `serve`)."""
+
+    run_dir: Path
+    cfg: RunConfig
+    model: Any
+    tokenizer: Any
+    render: Callable[[Question], str]
+
+    def prompt(self, context: str, question: str) -> tuple[str, str]:
+        """(prompt, the passage it holds): the passage shortened where the prompt would not fit
+        `model.max_length` with room for the answer (as in evaluation)."""
+        from jsquad_lora.evaluate.loop import build_prompts
+
+        q = Question("ask", "", context, question, ("",), (0,))
+        budget = self.cfg.model.max_length - self.cfg.eval.max_new_tokens
+        prompts, passages, _ = build_prompts([q], self.render, self.tokenizer, budget)
+        return prompts[0], passages[0]
+
+    def generate(self, prompts: list[str], passages: list[str], decoding: str | None = None) -> list[str]:
+        """Answers to `prompts` in one batched generation (each equal to its prompt's answer alone),
+        in `decoding` mode (default: the run's `eval.decoding`)."""
+        from jsquad_lora.generate.greedy import generate_answers
+
+        return generate_answers(self.model, self.tokenizer, prompts, passages, decoding_config(self.cfg, decoding))
+
+    def answer(self, context: str, question: str, decoding: str | None = None) -> str:
+        prompt, passage = self.prompt(context, question)
+        return self.generate([prompt], [passage], decoding)[0]
+
+
+def load_run_model(run_dir: Path) -> LoadedRun:
+    """A finished run, checked and loaded once, generating in `model.dtype`. Not in the evaluation's
+    `eval.dtype`: in bfloat16 a batch's answers can differ from the same prompts' answers alone (measured on
+    Gemma 3 270M: 2 of 24 in batches of 4), and `serve` promises the answer a question gets alone."""
+    run_dir = Path(run_dir)
+    cfg = check_run(run_dir)
+    model, tokenizer = load_model(run_dir, cfg)
+    return LoadedRun(run_dir, cfg, model, tokenizer, make_renderer(cfg, tokenizer, ()))
