@@ -1,6 +1,6 @@
 """A run directory's results without its timings: one sha256 per file, for issue 20's byte-identical check.
 
-    python docs/reshape/fingerprint.py OUT_DIR [OUT_DIR2]   # prints the digests; with two, the files that differ
+python docs/reshape/fingerprint.py OUT_DIR [OUT_DIR2]   # prints the digests; with two, the files that differ
 """
 
 import hashlib

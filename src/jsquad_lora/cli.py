@@ -201,7 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
         ("evaluate", "evaluate only (before, or the run's trained adapter if present)"),
     ):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--config", help=f"YAML config or preset name (default: configs/{DEFAULT_CONFIG})")
+        p.add_argument(
+            "--config", help=f"YAML config or preset name (default: the preset {DEFAULT_CONFIG.removesuffix('.yaml')})"
+        )
         p.add_argument("--output", help="run directory (default: runs/<config name>)")
         p.add_argument("--resume", action="store_true", help="continue an interrupted run in --output")
         p.add_argument("--overwrite", action="store_true", help="replace a finished run in --output")

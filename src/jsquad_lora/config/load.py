@@ -125,7 +125,7 @@ def _build(cls: type, data: Any, source: str, prefix: str = "", overrides: dict[
 
 
 def find_config(name: str | None) -> Path:
-    """A config path as given, or a preset name from configs/ (with or without .yaml)."""
+    """A config path as given, or a shipped preset name (presets/, with or without .yaml)."""
     if not name:
         return CONFIG_DIR / DEFAULT_CONFIG
     path = Path(name)

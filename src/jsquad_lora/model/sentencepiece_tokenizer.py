@@ -4,7 +4,7 @@ rinna's model cards load the tokenizer with `use_fast=False`: the models were tr
 segmentation of the `sentencepiece` library. transformers 5 ignores `use_fast=False` and converts
 the model file into a `tokenizers` Unigram whose pre-tokenizer splits on whitespace and always
 prepends `▁`: for the seed prompt it adds a `▁` that sentencepiece does not and drops the `▁` of
-the trailing space of `システム: ` (README "Real models"). So a model directory published with
+the trailing space of `システム: ` (docs/real-models.md). So a model directory published with
 only a sentencepiece model (`spiece.model` / `tokenizer.model`, no `tokenizer.json`) is loaded
 here: `SentencePieceTokenizer` is transformers' own sentencepiece backend (`SentencePieceBackend`,
 a `PreTrainedTokenizer`) with the few methods that decide ids and text replaced by the library's:
