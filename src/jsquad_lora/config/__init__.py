@@ -1,0 +1,1 @@
+"""Stage 0, configuration: the typed schema (its defaults are the default recipe), loading, and the shipped presets."""

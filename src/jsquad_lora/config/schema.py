@@ -178,8 +178,6 @@ def _fail(source: str, key: str, problem: str, fix: str) -> typing.NoReturn:
 
 
 RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
-
-
 SEED_LIMIT = 2**32  # numpy's and the Trainer's seed range
 
 

@@ -22,8 +22,6 @@ from jsquad_lora.data.question import Question
 from jsquad_lora.util.mecab import tagger
 
 WINDOW = 14  # characters of the sentence kept on each side of the blank (real questions are short)
-
-
 _LEADING_PARTICLE = re.compile(r"^[、，,]?(?:は|が|を|に|で|の|と|も|へ|や)?[、，,]?")  # 「…日、」「…は、」
 
 

@@ -1,8 +1,4 @@
-"""JSQuAD (SQuAD v1.1 JSON) loading with validation, title stripping and the JGLUE download cache.
-
-Hand-written because no library validates SQuAD files with errors a user can act on: every
-problem names the file, the record (question id or JSON path) and the fix.
-"""
+"""The data every stage reads: a question with its passage and gold answers, and a split of them."""
 
 from __future__ import annotations
 

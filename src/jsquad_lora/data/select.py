@@ -1,23 +1,8 @@
-"""The recipe: the main job as stages (prepare → evaluate "before" → train → evaluate "after" → finish).
+"""A run's questions: the training and evaluation splits of `data:`, sampled and cut as the config says.
 
-`main_job` reads like a table of contents; each stage is a function of the `Job` the stages share
-(config, run directory, questions, model, metrics). The CLI configures logging and calls it.
-
-Run directory layout (every file written atomically):
-    config.yaml                 the resolved config
-    base/                       the offline tiny model + tokenizer (safetensors), when model.name=tiny
-    checkpoints/checkpoint-N/   Trainer checkpoints (resume point)
-    adapter/                    the trained LoRA adapter (or full weights) + tokenizer, safetensors
-    eval_ids.json               the evaluated question ids, when data.eval_sample draws a sample of the split
-    predictions-before.jsonl    per-question answers before tuning (id, question, prediction, golds, em, f1)
-    predictions-after.jsonl     the same after tuning
-    loss.jsonl, loss.png        the training loss curve
-    side_check.json             free generation for the seed's side-check prompt, before and after
-    .vllm-merged/               base + adapter merged for vLLM while it evaluates (eval.backend=vllm,
-                                architectures without LoRA in vLLM)
-    metrics.json                scores, timings, base model card, sample and its standard error;
-                                "finished": true once complete
-    report.md, report.html, scores.png
+The samples (`data.train_sample`, `data.eval_sample`) are seeded, stratified by article and drawn as whole
+passages (`sampling.py`); where training runs in float32 on a CPU, `data.train_sample_cpu_float32` keeps
+the same time budget. The `*_limit` cuts come last (smoke tests).
 """
 
 from __future__ import annotations

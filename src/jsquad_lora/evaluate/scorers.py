@@ -34,8 +34,6 @@ from jsquad_lora.util.mecab import tagger
 
 #: (prediction, gold answers) -> (exact match 0/1, F1 in [0, 1])
 ScoreQuestion = Callable[[str, Sequence[str]], tuple[float, float]]
-
-
 #: (per-question scores in data order, None where unanswered; the questions; the question scorer)
 #: -> (EM, F1) in percent over all questions, in the reference's own arithmetic
 Aggregate = Callable[[list[tuple[float, float] | None], Sequence[Question], ScoreQuestion], tuple[float, float]]
@@ -130,8 +128,6 @@ def jglue_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]
 _EMOJI_RANGES = re.compile(
     "[\U0001f600-\U0001f64f\U0001f300-\U0001f5ff\U0001f680-\U0001f6ff\U0001f1e0-\U0001f1ff\U00002702-\U000027b0]+"
 )
-
-
 _STABILITY_PUNCT = frozenset(
     "！？｡。＂＃＄％＆＇（）＊＋，－／：；＜＝＞＠［＼］＾＿｀｛｜｝～｟｠｢｣､、〃》「」『』【】〔〕〖〗〘〙〚〛〜〝〞〟〰〾〿–—‘’‛“”„‟…‧﹏."
     + string.punctuation
@@ -151,8 +147,6 @@ def stability_normalize(text: str) -> str:
 #: one long text (the sizes: benchmarks/mecab_limit.py, BENCHMARKS.md); this bound is two orders of
 #: magnitude below them and far above any real answer.
 MECAB_MAX_CHARS = 2_000
-
-
 #: where a long text may be cut when it has no space: after punctuation, a token boundary in practice
 _MECAB_BREAK = re.compile(r"[。、．，！？｡､「」『』（）.,!?;:()]")
 

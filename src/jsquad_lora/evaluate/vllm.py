@@ -39,19 +39,11 @@ from jsquad_lora.generate.decoding import DecodingConfig, decoding_mode
 from jsquad_lora.generate.greedy import cut_answer, end_token_ids
 
 log = logging.getLogger(__name__)
-
-
 #: vLLM shares the GPU with the HF model the run keeps for training: take half, not vLLM's 90 %
 GPU_MEMORY_UTILIZATION = 0.5
-
-
 _BACKEND_NAMES = {"hf": "HF", "vllm": "vLLM"}
-
-
 #: answers are saved (and resumable) after every chunk of this many prompts
 CHUNK = 512
-
-
 #: architectures whose vLLM implementation applies LoRA adapters (vLLM's supported-models table, its
 #: LoRA column); any other architecture (GPT-NeoX: rinna) is served the adapter merged into its weights
 VLLM_LORA_ARCHITECTURES = frozenset(
@@ -66,8 +58,6 @@ VLLM_LORA_ARCHITECTURES = frozenset(
         "Phi3ForCausalLM",
     }
 )
-
-
 #: the temporary merged model of a run, removed when its engine is released
 MERGED_DIR = ".vllm-merged"
 

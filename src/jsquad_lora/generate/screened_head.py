@@ -26,8 +26,6 @@ from typing import Iterator
 import torch
 
 _U = 2.0**-8
-
-
 #: attribute of a head holding its screen: (its weight, the weight's version then, bfloat16 copy, row
 #: norms), made once per weight (serving calls generation once per batch) and freed with the head
 _ATTRIBUTE = "_jsquad_lora_screen"

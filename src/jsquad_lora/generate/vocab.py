@@ -12,8 +12,6 @@ from collections import defaultdict
 from typing import Sequence
 
 _KEY = 6  # a piece is indexed by its first (up to) 6 bytes: two kana/kanji in UTF-8
-
-
 _BYTE_TOKEN = re.compile(r"<0x([0-9A-Fa-f]{2})>")  # sentencepiece byte fallback
 
 

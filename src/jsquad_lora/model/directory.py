@@ -1,8 +1,7 @@
-"""Base model and tokenizer (hub id, local path, or the offline tiny GPT-NeoX) and the LoRA adapter.
+"""Checks of a local model directory before transformers reads it: what is missing, named.
 
-Loading, quantisation (bitsandbytes, CUDA only) and adapters are transformers + peft; what is
-written here is the offline "tiny" model (a character tokenizer trained on the training split)
-and the safe defaults: safetensors only, `trust_remote_code` off unless the config says so.
+transformers takes a missing path for a hub id, and an empty or partial directory fails deep inside it
+with a message about something else; these checks say which file is missing and how to fix it.
 """
 
 from __future__ import annotations
@@ -21,8 +20,6 @@ TOKENIZER_FILES = (
     "spiece.model",
     "sentencepiece.bpe.model",
 )
-
-
 MODEL_DIR_FIX = (
     "a model directory holds config.json, the weights (model.safetensors) and the tokenizer files, as "
     "save_pretrained writes them: download or save the model into it again, or point model.name at another"

@@ -1,9 +1,4 @@
-"""Base model and tokenizer (hub id, local path, or the offline tiny GPT-NeoX) and the LoRA adapter.
-
-Loading, quantisation (bitsandbytes, CUDA only) and adapters are transformers + peft; what is
-written here is the offline "tiny" model (a character tokenizer trained on the training split)
-and the safe defaults: safetensors only, `trust_remote_code` off unless the config says so.
-"""
+"""The model under a peft wrapper, and its output layer swapped for the length of a block."""
 
 from __future__ import annotations
 

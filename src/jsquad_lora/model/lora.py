@@ -1,8 +1,8 @@
-"""Base model and tokenizer (hub id, local path, or the offline tiny GPT-NeoX) and the LoRA adapter.
+"""The LoRA adapter (peft): attached for training, saved, loaded back, and merged for generation.
 
-Loading, quantisation (bitsandbytes, CUDA only) and adapters are transformers + peft; what is
-written here is the offline "tiny" model (a character tokenizer trained on the training split)
-and the safe defaults: safetensors only, `trust_remote_code` off unless the config says so.
+peft does the work; what is written here are the choices: 8-/4-bit bases through
+`prepare_model_for_kbit_training`, LoRA's dropout with sparse masks (`dropout.py`), safetensors only, and
+merging for generation except into quantised weights.
 """
 
 from __future__ import annotations

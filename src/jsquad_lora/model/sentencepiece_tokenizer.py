@@ -33,8 +33,6 @@ from transformers import SentencePieceBackend
 
 #: sentencepiece model files, as model directories name them
 MODEL_FILES = ("spiece.model", "tokenizer.model")
-
-
 #: (BOS in front, EOS at the end) that `add_special_tokens` adds, per original tokenizer class
 SPECIAL_TOKEN_DEFAULTS = {"T5Tokenizer": (False, True), "LlamaTokenizer": (True, False)}
 

@@ -1,10 +1,4 @@
-"""Prompt templates (a registry of pure functions) and deterministic few-shot selection.
-
-Adding a template is one `@register_template` function in this file: it gets the question, its
-few-shot examples and the tokenizer, and returns the text that ends where the answer starts.
-`prompt.template`, the CLI's `--template` choices and the docs' list all read `TEMPLATES`.
-Each template below is string-exact with its source.
-"""
+"""Few-shot examples, chosen deterministically, and a run's prompt renderer (its template and shots)."""
 
 from __future__ import annotations
 

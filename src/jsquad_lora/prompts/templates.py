@@ -24,8 +24,6 @@ HARNESS_DESCRIPTION = (
 FINTAN_DESCRIPTION = "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n"
 #: the reference experiment's free-generation side check, before and after tuning
 SIDE_CHECK_PROMPT = "ユーザー: 自然言語処理について教えて下さい。<NL>システム:"
-
-
 #: render(question, examples, tokenizer) -> the prompt text, ending where the answer starts
 RenderTemplate = Callable[[Question, Sequence[Question], Any], str]
 

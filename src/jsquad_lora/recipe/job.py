@@ -45,11 +45,7 @@ from jsquad_lora.util.files import write_json
 from jsquad_lora.util.jsonio import read_jsonl, read_jsonl_prefix
 
 log = logging.getLogger(__name__)
-
-
 Stage = Literal["before", "after"]
-
-
 #: metrics.json's key for each evaluation's timings (older runs' names, kept for their reports)
 EVAL_SUMMARY_KEY = {"before": "eval_before", "after": "eval"}
 

@@ -32,14 +32,8 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.util.files import holds_marker, write_text
 
 log = logging.getLogger(__name__)
-
-
 MARKER = ".jsquad-lora-run"
-
-
 LOCK = ".lock"
-
-
 STARTED = ".started"
 
 

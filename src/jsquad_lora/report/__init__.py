@@ -1,0 +1,1 @@
+"""Stage 8, the report: runs beside the published references, charts and the question browser."""

@@ -1,10 +1,4 @@
-"""Reports: our runs' scores beside the published JSQuAD reference scores, as Markdown and HTML.
-
-Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
-are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
-every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
-report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
-"""
+"""The report's charts: scores beside the references, and the training loss (PNG bytes, pure)."""
 
 from __future__ import annotations
 

@@ -22,11 +22,7 @@ from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
 
 STAGES = ("before", "after")
-
-
 PAGE_SIZE = 25
-
-
 CSS = (
     ".qb-bar{display:flex;flex-wrap:wrap;gap:.5em;align-items:center;margin:.5em 0}"
     ".qb-bar button[aria-pressed=true]{background:#333;color:#fff}"

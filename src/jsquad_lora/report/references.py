@@ -1,10 +1,4 @@
-"""Reports: our runs' scores beside the published JSQuAD reference scores, as Markdown and HTML.
-
-Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
-are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
-every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
-report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
-"""
+"""The published JSQuAD scores a report shows beside a run's (SPEC §2), and which of them compare."""
 
 from __future__ import annotations
 
@@ -44,8 +38,6 @@ REFERENCE_SCORES: tuple[ReferenceScore, ...] = (
     ReferenceScore("rinna 3.6b-instruction-ppo", "zero-shot, seed prompt", 13.2, None, "the write-up"),
     ReferenceScore("rinna 3.6b-instruction-ppo", "LoRA, seed recipe", 64.7, None, "the write-up"),
 )
-
-
 NOT_COMPARABLE = (
     "Offline tiny-model runs (model `tiny`: a few-layer GPT-NeoX built from scratch with a character "
     "tokenizer) are NOT comparable with the reference models; they exist only to show that the "

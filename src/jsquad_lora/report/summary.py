@@ -1,10 +1,5 @@
-"""Reports: our runs' scores beside the published JSQuAD reference scores, as Markdown and HTML.
-
-Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
-are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
-every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
-report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
-"""
+"""A run directory read for the report: its metrics, loss curve and predictions (`load_run`), never an error
+for an optional extra that is missing or damaged (left out with a warning)."""
 
 from __future__ import annotations
 
@@ -20,8 +15,6 @@ from jsquad_lora.report.question_browser import STAGES, eval_questions
 from jsquad_lora.util.jsonio import json_type_name, read_json_file, read_jsonl_objects
 
 log = logging.getLogger(__name__)
-
-
 EXAMPLES_PER_KIND = 5
 
 

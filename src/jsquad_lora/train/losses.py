@@ -1,11 +1,5 @@
-"""Training with transformers' Trainer: answer-only loss, length-grouped or padding-free batches,
-gradient accumulation, safetensors checkpoints and exact resume.
-
-Trainer (not a hand-written loop) because it already does accumulation, schedules, mixed
-precision, checkpoints with optimizer/scheduler/RNG state and mid-epoch resume. We add only a
-batch order that is a pure function of (seed, epoch), so a resumed run sees the very batches an
-uninterrupted run would: resume neither repeats nor skips a step.
-"""
+"""The training losses: on the answer + EOS only (the output layer applied where a token is labelled), or
+with the prompt's tokens weighted in (`train.prompt_loss_weight`, for models trained from scratch)."""
 
 from __future__ import annotations
 

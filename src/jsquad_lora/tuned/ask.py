@@ -1,5 +1,5 @@
-"""A finished run loaded once (`load_run_model`: `ask`, `serve` and `export` share it), and one
-question about one passage answered with it (`ask`)."""
+"""`jsquad-lora ask`: one question about one passage answered with a finished run; the checks of a user's
+passage and question text (also `serve`'s)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,6 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.tuned.loaded import load_run_model
 
 MAX_ASK_CONTEXT_CHARS = 20_000
-
-
 MAX_ASK_QUESTION_CHARS = 2_000
 
 

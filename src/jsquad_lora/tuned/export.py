@@ -34,14 +34,8 @@ from jsquad_lora.tuned.loaded import check_run, load_model
 from jsquad_lora.util.files import atomic_dir, holds_marker, write_text
 
 log = logging.getLogger(__name__)
-
-
 EXPORT_MARKER = ".jsquad-lora-export"
-
-
 CONFIG_NAME = "jsquad-lora-config.yaml"
-
-
 EXAMPLE = Question(
     "example",
     "",

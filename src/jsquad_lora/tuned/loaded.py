@@ -1,5 +1,4 @@
-"""A finished run loaded once (`load_run_model`: `ask`, `serve` and `export` share it), and one
-question about one passage answered with it (`ask`)."""
+"""A finished run checked and loaded once (`load_run_model`): what `ask`, `serve` and `export` share."""
 
 from __future__ import annotations
 
@@ -20,8 +19,6 @@ ADAPTER_FILES = {
     True: ("adapter_config.json", "adapter_model.safetensors"),
     False: ("config.json", "model.safetensors"),
 }
-
-
 #: what a tiny run's base/ holds: the initial model and its character tokenizer
 TINY_BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 

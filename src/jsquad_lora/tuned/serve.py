@@ -35,24 +35,12 @@ from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS, check_question_text
 
 log = logging.getLogger(__name__)
-
-
 #: a request body larger than this is refused unread (413): the text limits, JSON-escaped (\uXXXX), fit in it
 MAX_BODY_BYTES = 6 * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS) + 4096
-
-
 FIELDS = ("context", "question", "decoding")
-
-
 SHAPE = 'send a JSON object: {"context": "...", "question": "...", "decoding": "extractive"} (decoding optional)'
-
-
 SURROGATE_FIX = "a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one (together one character)"
-
-
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
 #: the page loads nothing from anywhere: its script and style are inline, it talks to this server only
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
