@@ -39,6 +39,8 @@ class ModelSource:
     prepare: Callable[[RunConfig, Path, Any], tuple[Any, Any]] | None = None
     #: run_base(model config, run_dir) -> where a run's base model is, for a model made per run; None: `resolve`
     run_base: Callable[[ModelConfig, Path], str] | None = None
+    #: check_run(run_dir): an InputError naming what a finished run of this source lacks (`ask`, `serve`, `export`)
+    check_run: Callable[[Path], None] | None = None
 
 
 def register_source(source: ModelSource) -> ModelSource:

@@ -11,7 +11,7 @@ from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import decoding_config
-from jsquad_lora.model.source import base_model_and_tokenizer
+from jsquad_lora.model.source import base_model_and_tokenizer, model_source
 from jsquad_lora.prompts.fewshot import make_renderer
 
 #: what a run's adapter/ holds: a LoRA adapter, or the full weights when lora.enabled=false
@@ -19,8 +19,6 @@ ADAPTER_FILES = {
     True: ("adapter_config.json", "adapter_model.safetensors"),
     False: ("config.json", "model.safetensors"),
 }
-#: what a tiny run's base/ holds: the initial model and its character tokenizer
-TINY_BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 
 
 def _missing(directory: Path, names: tuple[str, ...]) -> list[str]:
@@ -29,8 +27,6 @@ def _missing(directory: Path, names: tuple[str, ...]) -> list[str]:
 
 def _check_run_dir(run_dir: Path, cfg) -> None:
     """The trained model a run directory must hold for `ask`, named file by file when missing."""
-    from jsquad_lora.model.sources.tiny import TINY
-
     finish = f"finish the run (jsquad-lora run --resume --output {run_dir}, with the run's overrides), or pass "
     adapter = run_dir / "adapter"
     if not adapter.is_dir():
@@ -48,14 +44,9 @@ def _check_run_dir(run_dir: Path, cfg) -> None:
             f"the trained model is incomplete: {', '.join(missing)} missing",
             fix=f"{finish}a finished run directory (a copied run needs all of adapter/)",
         )
-    base = run_dir / "base"
-    if cfg.model.name == TINY and (missing := _missing(base, TINY_BASE_FILES)):
-        raise InputError(
-            base,
-            f"the tiny run's base model is missing ({', '.join(missing)} not found)",
-            fix="a tiny run keeps its base model in base/; copy the whole run directory, or run it again "
-            f"(jsquad-lora run --overwrite --output {run_dir})",
-        )
+    source = model_source(cfg.model)
+    if source.check_run is not None:  # a model made per run (tiny) keeps its base in the run directory
+        source.check_run(run_dir)
 
 
 def check_run(run_dir: Path) -> RunConfig:

@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Iterable
 
 from jsquad_lora.config.schema import ModelConfig, RunConfig
+from jsquad_lora.errors import InputError
 from jsquad_lora.model.source import ModelSource, register_source
 from jsquad_lora.prompts.templates import NL
 from jsquad_lora.util import distributed
 from jsquad_lora.util.files import atomic_dir
 
 TINY = "tiny"
+#: what a tiny run's base/ holds: the initial model and its character tokenizer
+TINY_BASE_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 TINY_SPECIALS = ["<pad>", "<unk>", "<eos>"]
 
 
@@ -91,6 +94,17 @@ def _prepare(cfg: RunConfig, run_dir: Path, train_questions):
     return AutoModelForCausalLM.from_pretrained(base, use_safetensors=True), AutoTokenizer.from_pretrained(base)
 
 
+def _check_run(run_dir: Path) -> None:
+    base = run_dir / "base"
+    if missing := [name for name in TINY_BASE_FILES if not (base / name).is_file()]:
+        raise InputError(
+            base,
+            f"the tiny run's base model is missing ({', '.join(missing)} not found)",
+            fix="a tiny run keeps its base model in base/; copy the whole run directory, or run it again "
+            f"(jsquad-lora run --overwrite --output {run_dir})",
+        )
+
+
 register_source(
     ModelSource(
         TINY,
@@ -100,5 +114,6 @@ register_source(
         describe=lambda cfg: ("built here from random weights", "none (random weights)"),
         prepare=_prepare,
         run_base=lambda cfg, run_dir: str(run_dir / "base"),
+        check_run=_check_run,
     )
 )
