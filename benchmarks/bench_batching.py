@@ -12,12 +12,9 @@ that many examples).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
 import time
-from pathlib import Path
 
+import harness
 import torch
 
 from jsquad_lora.config.load import load_config
@@ -56,7 +53,7 @@ def main() -> None:
     parser.add_argument(
         "--batch-size", type=int, default=16, help="examples per step (shared-prefix: rows holding about that many)"
     )
-    parser.add_argument("--out", default="benchmarks/results/batching.json")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/batching.json)")
     parser.add_argument("--modes", nargs="+", choices=list(MODES.values()), default=list(MODES.values()))
     parser.add_argument(
         "--no-row-cap", action="store_true", help="shared-prefix rows without run.py's 2 x max_length cap"
@@ -113,25 +110,25 @@ def main() -> None:
                 "seconds": seconds,
             }
         )
-    print(f"{'batching':<18}{'padding %':>10}{'tokens/s':>12}{'examples/s':>12}")
-    for r in rows:
-        print(
-            f"{r['batching']:<18}{100 * r['padding_fraction']:>10.2f}"
-            f"{r['tokens_per_second']:>12,.0f}{r['examples_per_second']:>12.1f}"
-        )
-    result = {
-        "benchmark": "training batches",
-        "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "examples_per_step": args.batch_size,
-        "model": "tiny-cpu shape",
-        "shared_prefix_row_cap": cap,
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    print(harness.describe())
+    harness.print_table(
+        rows,
+        [
+            ("batching", "batching"),
+            ("padding", lambda r: f"{100 * r['padding_fraction']:.2f} %"),
+            ("non-padding tokens/s", "tokens_per_second", ",.0f"),
+            ("examples/s", "examples_per_second", ".1f"),
+        ],
+    )
+    harness.write_result(
+        "batching",
+        rows,
+        out=args.out,
+        title="training batches",
+        examples_per_step=args.batch_size,
+        model="tiny-cpu shape",
+        shared_prefix_row_cap=cap,
+    )
 
 
 if __name__ == "__main__":

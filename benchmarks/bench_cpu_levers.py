@@ -5,7 +5,7 @@ float32 with the LM head at every position (what `model(labels=...)` does) vs at
 positions only (`training.answer_only_loss`), each in float32 and under bfloat16 autocast.
 Prefill (the evaluation's compute-bound part): float32 vs bfloat16 weights.
 Generation: a LoRA adapter unmerged (peft) vs merged into the weights.
-Prints a table and writes benchmarks/results/cpu_levers.json with the CPU's name and flags.
+Prints a table and writes benchmarks/results/cpu_levers.json (the harness records the CPU's name and flags).
 
     JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_cpu_levers.py [--steps 3] [--batch 8] \
         [--adapter RUN_DIR/adapter]
@@ -15,11 +15,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
-import platform
-import time
-from pathlib import Path
 
+import harness
 import torch
 
 from jsquad_lora.config.schema import LoraSettings, ModelConfig
@@ -36,9 +33,6 @@ from jsquad_lora.model.lora import attach_lora
 from jsquad_lora.model.source import resolve_model_source
 from jsquad_lora.prompts.templates import render_prompt
 from jsquad_lora.train.losses import answer_only_loss
-from jsquad_lora.util.devices import cpu_flags, cpu_name, usable_isa
-
-RESULTS = Path(__file__).resolve().parent / "results" / "cpu_levers.json"
 
 
 def _train_steps(model, batches, head_at_labels_only: bool, bf16: bool) -> float:
@@ -47,16 +41,16 @@ def _train_steps(model, batches, head_at_labels_only: bool, bf16: bool) -> float
     model.train()
     times = []
     for batch in batches:
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            if head_at_labels_only:
-                loss = answer_only_loss(model, batch)
-            else:
-                loss = model(**batch).loss
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        times.append(time.perf_counter() - start)
+        with harness.Timer() as timer:
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+                if head_at_labels_only:
+                    loss = answer_only_loss(model, batch)
+                else:
+                    loss = model(**batch).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+        times.append(timer.seconds)
     return sum(times[1:]) / max(1, len(times) - 1)
 
 
@@ -64,10 +58,10 @@ def _prefill(model, ids: torch.Tensor, repeats: int = 3) -> float:
     model.eval()
     with torch.inference_mode():
         model(input_ids=ids, logits_to_keep=1)
-        start = time.perf_counter()
-        for _ in range(repeats):
-            model(input_ids=ids, logits_to_keep=1)
-    return (time.perf_counter() - start) / repeats
+        with harness.Timer() as timer:
+            for _ in range(repeats):
+                model(input_ids=ids, logits_to_keep=1)
+    return timer.seconds / repeats
 
 
 def main() -> None:
@@ -88,7 +82,7 @@ def main() -> None:
     parser.add_argument(
         "--float32-only", action="store_true", help="skip the bfloat16 rows (CPUs without bf16 instructions)"
     )
-    parser.add_argument("--out", help=f"JSON file (default {RESULTS})")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/cpu_levers.json)")
     args = parser.parse_args()
     torch.manual_seed(0)
 
@@ -163,57 +157,55 @@ def main() -> None:
         settings = settings[:-1]
     answers = {}
     for name, model, decoding in settings:
-        start = time.perf_counter()
-        answers[name] = generate_answers(model, tokenizer, prompts, passages, decoding)
-        seconds = time.perf_counter() - start
+        with harness.Timer() as timer:
+            answers[name] = generate_answers(model, tokenizer, prompts, passages, decoding)
         rows.append(
             {
                 "lever": "generation (extractive)",
                 "setting": name,
-                "seconds": seconds,
-                "questions_per_second": len(prompts) / seconds,
+                "seconds": timer.seconds,
+                "questions_per_second": len(prompts) / timer.seconds,
                 "answers_equal_to_first_row": sum(a == b for a, b in zip(answers[settings[0][0]], answers[name])),
             }
         )
     same = rows[-1]["answers_equal_to_first_row"]
 
-    print(
-        f"CPU: {cpu_name()} ({', '.join(cpu_flags()) or 'no bf16 flags'}; torch uses {usable_isa()}), "
-        f"torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads"
-    )
+    print(harness.describe())
     print(
         f"train batch: {args.batch} rows, {tokens:.0f} tokens; "
         f"generation: {len(prompts)} dev questions (whole passages); "
         f"bfloat16 answers equal to float32 unmerged: {same}/{len(prompts)}"
     )
-    print(
-        "| lever | setting | seconds | throughput | answers equal to the first generation row |\n|---|---|---|---|---|"
+    harness.print_table(
+        rows,
+        [
+            ("lever", "lever"),
+            ("setting", "setting"),
+            ("seconds", "seconds", ".2f"),
+            (
+                "throughput",
+                lambda r: (
+                    f"{r['tokens_per_second']:.0f} tok/s"
+                    if "tokens_per_second" in r
+                    else f"{r['questions_per_second']:.2f} q/s"
+                ),
+            ),
+            (
+                "answers equal to the first generation row",
+                lambda r: (
+                    f"{r['answers_equal_to_first_row']}/{len(prompts)}" if "answers_equal_to_first_row" in r else None
+                ),
+            ),
+        ],
     )
-    for row in rows:
-        rate = (
-            f"{row['tokens_per_second']:.0f} tok/s"
-            if "tokens_per_second" in row
-            else f"{row['questions_per_second']:.2f} q/s"
-        )
-        equal = f"{row['answers_equal_to_first_row']}/{len(prompts)}" if "answers_equal_to_first_row" in row else ""
-        print(f"| {row['lever']} | {row['setting']} | {row['seconds']:.2f} | {rate} | {equal} |")
-    out = Path(args.out) if args.out else RESULTS
-    out.write_text(
-        json.dumps(
-            {
-                "cpu": cpu_name(),
-                "cpu_flags": cpu_flags(),
-                "isa_used": usable_isa(),
-                "torch": torch.__version__,
-                "machine": platform.machine(),
-                "batch": args.batch,
-                "tokens_per_batch": tokens,
-                "bf16_equal_answers": [same, len(prompts)],
-                "rows": rows,
-            },
-            indent=1,
-        )
+    harness.write_result(
+        "cpu_levers",
+        rows,
+        out=args.out,
+        title="CPU speed levers of the default recipe",
+        batch=args.batch,
+        tokens_per_batch=tokens,
+        bf16_equal_answers=[same, len(prompts)],
     )
 
 

@@ -11,12 +11,9 @@ model with random weights (which never stops early: the worst case for decoding)
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import platform
-import time
 from pathlib import Path
 
+import harness
 import torch
 
 from jsquad_lora.config.load import load_config
@@ -36,7 +33,7 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--decoding", choices=("greedy", "extractive"), default="greedy")
-    parser.add_argument("--out", default="benchmarks/results/eval.json")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/eval.json)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     if args.run:
@@ -57,42 +54,42 @@ def main() -> None:
         decoding = DecodingConfig(
             max_new_tokens=cfg.eval.max_new_tokens, batch_size=batch_size, mode=args.decoding, share_prefix=share
         )
-        start = time.perf_counter()
-        answers[batch_size, share] = generate_answers(model, tokenizer, prompts, passages, decoding)
-        seconds = time.perf_counter() - start
+        with harness.Timer() as timer:
+            answers[batch_size, share] = generate_answers(model, tokenizer, prompts, passages, decoding)
         rows.append(
             {
                 "batch_size": batch_size,
                 "share_prefix": share,
-                "seconds": seconds,
-                "questions_per_second": len(prompts) / seconds,
+                "seconds": timer.seconds,
+                "questions_per_second": len(prompts) / timer.seconds,
             }
         )
     identical = all(a == answers[1, False] for a in answers.values())
     assert identical, "batched predictions differ from one-at-a-time predictions"
     ratio = rows[-1]["questions_per_second"] / rows[0]["questions_per_second"]
-    print(f"{'batch size':<12}{'shared prefix':<15}{'seconds':>10}{'questions/s':>14}{'speed-up':>10}")
-    for r in rows:
-        print(
-            f"{r['batch_size']:<12}{str(r['share_prefix']):<15}{r['seconds']:>10.1f}{r['questions_per_second']:>14.2f}"
-            f"{r['questions_per_second'] / rows[0]['questions_per_second']:>9.2f}x"
-        )
+    print(harness.describe())
+    harness.print_table(
+        rows,
+        [
+            ("batch size", "batch_size"),
+            ("shared prefix", "share_prefix"),
+            ("seconds", "seconds", ".1f"),
+            ("questions/s", "questions_per_second", ".2f"),
+            ("speed-up", lambda r: f"{r['questions_per_second'] / rows[0]['questions_per_second']:.2f}x"),
+        ],
+    )
     print(f"speed-up {ratio:.2f}x; predictions identical: {identical}")
-    result = {
-        "benchmark": "evaluation batched vs one at a time",
-        "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "model": str(args.run or "random tiny (tiny-cpu shape)"),
-        "decoding": args.decoding,
-        "questions": len(prompts),
-        "rows": rows,
-        "speedup": ratio,
-        "identical_predictions": identical,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+    harness.write_result(
+        "eval",
+        rows,
+        out=args.out,
+        title="evaluation batched vs one at a time",
+        model=str(args.run or "random tiny (tiny-cpu shape)"),
+        decoding=args.decoding,
+        questions=len(prompts),
+        speedup=ratio,
+        identical_predictions=identical,
+    )
 
 
 if __name__ == "__main__":

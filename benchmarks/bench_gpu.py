@@ -36,19 +36,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import datetime
 import gc
-import importlib.metadata
 import importlib.util
-import json
-import platform
 import random
 import statistics
 import sys
 import tempfile
-import time
-from pathlib import Path
 
+import harness
 import torch
 from transformers import AutoModelForCausalLM, GPTNeoXConfig
 
@@ -173,11 +168,8 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
     model.train()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.steps):
-        if step == args.warmup:  # warm-up steps (allocator, kernels, autotuning) are not timed
-            sync(device)
-            start = time.perf_counter()
-            collator.reset()
+
+    def step(optimizer) -> torch.Tensor:
         for _ in range(accum):
             batch = collator(next(chunks))
             batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
@@ -187,8 +179,15 @@ def train_row(model, cfg, lengths: list[int], args, device: torch.device) -> dic
         torch.nn.utils.clip_grad_norm_(params, cfg.train.max_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-    sync(device)
-    seconds = time.perf_counter() - start
+        return loss
+
+    for _ in range(args.warmup):  # warm-up steps (allocator, kernels, autotuning) are not timed
+        loss = step(optimizer)
+    collator.reset()
+    with harness.Timer(sync=lambda: sync(device)) as timer:
+        for _ in range(args.steps):
+            loss = step(optimizer)
+    seconds = timer.seconds
     model.config.use_cache = True
     del optimizer
     trainable, total = count_parameters(model)
@@ -220,11 +219,9 @@ def eval_row(model, tokenizer, letters: list[str], prompt_lengths: list[int], ar
     lengths = rng.choices(prompt_lengths, k=args.eval_prompts)
     prompts = ["".join(letters[rng.randrange(FIRST_ID, VOCAB)] for _ in range(n)) for n in lengths]
     decoding = DecodingConfig(max_new_tokens=args.max_new_tokens, batch_size=args.eval_batch_size, mode="greedy")
-    sync(device)
-    start = time.perf_counter()
-    answers = generate_answers(model, tokenizer, prompts, None, decoding)
-    sync(device)
-    seconds = time.perf_counter() - start
+    with harness.Timer(sync=lambda: sync(device)) as timer:
+        answers = generate_answers(model, tokenizer, prompts, None, decoding)
+    seconds = timer.seconds
     return {
         "prompts": len(prompts),
         "seconds": seconds,
@@ -236,13 +233,6 @@ def eval_row(model, tokenizer, letters: list[str], prompt_lengths: list[int], ar
         "answers_shorter_than_max": sum(len(a) < args.max_new_tokens for a in answers),
         "prompt_tokens": summary(lengths),
     }
-
-
-def version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def main() -> None:
@@ -274,7 +264,7 @@ def main() -> None:
     parser.add_argument("--shape", choices=tuple(SHAPES), default="rinna-3.6b")
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="benchmarks/results/gpu.json")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/gpu.json)")
     args = parser.parse_args()
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run on the GPU box, or smoke-test with --device cpu --shape tiny")
@@ -346,20 +336,18 @@ def main() -> None:
         free_memory()
         rows.append(row)
 
-    print(
-        f"\n{'recipe':<18}{'tokens/s':>10}{'padding %':>11}{'MFU %':>8}{'peak GiB':>10}"
-        f"{f'{args.epochs:g}-epoch min':>14}"
+    print(f"\n{harness.describe()}")
+    harness.print_table(
+        rows,
+        [
+            ("recipe", "recipe"),
+            ("tokens/s", lambda r: f"skipped: {r['skipped']}" if "skipped" in r else f"{r['tokens_per_second']:,.0f}"),
+            ("padding %", lambda r: None if "skipped" in r else f"{100 * r['padding_fraction']:.1f}"),
+            ("MFU %", lambda r: None if "skipped" in r else f"{100 * r['mfu']:.1f}"),
+            ("peak GiB", "peak_gib", ".1f"),
+            (f"{args.epochs:g}-epoch min", "projected_minutes", ".1f"),
+        ],
     )
-    for r in rows:
-        if "skipped" in r:
-            print(f"{r['recipe']:<18}  skipped: {r['skipped']}")
-            continue
-        peak = f"{r['peak_gib']:.1f}" if r["peak_gib"] is not None else "-"
-        print(
-            f"{r['recipe']:<18}{r['tokens_per_second']:>10,.0f}{100 * r['padding_fraction']:>11.1f}"
-            f"{100 * r['mfu']:>8.1f}"
-            f"{peak:>10}{r['projected_minutes']:>14.1f}"
-        )
     best = next(r for r in rows if r["recipe"].endswith("best"))
     if "tokens_per_second" in best:
         print(
@@ -379,26 +367,23 @@ def main() -> None:
             f"{'met' if evaluation['seconds'] * 4442 / evaluation['prompts'] <= GOAL_EVAL_SECONDS else 'NOT met'}"
         )
 
-    result = {
-        "benchmark": "real architecture on one GPU",
-        "date": datetime.date.today().isoformat(),
-        "machine": platform.processor() or platform.machine(),
-        "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None,
-        "versions": {p: version(p) for p in ("torch", "transformers", "peft", "bitsandbytes", "flash-attn")},
-        "model": {"shape": args.shape, **SHAPES[args.shape], "vocab_size": VOCAB, "weights": "random"},
-        "options": vars(args),
-        "lengths": lengths,
-        "formulas": {
+    harness.write_result(
+        "gpu",
+        rows,
+        out=args.out,
+        packages=("bitsandbytes", "flash-attn"),
+        title="real architecture on one GPU",
+        device=str(device),
+        model={"shape": args.shape, **SHAPES[args.shape], "vocab_size": VOCAB, "weights": "random"},
+        options=vars(args),
+        lengths=lengths,
+        formulas={
             "mfu": "(4 * N_frozen + 6 * N_trainable) * non-padding tokens/s / (peak_tflops * 1e12); "
             "N_frozen excludes the input embedding; attention FLOPs omitted",
             "projected_minutes": "epochs * train_questions * mean train tokens / tokens/s / 60",
         },
-        "rows": rows,
-        "eval": evaluation,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
+        eval=evaluation,
+    )
 
 
 if __name__ == "__main__":

@@ -16,12 +16,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+import harness
 
 TINY = [
     "model.tiny_layers=2", "model.tiny_hidden=128", "model.tiny_heads=4", "model.tiny_intermediate=512",
@@ -35,8 +35,8 @@ def run(processes: int, config: str, overrides: list[str], out: Path) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
     command = [*launcher, "-m", "jsquad_lora", "run", "--config", config, "--output", str(out), *overrides]
-    start = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True, env=env)
+    with harness.Timer() as timer:
+        result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])
     metrics = json.loads((out / "metrics.json").read_text())
@@ -49,7 +49,7 @@ def run(processes: int, config: str, overrides: list[str], out: Path) -> dict:
         "eval_questions_per_second": evaluation["questions"] / evaluation["seconds"],
         "eval_seconds": evaluation["seconds"],
         "final_loss": train["final_loss"],
-        "wall_seconds": time.perf_counter() - start,
+        "wall_seconds": timer.seconds,
     }
 
 
@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--config", default="tiny-cpu")
-    parser.add_argument("--out", default="benchmarks/results/scaling.json")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/scaling.json)")
     parser.add_argument("overrides", nargs="*", help="key=value (default for tiny-cpu: a 400-question run)")
     args = parser.parse_args()
     overrides = args.overrides or (TINY if args.config == "tiny-cpu" else [])
@@ -72,28 +72,28 @@ def main() -> None:
             rows.append(row)
     import torch
 
-    from jsquad_lora.util.devices import cpu_name
-
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else f"CPU: {cpu_name()}"
-    print(f"{args.config} on {device}, {os.cpu_count()} cores, torch {torch.__version__}")
-    print(f"{'processes':>9}{'threads':>9}{'train ex/s':>12}{'speed-up':>10}{'eval q/s':>10}{'final loss':>12}")
-    for r in rows:
-        print(
-            f"{r['processes']:>9}{r['threads_per_process']:>9}{r['train_examples_per_second']:>12.1f}"
-            f"{r['train_speedup']:>10.2f}{r['eval_questions_per_second']:>10.1f}{r['final_loss']:>12.4f}"
-        )
-    result = {
-        "command": " ".join(sys.argv),
-        "config": args.config,
-        "overrides": overrides,
-        "device": device,
-        "machine": platform.machine(),
-        "cores": os.cpu_count(),
-        "torch": torch.__version__,
-        "rows": rows,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    device = f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "CPU"
+    print(f"{args.config} on {device}; {harness.describe()}")
+    harness.print_table(
+        rows,
+        [
+            ("processes", "processes"),
+            ("threads each", "threads_per_process"),
+            ("train examples/s", "train_examples_per_second", ".1f"),
+            ("speed-up", "train_speedup", ".2f"),
+            ("eval questions/s", "eval_questions_per_second", ".1f"),
+            ("final loss", "final_loss", ".4f"),
+        ],
+    )
+    harness.write_result(
+        "scaling",
+        rows,
+        out=args.out,
+        title="1 vs N processes (torchrun)",
+        config=args.config,
+        overrides=overrides,
+        device=device,
+    )
 
 
 def _per_device(overrides: list[str], processes: int) -> int:

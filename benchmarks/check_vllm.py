@@ -13,11 +13,9 @@ adapter per request, or merged into a temporary model directory).
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
-import time
 from pathlib import Path
 
+import harness
 import torch
 
 from jsquad_lora.config.load import load_config
@@ -37,7 +35,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True, help="a finished run directory")
     parser.add_argument("--questions", type=int, default=500)
-    parser.add_argument("--out", default="benchmarks/results/vllm_check.json")
+    parser.add_argument("--out", help="JSON file (default: benchmarks/results/vllm_check.json)")
     args = parser.parse_args()
     check_available("greedy")
     run_dir = Path(args.run)
@@ -58,15 +56,15 @@ def main() -> None:
     prompts, passages, _ = build_prompts(questions, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens)
     decoding = DecodingConfig(max_new_tokens=cfg.eval.max_new_tokens, batch_size=cfg.eval.batch_size, mode="greedy")
     answers, seconds = {}, {}
-    start = time.perf_counter()
-    answers["hf"] = generate_answers(model, tokenizer, prompts, passages, decoding)
-    seconds["hf"] = time.perf_counter() - start
+    with harness.Timer() as timer:
+        answers["hf"] = generate_answers(model, tokenizer, prompts, passages, decoding)
+    seconds["hf"] = timer.seconds
     plan = serving(architecture_of(model), cfg.lora, trained=adapter.exists())
     with VllmEngines() as engines:
         generate = answerer(cfg, run_dir, model, tokenizer, adapter if adapter.exists() else None, engines)
-        start = time.perf_counter()
-        answers["vllm"] = generate(prompts, decoding, None)
-        seconds["vllm"] = time.perf_counter() - start
+        with harness.Timer() as timer:
+            answers["vllm"] = generate(prompts, decoding, None)
+        seconds["vllm"] = timer.seconds
     served = "the adapter per request" if plan.lora_request else f"{plan.model} weights"
     precision = {
         "hf": f"{cfg.model.dtype}, adapter merged" if adapter.exists() else cfg.model.dtype,
@@ -77,25 +75,25 @@ def main() -> None:
         k: score_predictions(questions, {q.id: a for q, a in zip(questions, v)}, "jglue").exact_match
         for k, v in answers.items()
     }
-    print(f"{'backend':<8}{'seconds':>10}{'EM (jglue)':>12}")
-    for k in answers:
-        print(f"{k:<8}{seconds[k]:>10.1f}{em[k]:>12.2f}")
+    rows = [{"backend": k, "seconds": seconds[k], "exact_match": em[k], "precision": precision[k]} for k in answers]
+    print(harness.describe())
+    harness.print_table(
+        rows, [("backend", "backend"), ("seconds", "seconds", ".1f"), ("EM (jglue)", "exact_match", ".2f")]
+    )
     print(f"identical answers: {same}/{len(questions)}  (weights: HF {precision['hf']}; vLLM {precision['vllm']})")
     if quantized:
         print("the run trained on 8-/4-bit weights: both sides here use its unquantised base, as vLLM serves it")
-    result = {
-        "check": "vllm vs hf greedy answers",
-        "date": datetime.date.today().isoformat(),
-        "run": str(run_dir),
-        "questions": len(questions),
-        "identical": same,
-        "precision": precision,
-        "trained_quantized": quantized,
-        "seconds": seconds,
-        "exact_match": em,
-    }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    harness.write_result(
+        "vllm_check",
+        rows,
+        out=args.out,
+        packages=("vllm",),
+        title="vllm vs hf greedy answers",
+        run=str(run_dir),
+        questions=len(questions),
+        identical=same,
+        trained_quantized=quantized,
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
 """Where batched greedy generation's time goes: the prompt prefill (`prefix_cache.batch_inputs`)
 against `generate` (decode steps), the prompt tokens the prefill ran, and the tokens the screened
 float32 head kept per step. The model: Gemma 3 270M with the adapter bench_vs_peers.py trained
-(its first row), the same first dev questions, greedy, float32 unless told.
+(its first row, peers/vs_trl.py), the same first dev questions, greedy, float32 unless told.
 
     JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/profile_generation.py [--dtype float32] [--batch 32]
 """
@@ -10,18 +10,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import sys
-import time
 from pathlib import Path
 
+import harness
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_vs_peers as peers  # noqa: E402
+from peers import common
 
 from jsquad_lora.generate import greedy as generation
-from jsquad_lora.generate import screened_head  # noqa: E402
-from jsquad_lora.generate.decoding import DecodingConfig  # noqa: E402
+from jsquad_lora.generate import screened_head
+from jsquad_lora.generate.decoding import DecodingConfig
 
 
 def main() -> None:
@@ -29,14 +26,14 @@ def main() -> None:
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16"))
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--questions", type=int, default=120)
-    parser.add_argument("--work", type=Path, default=peers.ROOT / "runs" / "bench-vs-peers")
+    parser.add_argument("--work", type=Path, default=common.ROOT / "runs" / "bench-vs-peers")
     parser.add_argument("--no-screen", action="store_true", help="the plain float32 head")
     args = parser.parse_args()
     bench = argparse.Namespace(
         gpu=False, train_questions=96, dev_questions=args.questions, max_new_tokens=20, work=args.work
     )
-    cfg, model, tokenizer = peers._eval_model(bench, args.dtype, merge=True)
-    _, prompts, passages = peers._dev_prompts(bench, cfg, tokenizer)
+    cfg, model, tokenizer = common.eval_model(bench, args.dtype, merge=True)
+    _, prompts, passages = common.dev_prompts(bench, cfg, tokenizer)
     decoding = DecodingConfig(max_new_tokens=20, batch_size=args.batch, mode="greedy", screen_head=not args.no_screen)
     generation.generate_answers(model, tokenizer, prompts[:4], passages[:4], decoding)  # warm-up
 
@@ -46,9 +43,9 @@ def main() -> None:
 
     def timed(name, fn):
         def run(*a, **k):
-            start = time.perf_counter()
-            out = fn(*a, **k)
-            spent[name] += time.perf_counter() - start
+            with harness.Timer() as timer:
+                out = fn(*a, **k)
+            spent[name] += timer.seconds
             return out
 
         return run
@@ -83,9 +80,10 @@ def main() -> None:
     generation.batch_inputs = timed("prefill", inputs)
     generation._greedy = timed("generate", greedy)
     screened_head.ScreenedHead.forward = head
-    start = time.perf_counter()
-    generation.generate_answers(model, tokenizer, prompts, passages, decoding)
-    total = time.perf_counter() - start
+    with harness.Timer() as timer:
+        generation.generate_answers(model, tokenizer, prompts, passages, decoding)
+    total = timer.seconds
+    print(harness.describe())
     print(f"{len(prompts)} questions, {args.dtype}, batch {args.batch}: {total:.1f} s ({len(prompts) / total:.2f} q/s)")
     print(f"  prefill  {spent['prefill']:.1f} s for {counts['prefill_tokens']} prompt tokens")
     print(
@@ -99,10 +97,10 @@ def main() -> None:
     a, w = torch.randn(300, 640, dtype=model.dtype), torch.randn(2048, 640, dtype=model.dtype)
     for _ in range(3):
         a @ w.T
-    start = time.perf_counter()
-    for _ in range(50):
-        a @ w.T
-    rate = 2 * 300 * 640 * 2048 * 50 / (time.perf_counter() - start)
+    with harness.Timer() as timer:
+        for _ in range(50):
+            a @ w.T
+    rate = 2 * 300 * 640 * 2048 * 50 / timer.seconds
     floor = 2 * body * counts["prefill_tokens"] / rate
     print(
         f"  matmul rate {rate / 1e9:.0f} GFLOPS ([300, 640] x [640, 2048], {args.dtype}): the prefill's "

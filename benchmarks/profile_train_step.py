@@ -7,8 +7,8 @@ float32 or bf16 autocast, step times and the torch profiler's top operators for 
 from __future__ import annotations
 
 import argparse
-import time
 
+import harness
 import torch
 from torch.profiler import profile
 
@@ -54,11 +54,12 @@ def main() -> None:
         optimizer.step()
         optimizer.zero_grad()
 
+    print(harness.describe())
     for i, batch in enumerate(batches):
-        start = time.perf_counter()
-        step(batch)
+        with harness.Timer() as timer:
+            step(batch)
         print(
-            f"step {i}: {tuple(batch['input_ids'].shape)} tokens, {time.perf_counter() - start:.2f} s"
+            f"step {i}: {tuple(batch['input_ids'].shape)} tokens, {timer.seconds:.2f} s"
             + (" (warm-up)" if i == 0 else "")
         )
     with profile() as prof:

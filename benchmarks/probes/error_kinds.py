@@ -1,16 +1,20 @@
 """What the wrong answers of a run are: boundary errors (the prediction and a gold answer contain
 one another: the right place, a span too long or too short) or a different span altogether.
 
-    .venv/bin/python benchmarks/error_kinds.py RUN_DIR [--stage after]
+    .venv/bin/python benchmarks/probes/error_kinds.py RUN_DIR [--stage after]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 from jsquad_lora.evaluate.scorers import jglue_normalize
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/, for harness.py
+import harness  # noqa: E402
 
 
 def kind(row: dict) -> str:
@@ -40,9 +44,14 @@ def main() -> None:
     counts: dict[str, int] = {}
     for row in rows:
         counts[kind(row)] = counts.get(kind(row), 0) + 1
-    print(f"| {args.run} ({args.stage}, {len(rows)} questions) | questions | share |\n|---|---|---|")
-    for name, n in sorted(counts.items(), key=lambda item: -item[1]):
-        print(f"| {name} | {n} | {100 * n / len(rows):.1f} % |")
+    harness.print_table(
+        [{"kind": name, "n": n} for name, n in sorted(counts.items(), key=lambda item: -item[1])],
+        [
+            (f"{args.run} ({args.stage}, {len(rows)} questions)", "kind"),
+            ("questions", "n"),
+            ("share", lambda r: f"{100 * r['n'] / len(rows):.1f} %"),
+        ],
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ Two measurements on 200 random dev passages / 300 random questions of each split
 - answers: the loss of the gold answer's first character, of its remaining characters, and of EOS,
   and how often the first character is the model's top choice, on training and dev questions.
 
-    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/probe_copying.py --run runs/tiny-cpu
+    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/probes/probe_copying.py --run runs/tiny-cpu
 """
 
 from __future__ import annotations
