@@ -34,7 +34,7 @@ def share_prefixes(
     A row also stops growing at `max_tokens` (one example alone may exceed it): attention costs
     the square of a row's width, and examples whose passages were shortened differently share
     almost nothing, so uncapped rows grow very wide and a few batches carry much of an epoch's
-    attention work (measured by benchmarks/row_widths.py; BENCHMARKS.md)."""
+    attention work (measured by benchmarks/probes/row_widths.py; BENCHMARKS.md)."""
     groups: dict[str, list[Encoded]] = {}
     for example, key in zip(examples, keys):
         groups.setdefault(key, []).append(example)

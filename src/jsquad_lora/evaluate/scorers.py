@@ -144,7 +144,7 @@ def stability_normalize(text: str) -> str:
 
 
 #: the most characters handed to MeCab in one call. fugashi + unidic-lite kill the process (SIGSEGV) on
-#: one long text (the sizes: benchmarks/mecab_limit.py, BENCHMARKS.md); this bound is two orders of
+#: one long text (the sizes: benchmarks/probes/mecab_limit.py, BENCHMARKS.md); this bound is two orders of
 #: magnitude below them and far above any real answer.
 MECAB_MAX_CHARS = 2_000
 #: where a long text may be cut when it has no space: after punctuation, a token boundary in practice
