@@ -1,5 +1,7 @@
 """Model sources: the built-in Gemma package is assembled and checked, errors say what to do."""
 
+from pathlib import Path
+
 import pytest
 
 from jsquad_lora.config.schema import ModelConfig
@@ -36,3 +38,14 @@ def test_builtin_package_assembles_with_checksum(tmp_path, monkeypatch):
     reader = GGUFReader(str(path))
     assert reader.fields["general.architecture"].contents() == "gemma3"
     assert reader.fields["general.license"].contents() == "gemma"
+
+
+def test_a_relative_gguf_file_is_relative_to_model_name_only_when_that_is_a_directory(tmp_path):
+    from jsquad_lora.config.load import load_config
+    from jsquad_lora.model.sources.gguf_file import gguf_path
+
+    default = load_config(None, ["model.gguf_file=my.gguf"]).model  # model.name is gemma-3-270m, no directory
+    assert gguf_path(default) == Path("my.gguf")
+    assert gguf_path(ModelConfig(name="org/model", gguf_file="my.gguf")) == Path("my.gguf")
+    assert gguf_path(ModelConfig(name=str(tmp_path), gguf_file="my.gguf")) == tmp_path / "my.gguf"
+    assert gguf_path(ModelConfig(name=str(tmp_path), gguf_file="/abs/my.gguf")) == Path("/abs/my.gguf")

@@ -13,14 +13,18 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.model.gguf import converted, file_digest
 from jsquad_lora.model.source import ModelSource, register_source
 from jsquad_lora.model.sources.gemma import chat_template_for
-from jsquad_lora.model.sources.tiny import TINY
 from jsquad_lora.util.cache import models_cache
 
 
 def gguf_path(cfg: ModelConfig) -> Path:
     """`model.gguf_file` as a path: absolute, or relative to `model.name` when that names a directory."""
     given = Path(cfg.gguf_file)
-    return given if given.is_absolute() or cfg.name in ("", TINY) else Path(cfg.name) / cfg.gguf_file
+    # a name that is no directory (the default gemma-3-270m, tiny, a hub id) leaves the path as given
+    return (
+        given
+        if given.is_absolute() or not Path(cfg.name).expanduser().is_dir()
+        else Path(cfg.name).expanduser() / given
+    )
 
 
 def _resolve(cfg: ModelConfig) -> str:
