@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ from conftest import SHARED, TINY_TEST, needs_data
 
 from jsquad_lora.cli import main
 from jsquad_lora.config.load import load_config
-from jsquad_lora.recipe.rundir import LOCK, MARKER, run_directory
+from jsquad_lora.recipe.rundir import LOCK, MARKER, missing_artefacts, run_directory
 
 FAST = TINY_TEST + ["data.train_limit=16", "data.eval_limit=4", "eval.side_check=false"]
 
@@ -165,7 +166,12 @@ def test_a_corrupt_metrics_file_is_a_clear_error(tmp_path, capsys, content):
     assert run_cli(capsys, "train", "--output", out, *FAST)[0] == 0
     (out / "metrics.json").write_text(content, "utf-8")
     code, err = run_cli(capsys, "evaluate", "--output", out, *FAST)
-    assert code == 2 and "metrics.json" in err and "--overwrite" in err
+    assert code == 2 and "metrics.json" in err and "--overwrite" not in err  # no hint to throw the run away
+    assert "move metrics.json aside" in err
+    (out / "metrics.json").unlink()  # as the hint says: the run resumes, keeping its adapter
+    adapter = _files(out / "adapter")
+    assert run_cli(capsys, "evaluate", "--output", out, *FAST)[0] == 0
+    assert _files(out / "adapter") == adapter and json.loads((out / "metrics.json").read_text())["after"]
 
 
 @needs_data()
@@ -177,3 +183,49 @@ def test_model_files_respect_the_umask_too(tmp_path, capsys):
         os.umask(old)
     for name in ("base/model.safetensors", "adapter/model.safetensors", "adapter/tokenizer.json", "config.yaml"):
         assert (tmp_path / "run" / name).stat().st_mode & 0o777 == 0o644, name
+
+
+LAST_STAGE = [a for a in FAST if a != "eval.side_check=false"]  # every artefact a run can write
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("finished") / "run"
+    assert main(["run", "--output", str(out), *LAST_STAGE]) == 0
+    assert not missing_artefacts(out, load_config("tiny-cpu", LAST_STAGE[2:]))
+    return out
+
+
+@needs_data()
+@pytest.mark.parametrize(
+    "lost", ["report.md", "report.html", "scores.png", "side_check.json", "predictions-after.jsonl", "adapter"]
+)
+def test_a_finished_run_missing_an_artefact_resumes_it(tmp_path, capsys, finished_run, lost):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    before = (out / "predictions-before.jsonl").read_bytes()
+    shutil.rmtree(out / lost) if (out / lost).is_dir() else (out / lost).unlink()
+    assert json.loads((out / "metrics.json").read_text())["finished"]  # as a kill in the last stage left it
+    code, err = run_cli(capsys, "run", "--output", out, *LAST_STAGE)
+    assert code == 0, err
+    assert not missing_artefacts(out, load_config("tiny-cpu", LAST_STAGE[2:]))
+    assert json.loads((out / "metrics.json").read_text())["finished"]
+    assert (out / "predictions-before.jsonl").read_bytes() == before  # the finished stages were not redone
+    code, err = run_cli(capsys, "run", "--output", out, *LAST_STAGE)  # now it is complete: refused, kept
+    assert code == 2 and "finished run" in err
+
+
+@needs_data()
+def test_a_kill_while_the_run_finishes_leaves_it_resumable(tmp_path):
+    from test_resume import cli, kill_when
+
+    out = tmp_path / "run"
+    argv = ["run", "--output", out, *LAST_STAGE]
+    env_ready = lambda: (out / "report.md").exists()  # noqa: E731 (the last stage has begun)
+    assert kill_when(argv, env_ready), "the run ended before it could be killed"
+    metrics = json.loads((out / "metrics.json").read_text())
+    cfg = load_config("tiny-cpu", LAST_STAGE[2:])
+    assert not metrics["finished"] or not missing_artefacts(out, cfg)  # "finished" only once all is written
+    result = subprocess.run(cli(*argv), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert not missing_artefacts(out, cfg) and json.loads((out / "metrics.json").read_text())["finished"]

@@ -38,7 +38,7 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import decoding_config
 from jsquad_lora.model.source import base_model_and_tokenizer, base_model_card
 from jsquad_lora.prompts.fewshot import make_renderer
-from jsquad_lora.recipe.rundir import mark_started, run_dir_path, run_directory
+from jsquad_lora.recipe.rundir import METRICS_FIX, mark_started, run_dir_path, run_directory
 from jsquad_lora.registry import EVAL_BACKENDS
 from jsquad_lora.util import distributed
 from jsquad_lora.util.files import write_json
@@ -137,9 +137,7 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.exists() else {}
     if not isinstance(metrics, dict):
-        raise InputError(
-            metrics_path, "not a JSON object", fix="pass --overwrite for a fresh start, or repair the file"
-        )
+        raise InputError(metrics_path, "not a JSON object", fix=METRICS_FIX)
     metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
     train_questions, eval_questions, population = _questions(cfg)
     if cfg.data.eval_sample:
@@ -254,6 +252,12 @@ def train_stage(job: Job) -> None:
 
     cfg = job.cfg
     job.base_for_inference = None  # the before-tuning copy is done with: free its memory
+    stale = job.run_dir / "predictions-after.jsonl"
+    if distributed.is_main() and stale.exists():  # answers of an adapter that is gone: not this one's
+        log.warning("%s answers with an adapter that is no longer here: it is evaluated again", stale.name)
+        stale.unlink()
+        for key in ("after", EVAL_SUMMARY_KEY["after"]):
+            job.metrics.pop(key, None)
     quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
     model = attach_lora(
         job.model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
@@ -318,7 +322,8 @@ def load_trained_stage(job: Job) -> None:
 
 
 def finish(job: Job, *, finished: bool, report: bool) -> None:
-    """side_check.json, the final metrics.json, the report, and the summary lines in the log."""
+    """side_check.json, the report, then metrics.json, marked finished only once everything else is
+    written (a kill in between leaves a run that resumes), and the summary lines in the log."""
     from jsquad_lora.evaluate.scorers import SCORERS
 
     if not distributed.is_main():
@@ -326,12 +331,14 @@ def finish(job: Job, *, finished: bool, report: bool) -> None:
 
     if job.side_check:
         write_json(job.run_dir / "side_check.json", job.side_check)
-    job.metrics["finished"] = finished  # train/evaluate alone leave the run open for the rest
-    job.save_metrics()
+    job.save_metrics()  # the report reads the final scores from it
     if report:
         from jsquad_lora.report.render import write_report
 
         write_report([job.run_dir], job.run_dir)
+    if finished:  # train/evaluate alone leave the run open for the rest
+        job.metrics["finished"] = True
+        job.save_metrics()
     for name in SCORERS:
         parts = [
             f"{tag} {job.metrics[tag][name]['exact_match']:.2f}" for tag in ("before", "after") if tag in job.metrics

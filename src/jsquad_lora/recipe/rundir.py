@@ -7,6 +7,9 @@ Rules, so that no user file is ever lost:
 - One process per run directory: an OS file lock (`.lock`, `fcntl.flock`) is held for the whole
   job and released by the OS on any exit; a second process gets an error naming the holder.
 - `--overwrite` is a clean start: everything in the (marked) directory goes, finished or not.
+- "Finished" means every artefact is written: metrics.json says `"finished": true` only after the
+  last of them (`finish` writes it last), and a run marked finished that lacks any of
+  `run_artefacts` is resumed, not refused: the stages that wrote the missing files run again.
 - A start that fails before any work (bad data, a prompt that cannot fit) leaves no new directory.
 
 Its layout is listed in run.py's docstring; every file in it is written atomically (files.py).
@@ -35,6 +38,11 @@ log = logging.getLogger(__name__)
 MARKER = ".jsquad-lora-run"
 LOCK = ".lock"
 STARTED = ".started"
+#: a damaged metrics.json: the run resumes without it (its stages find their saved predictions and adapter)
+METRICS_FIX = (
+    "move metrics.json aside (or repair it) and run the same command again: the run resumes, re-scoring its "
+    "saved predictions and keeping its adapter"
+)
 
 
 @contextmanager
@@ -120,10 +128,14 @@ def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fr
     if overwrite:
         _empty(run_dir)
     elif _finished(run_dir / "metrics.json"):
-        raise InputError(
-            run_dir,
-            "this directory holds a finished run",
-            fix="pass --overwrite to replace it, or --output to write somewhere else",
+        if not (missing := missing_artefacts(run_dir, cfg)):
+            raise InputError(
+                run_dir,
+                "this directory holds a finished run",
+                fix="pass --output to write somewhere else, or --overwrite to replace it (its results are lost)",
+            )
+        log.warning(
+            "%s is marked finished but lacks %s: resuming the stages that write them", run_dir, ", ".join(missing)
         )
     elif not fresh and not resume and (run_dir / "config.yaml").exists():
         log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
@@ -132,9 +144,39 @@ def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fr
         raise InputError(
             run_dir,
             "an unfinished run with a different config is here",
-            fix="resume with the same config and overrides, or pass --overwrite, or choose another --output",
+            fix="resume it with the config and overrides it was started with (its config.yaml), or choose another "
+            "--output (--overwrite would throw its work away)",
         )
     write_text(previous, config_to_yaml(cfg))
+
+
+def run_artefacts(cfg: RunConfig) -> list[str]:
+    """What a finished `run` directory holds, by the config's stages (every one is written atomically)."""
+    names = ["config.yaml", "metrics.json"]
+    names += ["eval_ids.json"] * bool(cfg.data.eval_sample)
+    names += ["predictions-before.jsonl"] * cfg.eval.before
+    names += ["adapter/"]
+    names += ["predictions-after.jsonl"] * cfg.eval.after
+    names += ["side_check.json"] * cfg.eval.side_check
+    return names + ["report.md", "report.html", "scores.png"]
+
+
+def missing_artefacts(run_dir: Path, cfg: RunConfig) -> list[str]:
+    """The artefacts of `run_artefacts` absent from `run_dir` (adapter/: not a complete trained model)."""
+    from jsquad_lora.tuned.loaded import ADAPTER_FILES
+
+    missing = []
+    for name in run_artefacts(cfg):
+        if name == "adapter/":
+            adapter = run_dir / "adapter"
+            weights = ADAPTER_FILES[bool(cfg.lora.enabled)]
+            if (adapter / "model.safetensors.index.json").is_file():
+                weights = tuple(w for w in weights if w != "model.safetensors")
+            if not all((adapter / w).is_file() for w in weights):
+                missing.append(name)
+        elif not (run_dir / name).is_file():
+            missing.append(name)
+    return missing
 
 
 def _finished(metrics: Path) -> bool:
@@ -143,9 +185,7 @@ def _finished(metrics: Path) -> bool:
     except FileNotFoundError:
         return False
     except (OSError, ValueError):
-        raise InputError(
-            metrics, "unreadable or not JSON", fix="pass --overwrite for a fresh start, or repair the file"
-        ) from None
+        raise InputError(metrics, "unreadable or not JSON", fix=METRICS_FIX) from None
     return isinstance(data, dict) and data.get("finished") is True
 
 
