@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import stat
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 
 from jsquad_lora.errors import InputError
+from jsquad_lora.recipe import rundir
+from jsquad_lora.report import charts
 from jsquad_lora.report.charts import plot_loss, plot_scores
 from jsquad_lora.report.references import REFERENCE_SCORES
-from jsquad_lora.report.render import render_html, render_markdown, write_report
-from jsquad_lora.report.summary import ReportInputError, load_run
+from jsquad_lora.report.render import REPORT_MARKER, RUN_MARKER, render_html, render_markdown, write_report
+from jsquad_lora.report.summary import ReportInputError, distinct_names, load_run
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -163,3 +169,208 @@ def test_bad_metrics_names_the_file(tmp_path: Path, content: str | None) -> None
     assert "fix:" in str(info.value)
     assert isinstance(info.value, ValueError) and isinstance(info.value, InputError)
     assert not (tmp_path / "out").exists()
+
+
+# --- the output folder: the report writes only where it may (new, empty, its own, or a run directory) ---------
+
+
+def _tree(root: Path) -> dict[str, tuple]:
+    """Everything under `root`, hidden entries and `root` itself included: kind, content, mode and mtime.
+    A file created (even a temporary one, removed again) changes its folder's mtime."""
+    snapshot = {}
+    for folder, dirs, files in os.walk(root):
+        for path in [Path(folder)] + [Path(folder, n) for n in dirs + files]:
+            info = path.lstat()
+            content = os.readlink(path) if path.is_symlink() else path.read_bytes() if path.is_file() else None
+            snapshot[str(path.relative_to(root))] = (stat.S_IFMT(info.st_mode), content, info.st_mode, info.st_mtime_ns)
+    return snapshot
+
+
+def _user_folder(root: Path) -> Path:
+    docs = root / "docs"
+    docs.mkdir()
+    (docs / "report.md").write_text("my own notes", encoding="utf-8")
+    (docs / "scores.png").write_bytes(b"my own picture")
+    return docs
+
+
+@pytest.mark.parametrize("case", ["user-folder", "hidden-file-only", "symlink", "file", "dangling", "unmarked-run"])
+def test_output_folder_not_ours_is_refused_untouched(tmp_path: Path, case: str) -> None:
+    run = make_run(tmp_path, "r")
+    docs = _user_folder(tmp_path)
+    out = {"user-folder": docs, "unmarked-run": run}.get(case, tmp_path / "out")
+    if case == "hidden-file-only":
+        out.mkdir()
+        (out / ".notes").write_text("x", encoding="utf-8")
+    elif case == "symlink":
+        out.symlink_to(docs)
+    elif case == "file":
+        out.write_text("a file", encoding="utf-8")
+    elif case == "dangling":
+        out.symlink_to(tmp_path / "nowhere")
+    before = _tree(tmp_path)
+    with pytest.raises(InputError) as info:
+        write_report([run], out)
+    assert str(out) in str(info.value) and "fix:" in str(info.value)
+    assert _tree(tmp_path) == before  # nothing created, changed or removed anywhere
+
+
+def test_output_folder_new_empty_or_ours(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r")
+    out = tmp_path / "new" / "report"
+    write_report([run], out)
+    assert (out / REPORT_MARKER).is_file()
+    (out / "mine.txt").write_text("kept", encoding="utf-8")
+    write_report([run], out)  # our own report folder: written again, nothing else in it touched
+    assert (out / "mine.txt").read_text(encoding="utf-8") == "kept"
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(empty)
+    write_report([run], link)  # a symbolic link to an empty folder: the report goes into the folder
+    assert (empty / REPORT_MARKER).is_file() and (empty / "report.md").is_file()
+
+
+def test_report_into_its_run_directory(tmp_path: Path) -> None:
+    """As a run's finish() writes it: into the run directory itself, which holds the run marker."""
+    assert RUN_MARKER == rundir.MARKER
+    run = make_run(tmp_path, "r")
+    (run / RUN_MARKER).write_text("", encoding="utf-8")
+    written = write_report([run], run)
+    assert [p.parent for p in written] == [run] * 4 and not (run / REPORT_MARKER).exists()
+    write_report([make_run(tmp_path, "other")], run)  # any run directory of this tool may hold a report
+
+
+# --- report.md: nothing from a run (names, paths, metrics, model output) becomes live Markdown or HTML ----------
+
+HOSTILE = (
+    "<img src=x onerror=alert(1)> [x](javascript:alert(1)) ![i](http://t/i.png) <http://t> <b>b</b> &lt;i&gt; "
+    "*em* _u_ **s** `c` ``d`` ~~del~~ a|b \\*e\\* \\ #\n# heading\n\n<script>alert(2)</script>\n"
+    "    code\n> quote\n- item"
+)
+HOSTILE_NAME = "<img src=x onerror=alert(1)>[x](javascript:alert(1))*e*_u_`c`|#~~d~~\n- item"  # no "/"
+ALLOWED_TAGS = {"h1", "h2", "h3", "p", "strong", "table", "thead", "tbody", "tr", "th", "td", "img", "pre"}
+ALLOWED_TAGS |= {"details", "summary", "code"}  # the resolved config, folded; `tiny` in the note
+
+
+def _hostile_run(root: Path, name: str, model: str, *, sample: bool) -> Path:
+    run = make_run(root, name)
+    metrics = json.loads((run / "metrics.json").read_text(encoding="utf-8"))
+    metrics |= {"model": model, "recipe": HOSTILE, "decoding": HOSTILE}
+    metrics["base_model"] = {k: HOSTILE for k in ("name", "architecture", "source", "license")}
+    if sample:
+        metrics["sample"] = {k: HOSTILE for k in ("questions", "of", "seed", "ids")}
+        metrics["sample"]["em_standard_error"] = {HOSTILE: 1.5}
+    else:
+        metrics["after"]["jglue"]["count"] = HOSTILE
+    (run / "metrics.json").write_text(json.dumps(metrics), encoding="utf-8")
+    (run / "side_check.json").write_text(json.dumps({s: HOSTILE for s in ("prompt", "before", "after")}))
+    row = {"id": HOSTILE, "question": HOSTILE, "prediction": HOSTILE, "golds": [HOSTILE, HOSTILE], "em": 0, "f1": 0}
+    (run / "predictions-after.jsonl").write_text(json.dumps(row) + "\n", encoding="utf-8")
+    (run / "config.yaml").write_text(f"name: x\n\n# {HOSTILE}\n\n[y](javascript:alert(3))\n", encoding="utf-8")
+    return run
+
+
+class _Tags(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict]] = []
+        self.text: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def handle_data(self, data: str) -> None:
+        self.text.append(data)
+
+
+def _renderers() -> dict:
+    found = {}
+    with contextlib.suppress(ImportError):
+        import markdown
+
+        found["python-markdown"] = lambda text: markdown.markdown(text, extensions=["tables"])
+    with contextlib.suppress(ImportError):
+        from markdown_it import MarkdownIt
+
+        found["markdown-it (CommonMark, raw HTML on)"] = MarkdownIt("commonmark").enable("table").render
+    return found
+
+
+def test_markdown_report_keeps_run_values_as_text(tmp_path: Path) -> None:
+    runs = [
+        _hostile_run(tmp_path / "one", HOSTILE_NAME, HOSTILE, sample=True),
+        _hostile_run(tmp_path / "two", "[t](javascript:alert(1))", "tiny", sample=False),  # tiny: named in a note
+    ]
+    md = (write_report(runs, tmp_path / "out")[0]).read_text(encoding="utf-8")
+    assert "<img" not in md and "<script" not in md and "<b>" not in md
+    assert "Tiny offline runs in this report: \\[t\\](javascript:alert(1))." in md
+    renderers = _renderers()
+    assert renderers, "no Markdown renderer installed (markdown, markdown-it-py)"
+    for name, render in renderers.items():
+        parsed = _Tags()
+        parsed.feed(render(md))
+        tags = {tag for tag, _ in parsed.tags}
+        assert tags <= ALLOWED_TAGS, (name, tags - ALLOWED_TAGS)
+        assert [a["src"] for t, a in parsed.tags if t == "img"] == ["scores.png", "loss.png"], name
+        assert all(
+            not k.startswith("on") and "javascript" not in (v or "") for _, a in parsed.tags for k, v in a.items()
+        )
+        if name.startswith("markdown-it"):  # CommonMark: every backslash escape is undone, so the text is exact
+            text = "".join(parsed.text)
+            flat = " ".join(HOSTILE.splitlines())
+            assert text.count(flat) >= 8 and HOSTILE in text, name  # in cells and prose, and whole in <pre>
+            assert " ".join(HOSTILE_NAME.splitlines()) in text
+
+
+# --- runs whose directories share a name ---------------------------------------------------------------------
+
+
+def test_runs_with_one_name_are_told_apart(tmp_path: Path, monkeypatch) -> None:
+    dirs = [make_run(tmp_path / "a", "run"), make_run(tmp_path / "b", "run"), make_run(tmp_path / "x" / "a", "run")]
+    dirs.append(make_run(tmp_path, "solo", full=False))
+    names = [f"{tmp_path.name}/a/run", "b/run", "x/a/run", "solo"]
+    runs = [load_run(d) for d in dirs]
+    assert [r.name for r in distinct_names(runs)] == names
+    assert [r.name for r in distinct_names(distinct_names(runs))] == names
+
+    out = tmp_path / "out"
+    write_report(dirs, out)
+    md = (out / "report.md").read_text(encoding="utf-8")
+    page = (out / "report.html").read_text(encoding="utf-8")
+    for name in names:
+        escaped = name.replace("_", "\\_")  # the test's folder name, as Markdown text
+        assert f"| {escaped} |" in md and f"## Run {escaped}\n" in md
+        assert f"<td>{name}</td>" in page and f"<h2>Run {name}</h2>" in page
+    for name in names[:3]:  # each run's question browser says whose questions it holds
+        assert f"<h3>Every question of {name}: " in page
+
+    figures = []
+    monkeypatch.setattr(charts, "_png", lambda fig: figures.append(fig) or b"")
+    charts.scores_png(runs)
+    charts.loss_png(runs)
+    bars = {t.get_text() for t in figures[0].axes[0].get_yticklabels()}
+    assert {f"{n} (tiny) after" for n in names[:3]} <= bars and "solo (tiny) before" in bars
+    assert [t.get_text() for t in figures[1].axes[0].get_legend().get_texts()] == names[:3]
+
+
+def test_chart_labels_of_non_ascii_names_differ(tmp_path: Path, monkeypatch) -> None:
+    figures = []
+    monkeypatch.setattr(charts, "_png", lambda fig: figures.append(fig) or b"")
+    charts.loss_png([load_run(make_run(tmp_path, "実験")), load_run(make_run(tmp_path, "試験"))])
+    first, second = [t.get_text() for t in figures[0].axes[0].get_legend().get_texts()]
+    assert first != second and first.isascii()
+
+
+def test_one_run_directory_given_twice_is_refused(tmp_path: Path) -> None:
+    run = make_run(tmp_path, "r")
+    (tmp_path / "link").symlink_to(run)
+    (tmp_path / "x").mkdir()
+    for again in (tmp_path / "x" / ".." / "r", tmp_path / "link"):
+        with pytest.raises(ReportInputError, match="given twice") as info:
+            write_report([run, again], tmp_path / "out")
+        assert str(again) in str(info.value) and "fix:" in str(info.value)
+        assert not (tmp_path / "out").exists()
+    with pytest.raises(ReportInputError, match="given twice"):
+        render_markdown([load_run(run), load_run(run)])

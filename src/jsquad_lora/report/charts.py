@@ -8,13 +8,13 @@ from typing import Any, Sequence
 
 from jsquad_lora.evaluate.scorers import PRIMARY_SCORER
 from jsquad_lora.report.references import REFERENCE_SCORES
-from jsquad_lora.report.summary import STAGES, RunSummary
+from jsquad_lora.report.summary import STAGES, RunSummary, distinct_names
 from jsquad_lora.util.files import write_bytes
 
 
 def _ascii(text: str) -> str:
-    # The default fonts lack CJK glyphs; ASCII labels render everywhere.
-    return text.replace("—", "-").encode("ascii", "replace").decode("ascii")
+    # The default fonts lack CJK glyphs; ASCII labels render everywhere (escapes, so two names stay two).
+    return text.replace("—", "-").encode("ascii", "backslashreplace").decode("ascii")
 
 
 def _png(fig: Any) -> bytes:
@@ -31,6 +31,7 @@ def scores_png(runs: Sequence[RunSummary]) -> bytes:
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
+    runs = distinct_names(runs)
     colours = {"reference": "#a0a0a0", "before": "#6baed6", "after": "#e6550d"}
     bars = [
         (r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference")
@@ -67,6 +68,7 @@ def loss_png(runs: Sequence[RunSummary]) -> bytes | None:
 
     if not any(r.loss for r in runs):
         return None
+    runs = distinct_names(runs)
     fig = Figure(figsize=(8, 4.5))
     ax = fig.add_subplot()
     for run in runs:

@@ -10,17 +10,34 @@ from __future__ import annotations
 
 import base64
 import html
+import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from jsquad_lora.evaluate.scorers import PRIMARY_SCORER, SCORERS
 from jsquad_lora.report.charts import loss_png, scores_png
 from jsquad_lora.report.question_browser import CSS as BROWSER_CSS
 from jsquad_lora.report.question_browser import browser_data, render_browser, script
 from jsquad_lora.report.references import NOT_COMPARABLE, REFERENCE_SCORES
-from jsquad_lora.report.summary import STAGES, ReportInputError, RunSummary, _dig, _is_right, _number, load_run
-from jsquad_lora.util.files import write_bytes, write_text
+from jsquad_lora.report.summary import (
+    STAGES,
+    ReportInputError,
+    RunSummary,
+    _dig,
+    _is_right,
+    _number,
+    distinct_names,
+    load_run,
+)
+from jsquad_lora.util.files import holds_marker, write_bytes, write_text
 from jsquad_lora.util.jsonio import shown
+
+#: written first into an output folder the report makes (or finds empty): the one kind it writes into again
+REPORT_MARKER = ".jsquad-lora-report"
+#: recipe/rundir.py's MARKER: a run directory holds its own report (recipe is a layer above: not imported)
+RUN_MARKER = ".jsquad-lora-run"
+#: what can start Markdown markup inside a line (with "<" and "&", which are HTML-escaped)
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
 
 
 def _f(value: Any, spec: str = ".2f") -> str:
@@ -73,13 +90,15 @@ def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
     return head, rows
 
 
-def _md_table(head: list[str], rows: list[list[str]]) -> str:
-    # Cells are HTML-escaped too: model output may hold markup, and Markdown renders raw HTML.
-    def cell(text: str) -> str:
-        return html.escape(text, quote=False).replace("|", "\\|").replace("\n", " ")
+def _md_text(value: Any) -> str:
+    """A value from a run (a name, a path, a metrics field, model output) as Markdown that shows it as it is:
+    on one line, its Markdown punctuation backslash-escaped and its HTML escaped (Markdown renders raw HTML)."""
+    return html.escape(_MD_SPECIAL.sub(r"\\\1", " ".join(str(value).splitlines())), quote=False)
 
-    lines = ["| " + " | ".join(map(cell, head)) + " |", "|" + "---|" * len(head)]
-    return "\n".join(lines + ["| " + " | ".join(map(cell, r)) + " |" for r in rows])
+
+def _md_table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(map(_md_text, head)) + " |", "|" + "---|" * len(head)]
+    return "\n".join(lines + ["| " + " | ".join(map(_md_text, r)) + " |" for r in rows])
 
 
 def _html_table(head: list[str], rows: list[list[str]]) -> str:
@@ -89,9 +108,11 @@ def _html_table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> list[str]:
-    """The report body shared by both formats; `images` maps chart name → URL (link or data URI)."""
+    """The report body shared by both formats; `images` maps chart name → URL (link or data URI). Every value
+    from a run goes in through `v` (escaped for Markdown; the HTML helpers escape whole texts)."""
     md = fmt == "md"
     table = _md_table if md else _html_table
+    v = _md_text if md else str
 
     def h(level: int, text: str) -> str:
         return f"{'#' * level} {text}" if md else f"<h{level}>{html.escape(text)}</h{level}>"
@@ -106,7 +127,7 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
         return f"![{alt}]({images[name]})" if md else f'<img alt="{alt}" src="{images[name]}">'
 
     out = [h(1, "JSQuAD LoRA report"), p(("**Note.** " if md else "Note. ") + NOT_COMPARABLE)]
-    if tiny := [r.name for r in runs if r.is_tiny]:
+    if tiny := [v(r.name) for r in runs if r.is_tiny]:
         out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
     out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
     out += [
@@ -122,17 +143,17 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     if "loss.png" in images:
         out += [h(2, "Training loss"), img("loss.png", "training loss")]
     for number, run in enumerate(runs):
-        out.append(h(2, f"Run {run.name}"))
-        out.append(p(f"Directory: {run.path}"))
+        out.append(h(2, f"Run {v(run.name)}"))
+        out.append(p(f"Directory: {v(run.path)}"))
         if isinstance(card := run.metrics.get("base_model"), dict) and card:
             out.append(
                 p(
-                    f"Base model: {card.get('name')} ({card.get('architecture', '?')}, "
+                    f"Base model: {v(card.get('name'))} ({v(card.get('architecture', '?'))}, "
                     f"{(_number(card.get('parameters')) or 0) / 1e6:,.1f}M parameters); "
-                    f"source: {card.get('source', '?')}; license: {card.get('license', '?')}."
+                    f"source: {v(card.get('source', '?'))}; license: {v(card.get('license', '?'))}."
                 )
             )
-        out.append(p(_evaluated_questions(run.metrics)))
+        out.append(p(_evaluated_questions(run.metrics, v)))
         if run.side_check:
             out.append(h(3, "Side check: free generation"))
             out += [p("Prompt:"), pre(run.side_check.get("prompt", ""))]
@@ -146,27 +167,30 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             ]
         if run.predictions and not md:
             out += [
-                h(3, "Every question: filter, search, open one to see its passage"),
+                h(3, f"Every question of {run.name}: filter, search, open one to see its passage"),
                 render_browser(browser_data(run.predictions, run.questions), str(number), run.questions_note),
             ]
         if run.config_text is not None:
-            out.append(h(3, f"Resolved config ({run.path / 'config.yaml'})"))
-            out.append(f"<details><summary>config.yaml</summary>{pre(run.config_text)}</details>")
+            out.append(h(3, f"Resolved config ({v(run.path / 'config.yaml')})"))
+            # the <pre> on lines of its own: a Markdown HTML block that starts with <details> ends at a blank line
+            out.append(f"<details><summary>config.yaml</summary>\n\n{pre(run.config_text)}\n\n</details>")
     return out
 
 
-def _evaluated_questions(metrics: dict) -> str:
-    """Which dev questions the scores are over: the whole split, or the sample with its standard error."""
+def _evaluated_questions(metrics: dict, v: Callable[[Any], str]) -> str:
+    """Which dev questions the scores are over: the whole split, or the sample with its standard error
+    (the values read from metrics.json go through `v`)."""
     sample = metrics.get("sample")
     count = _dig(metrics, "after", PRIMARY_SCORER, "count") or _dig(metrics, "before", PRIMARY_SCORER, "count")
     if not isinstance(sample, dict):
-        return f"Evaluated: all {count} questions of the evaluation split." if count else "Not evaluated."
+        return f"Evaluated: all {v(count)} questions of the evaluation split." if count else "Not evaluated."
     errors = sample.get("em_standard_error")
     errors = errors if isinstance(errors, dict) else {}
-    spread = "; ".join(f"{tag} ±{value:.2f}" for tag, raw in errors.items() if (value := _number(raw)) is not None)
+    spread = "; ".join(f"{v(tag)} ±{value:.2f}" for tag, raw in errors.items() if (value := _number(raw)) is not None)
     return (
-        f"Evaluated: a fixed random sample of {sample.get('questions')} of the {sample.get('of')} questions "
-        f"(stratified by article, drawn as whole passages, seed {sample.get('seed')}; ids in {sample.get('ids')}). "
+        f"Evaluated: a fixed random sample of {v(sample.get('questions'))} of the {v(sample.get('of'))} questions "
+        f"(stratified by article, drawn as whole passages, seed {v(sample.get('seed'))}; "
+        f"ids in {v(sample.get('ids'))}). "
         f"Standard error of jglue EM (points): {spread or 'n/a'}. "
         "The whole split is one override away: data.eval_sample=null."
     )
@@ -174,6 +198,7 @@ def _evaluated_questions(metrics: dict) -> str:
 
 def render_markdown(runs: Sequence[RunSummary]) -> str:
     """The report as Markdown, linking scores.png (and loss.png when any run logged loss) beside it."""
+    runs = distinct_names(runs)
     images = {"scores.png": "scores.png"}
     if any(r.loss for r in runs):
         images["loss.png"] = "loss.png"
@@ -189,6 +214,7 @@ _CSS = (
 
 def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
     """A self-contained HTML report: `images` (chart name → PNG bytes) embedded as data URIs."""
+    runs = distinct_names(runs)
     uris = {name: "data:image/png;base64," + base64.b64encode(data).decode("ascii") for name, data in images.items()}
     body = shown("\n".join(_sections(runs, "html", uris)))  # a lone surrogate from a run file: escaped
     if any(r.predictions for r in runs):
@@ -200,24 +226,52 @@ def render_html(runs: Sequence[RunSummary], images: dict[str, bytes]) -> str:
 
 
 def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
-    """Write report.md, report.html, scores.png and (if any loss was logged) loss.png; return their paths."""
+    """Write report.md, report.html, scores.png and (if any loss was logged) loss.png; return their paths.
+    `out_dir` must be new, empty, a report folder (REPORT_MARKER) or a run directory (RUN_MARKER): anything
+    else is refused before any file is read or written."""
     if not run_dirs:
         raise ReportInputError("report", "no run directories given", fix="pass one or more run directories")
-    runs = [load_run(d) for d in run_dirs]
     out_dir = Path(out_dir)
+    try:
+        mark = _needs_marker(out_dir)
+    except OSError as err:
+        raise _unwritable(out_dir, err) from None
+    runs = distinct_names([load_run(d) for d in run_dirs])
     images = {"scores.png": scores_png(runs)}
     if (loss := loss_png(runs)) is not None:
         images["loss.png"] = loss
     try:
+        if mark:
+            write_text(out_dir / REPORT_MARKER, "a report folder of jsquad-lora: `jsquad-lora report` rewrites it\n")
         written = [
             write_text(out_dir / "report.md", render_markdown(runs)),
             write_text(out_dir / "report.html", render_html(runs, images)),
         ]
         written += [write_bytes(out_dir / name, data) for name, data in images.items()]
     except OSError as err:
-        raise ReportInputError(
-            out_dir,
-            f"cannot write the report here ({err.strerror or err})",
-            fix="pass --output a directory you can write to (not an existing file)",
-        ) from None
+        raise _unwritable(out_dir, err) from None
     return written
+
+
+def _needs_marker(out_dir: Path) -> bool:
+    """Whether `out_dir` is new or empty (the report marks it first); False for a report folder or a run
+    directory of this tool. Anything else (a file, a dangling link, a folder of the user's) is an error."""
+    fix = "pass --output a new or empty directory"
+    if out_dir.is_symlink() and not out_dir.exists():
+        raise ReportInputError(out_dir, "cannot write the report here: a symbolic link to nothing", fix=fix)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ReportInputError(out_dir, "cannot write the report here: a file, not a directory", fix=fix)
+    if (out_dir / RUN_MARKER).is_file():
+        return False
+    fix += (
+        f"; if it holds a report of an earlier version of this tool, create the marker: touch {out_dir / REPORT_MARKER}"
+    )
+    return not holds_marker(out_dir, REPORT_MARKER, what="a report folder of jsquad-lora", fix=fix)
+
+
+def _unwritable(out_dir: Path, err: OSError) -> ReportInputError:
+    return ReportInputError(
+        out_dir,
+        f"cannot write the report here ({err.strerror or err})",
+        fix="pass --output a directory you can write to (not an existing file)",
+    )

@@ -3,11 +3,12 @@ for an optional extra that is missing or damaged (left out with a warning)."""
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from jsquad_lora.errors import InputError
 from jsquad_lora.model.sources.tiny import TINY
@@ -153,3 +154,23 @@ def load_run(run_dir: Path | str) -> RunSummary:
         questions,
         note,
     )
+
+
+def distinct_names(runs: Sequence[RunSummary]) -> list[RunSummary]:
+    """The runs, each named by its directory's name, or where runs share that name by the shortest end of its
+    path that tells it apart (a/run, b/run): the names the whole report uses. One directory given twice is a
+    ReportInputError."""
+    paths = [run.path.resolve() for run in runs]
+    for i, path in enumerate(paths):
+        if path in paths[:i]:
+            first = runs[paths.index(path)].path
+            also = "" if first == runs[i].path else f" (also as {first})"
+            raise ReportInputError(runs[i].path, f"this run directory is given twice{also}", fix="pass each run once")
+    names = []
+    for path in paths:
+        others = [other.parts for other in paths if other != path]
+        k = 1
+        while any(other[-k:] == path.parts[-k:] for other in others):
+            k += 1
+        names.append(str(Path(*path.parts[-k:])))
+    return [dataclasses.replace(run, name=name) for run, name in zip(runs, names)]
