@@ -79,3 +79,33 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """`small_disk(kib)`: a new tmpfs file system of that size, for the paths where the disk fills up;
+    `resize(kib)` on it makes room again. Mounting needs root (CI runs as root): skipped otherwise."""
+    import subprocess
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    mounted = []
+
+    class Disk(type(tmp_path)):
+        def resize(self, kib: int) -> None:
+            subprocess.run(["mount", "-o", f"remount,size={kib}k", str(self)], check=True)
+
+    def make(kib: int):
+        path = Disk(tmp_path / f"disk-{len(mounted)}")
+        path.mkdir()
+        result = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={kib}k", "tmpfs", str(path)], capture_output=True, text=True
+        )
+        if result.returncode:
+            pytest.fail(f"cannot mount a tmpfs as root: {result.stderr.strip()}", pytrace=False)
+        mounted.append(path)
+        return path
+
+    yield make
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

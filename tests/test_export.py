@@ -146,3 +146,30 @@ def test_export_refuses_what_it_must_not_replace(run_dir, tmp_path, capsys):
     assert main(["export", str(unfinished), "--output", str(tmp_path / "x")]) == 2
     assert "adapter/ is missing" in capsys.readouterr().err and not (tmp_path / "x").exists()
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("target", ["empty", "earlier", "dangling"])
+def test_export_through_a_symlinked_output(run_dir, tmp_path, target):
+    real, link = tmp_path / "real", tmp_path / "link"
+    if target == "empty":
+        real.mkdir()
+    elif target == "earlier":
+        assert main(["export", str(run_dir), "--output", str(real)]) == 0
+    link.symlink_to(real, target_is_directory=True)
+    flags = ["--overwrite"] if target == "earlier" else []
+    assert main(["export", str(run_dir), "--output", str(link), *flags]) == 0
+    assert link.is_symlink() and link.resolve() == real.resolve()  # the link kept, its target written
+    assert (real / EXPORT_MARKER).is_file() and (real / "adapter_model.safetensors").is_file()
+    assert not list(tmp_path.glob(".*.tmp")) and not list(tmp_path.glob(".*.old"))
+
+
+def test_export_onto_a_full_disk_is_a_clear_error_and_leaves_nothing(run_dir, small_disk, capsys):
+    disk = small_disk(256)  # room for the adapter, not for the merged model
+    out = disk / "merged"
+    assert main(["export", str(run_dir), "--output", str(out), "--merge"]) == 2
+    err = capsys.readouterr().err
+    assert "no space left on the device while writing the export (merged)" in err and "MiB free" in err, err
+    assert "Traceback" not in err and list(disk.iterdir()) == []  # nothing half-written left
+    disk.resize(64 * 1024)
+    assert main(["export", str(run_dir), "--output", str(out), "--merge"]) == 0
+    assert (out / "model.safetensors").is_file()

@@ -229,3 +229,25 @@ def test_a_kill_while_the_run_finishes_leaves_it_resumable(tmp_path):
     result = subprocess.run(cli(*argv), capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-2000:]
     assert not missing_artefacts(out, cfg) and json.loads((out / "metrics.json").read_text())["finished"]
+
+
+@needs_data()
+def test_a_full_disk_while_training_is_a_clear_error_and_the_run_resumes(small_disk, capsys):
+    disk = small_disk(640)  # the tiny base model and a checkpoint fit, not two
+    out = disk / "run"
+    argv = ["train", "--output", out, *FAST, "lora.enabled=true", "train.save_steps=1", "train.epochs=4"]
+    code, err = run_cli(capsys, *argv)
+    assert code == 2 and "Traceback" not in err, err
+    assert "no space left on the device while writing a training checkpoint or the adapter" in err, err
+    assert "MiB free" in err and "run the same command again" in err
+    checkpoints = list((out / "checkpoints").glob("checkpoint-*"))
+    assert checkpoints  # the first fitted: the run resumes from it
+    for checkpoint in checkpoints:  # none half-written that resume could take
+        json.loads((checkpoint / "trainer_state.json").read_text())
+    assert not (out / "adapter").exists() and not list(out.glob(".*.tmp"))
+    disk.resize(64 * 1024)
+    code, err = run_cli(capsys, *argv)
+    assert code == 0, err
+    assert (out / "adapter").is_dir()
+    steps = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4, (out / "loss.jsonl").read_text()  # trained to the end

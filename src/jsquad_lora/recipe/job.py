@@ -41,13 +41,18 @@ from jsquad_lora.prompts.fewshot import make_renderer
 from jsquad_lora.recipe.rundir import METRICS_FIX, mark_started, run_dir_path, run_directory
 from jsquad_lora.registry import EVAL_BACKENDS
 from jsquad_lora.util import distributed
-from jsquad_lora.util.files import write_json
+from jsquad_lora.util.files import out_of_space, write_json
 from jsquad_lora.util.jsonio import read_jsonl, read_jsonl_prefix
 
 log = logging.getLogger(__name__)
 Stage = Literal["before", "after"]
 #: metrics.json's key for each evaluation's timings (older runs' names, kept for their reports)
 EVAL_SUMMARY_KEY = {"before": "eval_before", "after": "eval"}
+#: the fix of a full disk: every stage resumes (a checkpoint or a predictions line is complete or ignored)
+RESUME_FIX = (
+    "free space on that disk (or move {run_dir} to a larger one) and run the same command again: the run "
+    "resumes where it stopped (training from its last complete checkpoint)"
+)
 
 
 @dataclass
@@ -100,22 +105,23 @@ def main_job(
         _run_directory(cfg, output, resume, overwrite) as run_dir,
         EVAL_BACKENDS[cfg.eval.backend].resources() as engines,
     ):
-        job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
-        if distributed.is_main():
-            mark_started(run_dir)
-        if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
-            evaluate_stage(job, "before")
-        if evaluating and cfg.eval.side_check:
-            side_check_stage(job, "before")
-        if stages in ("run", "train") and not job.trained:
-            train_stage(job)
-        elif job.trained and evaluating:
-            load_trained_stage(job)
-        if evaluating and cfg.eval.after and job.trained:
-            evaluate_stage(job, "after")
-            if job.side_check:
-                side_check_stage(job, "after")
-        finish(job, finished=stages == "run", report=evaluating)
+        with out_of_space("the run's files", run_dir, fix=RESUME_FIX.format(run_dir=run_dir)):
+            job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
+            if distributed.is_main():
+                mark_started(run_dir)
+            if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
+                evaluate_stage(job, "before")
+            if evaluating and cfg.eval.side_check:
+                side_check_stage(job, "before")
+            if stages in ("run", "train") and not job.trained:
+                train_stage(job)
+            elif job.trained and evaluating:
+                load_trained_stage(job)
+            if evaluating and cfg.eval.after and job.trained:
+                evaluate_stage(job, "after")
+                if job.side_check:
+                    side_check_stage(job, "after")
+            finish(job, finished=stages == "run", report=evaluating)
     distributed.shutdown()
     return run_dir
 
@@ -247,6 +253,7 @@ def train_stage(job: Job) -> None:
     """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
     from jsquad_lora.encoding.tokens import encode_train_set
     from jsquad_lora.model.lora import attach_lora, count_parameters, merged
+    from jsquad_lora.train.checkpoints import newest_checkpoint_size, remove_incomplete_checkpoints
     from jsquad_lora.train.trainer import train
     from jsquad_lora.util.devices import train_in_bf16
 
@@ -291,16 +298,28 @@ def train_stage(job: Job) -> None:
         cfg.train.mixed_precision,
     )
     # train() saves the adapter; every rank sees it (job.trained) when it returns
-    result = train(
-        model,
-        examples,
-        cfg.train,
-        job.run_dir / "checkpoints",
-        job.run_dir / "loss.jsonl",
-        bf16=bf16,
-        save_to=job.adapter_dir,
-        tokenizer=job.tokenizer,
-    )
+    checkpoints = job.run_dir / "checkpoints"
+    try:
+        with out_of_space(
+            "a training checkpoint or the adapter",
+            checkpoints,
+            fix=RESUME_FIX.format(run_dir=job.run_dir),
+            needed=lambda: newest_checkpoint_size(checkpoints),
+        ):
+            result = train(
+                model,
+                examples,
+                cfg.train,
+                checkpoints,
+                job.run_dir / "loss.jsonl",
+                bf16=bf16,
+                save_to=job.adapter_dir,
+                tokenizer=job.tokenizer,
+            )
+    except InputError:
+        if distributed.is_main():
+            remove_incomplete_checkpoints(checkpoints)  # half-written: never a resume point, and they hold space
+        raise
     job.model = merged(model)
     job.metrics["train"] = {
         **result.summary(),

@@ -1,5 +1,6 @@
-"""Trainer checkpoints: the newest complete one (the resume point), and a full fine-tune's weights loaded
-back strictly (older checkpoints' embed_out / lm_head names mapped)."""
+"""Trainer checkpoints: the newest complete one (the resume point), the incomplete ones removed after a
+failed save, and a full fine-tune's weights loaded back strictly (older checkpoints' embed_out / lm_head
+names mapped)."""
 
 from __future__ import annotations
 
@@ -49,6 +50,22 @@ def latest_checkpoint(output_dir: Path) -> Path | None:
     """The newest complete checkpoint (Trainer writes trainer_state.json last)."""
     done = [p for p in output_dir.glob("checkpoint-*") if _complete(p / "trainer_state.json")]
     return max(done, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def newest_checkpoint_size(output_dir: Path) -> int | None:
+    """Bytes of the newest complete checkpoint (what the next one will take, about), or None."""
+    newest = latest_checkpoint(output_dir)
+    return sum(p.stat().st_size for p in newest.rglob("*") if p.is_file()) if newest else None
+
+
+def remove_incomplete_checkpoints(output_dir: Path) -> list[Path]:
+    """Delete the checkpoint directories whose save did not complete (no readable trainer_state.json)."""
+    import shutil
+
+    removed = [p for p in output_dir.glob("checkpoint-*") if p.is_dir() and not _complete(p / "trainer_state.json")]
+    for path in removed:
+        shutil.rmtree(path)
+    return removed
 
 
 def _complete(state_file: Path) -> bool:

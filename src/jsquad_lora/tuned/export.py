@@ -31,7 +31,7 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.evaluate.scorers import SCORERS
 from jsquad_lora.model.source import model_source
 from jsquad_lora.tuned.loaded import check_run, load_model
-from jsquad_lora.util.files import atomic_dir, holds_marker, write_text
+from jsquad_lora.util.files import atomic_dir, holds_marker, out_of_space, write_text
 
 log = logging.getLogger(__name__)
 EXPORT_MARKER = ".jsquad-lora-export"
@@ -53,7 +53,17 @@ def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: b
     _check_target(output, overwrite)
     metrics = _read_metrics(run_dir)
     kind = "merged" if merge and cfg.lora.enabled else "adapter" if cfg.lora.enabled else "full"
-    with atomic_dir(output) as tmp:
+    adapter_bytes = sum(p.stat().st_size for p in (run_dir / "adapter").rglob("*") if p.is_file())
+    with (
+        out_of_space(
+            f"the export ({kind})",
+            output,
+            fix="free space there, or pass an --output on a disk with more room; nothing was written to "
+            f"{output} (the partial export was removed)",
+            needed=None if kind == "merged" else adapter_bytes,
+        ),
+        atomic_dir(output) as tmp,
+    ):
         if kind == "merged":
             log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
             model, tokenizer = load_model(run_dir, _unquantized(cfg))
