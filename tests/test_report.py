@@ -239,7 +239,11 @@ def test_report_into_its_run_directory(tmp_path: Path) -> None:
     (run / RUN_MARKER).write_text("", encoding="utf-8")
     written = write_report([run], run)
     assert [p.parent for p in written] == [run] * 4 and not (run / REPORT_MARKER).exists()
-    write_report([make_run(tmp_path, "other")], run)  # any run directory of this tool may hold a report
+    before, other = {f.name: f.read_bytes() for f in run.iterdir()}, make_run(tmp_path, "other")
+    with pytest.raises(InputError, match="not in this report"):  # another run's report would replace its own
+        write_report([other], run)
+    assert {f.name: f.read_bytes() for f in run.iterdir()} == before
+    write_report([other, run], run)  # a comparison that includes the run: allowed
 
 
 # --- report.md: nothing from a run (names, paths, metrics, model output) becomes live Markdown or HTML ----------

@@ -233,7 +233,7 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
         raise ReportInputError("report", "no run directories given", fix="pass one or more run directories")
     out_dir = Path(out_dir)
     try:
-        mark = _needs_marker(out_dir)
+        mark = _needs_marker(out_dir, run_dirs)
     except OSError as err:
         raise _unwritable(out_dir, err) from None
     runs = distinct_names([load_run(d) for d in run_dirs])
@@ -253,16 +253,23 @@ def write_report(run_dirs: list[Path], out_dir: Path) -> list[Path]:
     return written
 
 
-def _needs_marker(out_dir: Path) -> bool:
-    """Whether `out_dir` is new or empty (the report marks it first); False for a report folder or a run
-    directory of this tool. Anything else (a file, a dangling link, a folder of the user's) is an error."""
+def _needs_marker(out_dir: Path, run_dirs: list[Path]) -> bool:
+    """Whether `out_dir` is new or empty (the report marks it first); False for a report folder or one of
+    the reported run directories. Anything else (a file, a dangling link, a folder of the user's, another
+    run's directory, whose own report it would replace) is an error."""
     fix = "pass --output a new or empty directory"
     if out_dir.is_symlink() and not out_dir.exists():
         raise ReportInputError(out_dir, "cannot write the report here: a symbolic link to nothing", fix=fix)
     if out_dir.exists() and not out_dir.is_dir():
         raise ReportInputError(out_dir, "cannot write the report here: a file, not a directory", fix=fix)
     if (out_dir / RUN_MARKER).is_file():
-        return False
+        if out_dir.resolve() in {Path(d).resolve() for d in run_dirs}:
+            return False
+        raise ReportInputError(
+            out_dir,
+            "this is the directory of a run that is not in this report: its own report would be replaced",
+            fix="pass --output a new or empty directory (or include this run in the report)",
+        )
     fix += (
         f"; if it holds a report of an earlier version of this tool, create the marker: touch {out_dir / REPORT_MARKER}"
     )
