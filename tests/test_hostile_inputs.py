@@ -84,6 +84,45 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     assert cfg.train.epochs == 3.0 and cfg.train.batch_size == 2
 
 
+def _alias_bomb(levels: int, width: int = 9) -> list[str]:
+    """YAML lines whose last anchor stands for width ** levels values ("a billion laughs")."""
+    lines = [f"l0: &l0 [{', '.join(['x'] * width)}]"]
+    lines += [f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * width)}]" for i in range(1, levels)]
+    return lines
+
+
+@pytest.mark.parametrize(
+    "text, phrase",
+    [
+        ("\n".join(_alias_bomb(9)) + "\nlora:\n  target_modules: *l8\n", "expand to more than 10,000 values"),
+        ("\n".join(_alias_bomb(9)) + "\nname: *l8\n", "expand to more than 10,000 values"),  # a wrong type too
+        ("lora: &x\n  r: 4\n  more: *x\n", "a recursive value"),
+        ("lora: &x [1, *x]\n", "a recursive value"),
+    ],
+    ids=["bomb-in-a-list", "bomb-as-a-wrong-type", "recursive-mapping", "recursive-list"],
+)
+def test_yaml_aliases_are_bounded_before_any_run_directory(capsys, tmp_path, text, phrase):
+    """A few hundred bytes of aliases that would expand to 9 ** 9 values: refused at once, by the file."""
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text, encoding="utf-8")
+    code, err = run_cli(capsys, "run", "--config", path, "--output", tmp_path / "run")
+    check(code, err, str(path), phrase, "line ")
+    assert len(err) < 1000 and not (tmp_path / "run").exists()
+
+
+def test_yaml_aliases_in_an_override_are_bounded(capsys, tmp_path):
+    bomb = "[" + ", ".join(line.split(": ", 1)[1] for line in _alias_bomb(6)) + "]"
+    code, err = run_cli(capsys, "run", "--output", tmp_path / "run", f"lora.target_modules={bomb}")
+    check(code, err, "override lora.target_modules=", "expand to more than 10,000 values")
+    assert len(err) < 1000 and not (tmp_path / "run").exists()
+
+
+def test_yaml_aliases_that_share_a_block_still_work(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("name: x\nlora:\n  target_modules: &t [q_proj, v_proj]\neval:\n  decoding: greedy\n", "utf-8")
+    assert load_config(path).lora.target_modules == ["q_proj", "v_proj"]
+
+
 # --- 2. deep nesting (100,000 levels, generated: too large to store) ---------------------------
 
 

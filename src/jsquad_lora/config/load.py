@@ -171,8 +171,60 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
+#: the most values (scalars, lists, mappings) a config may hold once YAML's aliases are expanded: a
+#: config holds about a hundred; `&a [*b, *b, ...]` chains multiply, and every later step (checking,
+#: error messages, the resolved config.yaml) would walk the expanded tree
+MAX_CONFIG_VALUES = 10_000
+
+
+EXPANSION_FIX = "write the values out: anchors and aliases are for sharing a block, not for multiplying one"
+
+
+class _ExpansionError(yaml.YAMLError):
+    """A document whose aliases expand beyond MAX_CONFIG_VALUES values, or refer to themselves."""
+
+    def __init__(self, problem: str, mark):
+        super().__init__(problem)
+        self.problem, self.problem_mark = problem, mark
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int], open_nodes: set[int]) -> int:
+    """How many values `node` stands for with every alias expanded (shared nodes counted each time)."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in open_nodes:
+        raise _ExpansionError("an alias refers to a node that contains it (a recursive value)", node.start_mark)
+    open_nodes.add(key)
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        children = node.value
+    elif isinstance(node, yaml.MappingNode):
+        children = [n for pair in node.value for n in pair]
+    else:
+        children = []
+    for child in children:
+        size += _expanded_size(child, memo, open_nodes)
+        if size > MAX_CONFIG_VALUES:
+            raise _ExpansionError(
+                f"its aliases (*name) expand to more than {MAX_CONFIG_VALUES:,} values", node.start_mark
+            )
+    open_nodes.discard(key)
+    memo[key] = size
+    return size
+
+
 def _load_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_UniqueKeyLoader)
+    """One YAML document, refused (_ExpansionError) before it is built when its aliases expand too far."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        _expanded_size(node, {}, set())
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -187,6 +239,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = _load_yaml(raw) if raw != "" else ""
     except _DuplicateKeyError as err:
         raise InputError(_override_source(text), str(err.problem), fix="give each key once") from None
+    except _ExpansionError as err:
+        raise InputError(_override_source(text), err.problem, fix=EXPANSION_FIX) from None
     except yaml.YAMLError:
         value = raw
     except RecursionError:
@@ -204,11 +258,12 @@ def load_config(path: Path | str | None = None, overrides: list[str] = ()) -> Ru
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else None
-        fix = (
-            "keep one entry per key in each mapping (YAML keeps only the last, silently)"
-            if isinstance(err, _DuplicateKeyError)
-            else "repair the YAML syntax"
-        )
+        if isinstance(err, _DuplicateKeyError):
+            fix = "keep one entry per key in each mapping (YAML keeps only the last, silently)"
+        elif isinstance(err, _ExpansionError):
+            fix = EXPANSION_FIX
+        else:
+            fix = "repair the YAML syntax"
         raise InputError(source, f"invalid YAML: {getattr(err, 'problem', err)}", where=where, fix=fix) from None
     except UnicodeDecodeError:
         raise InputError(source, "not UTF-8 text", fix="re-save the config as UTF-8") from None
