@@ -19,6 +19,8 @@ from conftest import TINY_TEST, needs_data
 from jsquad_lora.cli import build_parser, main
 from jsquad_lora.data.jglue import resolve_split
 from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.errors import InputError
+from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS
 from jsquad_lora.tuned.loaded import load_run_model
 from jsquad_lora.tuned.serve import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError, create_app
 
@@ -39,12 +41,12 @@ def loaded(run_dir):
 
 
 @contextmanager
-def running(app):
-    """`app` served by uvicorn in a thread on a free port of 127.0.0.1; yields its base URL."""
+def running(app, address: str = "127.0.0.1"):
+    """`app` served by uvicorn in a thread on a free port of `address`; yields its base URL."""
     import uvicorn
 
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
+    sock = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+    sock.bind((address, 0))
     server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
@@ -52,8 +54,9 @@ def running(app):
     while not server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.02)
+    shown = {"0.0.0.0": "127.0.0.1", "::": "[::1]"}.get(address, f"[{address}]" if ":" in address else address)
     try:
-        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+        yield f"http://{shown}:{sock.getsockname()[1]}"
     finally:
         server.should_exit = True
         thread.join(timeout=20)
@@ -121,7 +124,7 @@ BAD_REQUESTS = [
     (b'{"context": "a", "question": "q", "context": "b"}', "application/json", 400, None),  # duplicate key
     (b'{"context": " ", "question": "q"}', "application/json", 422, "context/question"),
     (b'{"context": "\\ud800", "question": "q"}', "application/json", 422, "context"),
-    (BIG, "application/json", 413, "context/question"),
+    (BIG, "application/json", 413, "context"),
     (b'{"context": "' + b"a" * MAX_BODY_BYTES + b'", "question": "q"}', "application/json", 413, None),
     (b'{"context": "a", "question": "q"}', "text/plain", 415, None),
 ]
@@ -151,7 +154,7 @@ def test_other_routes(server):
     # bound to localhost, it answers only to localhost names (a rebound DNS name from a web page is refused)
     with pytest.raises(urllib.error.HTTPError) as info:
         urllib.request.urlopen(urllib.request.Request(server + "/", headers={"Host": "evil.example"}), timeout=10)
-    assert info.value.code == 400
+    assert info.value.code == 400 and json.loads(info.value.read())["field"] == "Host"
     with urllib.request.urlopen(server + "/", timeout=10) as response:
         page = response.read().decode()
         assert response.headers["Content-Security-Policy"] == PAGE_POLICY
@@ -250,3 +253,183 @@ def test_cli_serve_defaults_to_localhost_and_checks_the_run(tmp_path, capsys):
     assert "run directory not found" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         build_parser().parse_args(["serve", "--run", "RUN", "--port", "70000"])
+
+
+class Standin:
+    """A run that answers at once: the passage's first character (or `answer`, when set)."""
+
+    def __init__(self, answer: str | None = None) -> None:
+        self.answer = answer
+
+    def prompt(self, context: str, question: str) -> tuple[str, str]:
+        return question, context
+
+    def generate(self, prompts, passages, decoding=None):
+        return [passage[:1] if self.answer is None else self.answer for passage in passages]
+
+
+def standin_app(host: str = "127.0.0.1", **kwargs):
+    return create_app(Standin(), run_name="stand-in", default_decoding="greedy", host=host, wait_s=0, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def standin_server():
+    with running(standin_app()) as url:
+        yield url
+
+
+HOSTNAME = socket.gethostname()
+HOST_CHECKS = [
+    # (bound to, Host header, accepted): loopback binds answer to loopback names and addresses only
+    *[(bind, good, True) for bind in ("127.0.0.1", "localhost") for good in ("localhost", "127.0.0.1:8000")],
+    *[
+        ("127.0.0.1", good, True)
+        for good in ("LOCALHOST.:8000", "[::1]:8000", "127.0.0.2", "ip6-localhost", "a.localhost")
+    ],
+    *[
+        (bind, bad, False)
+        for bind in ("127.0.0.1", "127.0.0.2", "127.255.0.1", "::1", "0:0:0:0:0:0:0:1", "[::1]", "::ffff:127.0.0.1")
+        + ("localhost", "localhost.", "LOCALHOST", "ip6-localhost", "ip6-loopback")
+        for bad in ("evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io", "8.8.8.8")
+    ],
+    ("127.0.0.1", HOSTNAME, False),
+    ("127.0.0.1", "", False),
+    ("127.0.0.1", "[::1", False),
+    ("127.0.0.1", "localhost:80:80", False),
+    # a private, link-local or public address: that address (any spelling) and this machine's name
+    *[(bind, bind, True) for bind in ("10.1.2.3", "172.16.0.9", "192.168.1.5", "169.254.7.7", "203.0.113.9")],
+    *[(bind, f"[{bind}]:8000", True) for bind in ("fd00::5", "fe80::1", "2001:db8::1")],
+    ("fe80::1", "[FE80:0:0::1]", True),
+    ("192.168.1.5", "192.168.1.5:8000", True),
+    ("192.168.1.5", HOSTNAME, True),
+    *[
+        (bind, bad, False)
+        for bind in ("10.1.2.3", "172.16.0.9", "192.168.1.5", "169.254.7.7", "fd00::5", "fe80::1", "203.0.113.9")
+        for bad in ("evil.example", "localhost", "127.0.0.1", "10.9.9.9")
+    ],
+    # a wildcard: loopback names and addresses, the address the request reached (here 10.0.0.1), the machine's name
+    *[(bind, good, True) for bind in ("0.0.0.0", "::") for good in ("localhost", "127.0.0.1", "[::1]:8000")],
+    *[(bind, good, True) for bind in ("0.0.0.0", "::") for good in ("10.0.0.1:8000", "[::ffff:10.0.0.1]", HOSTNAME)],
+    *[(bind, bad, False) for bind in ("0.0.0.0", "::", "[::]") for bad in ("evil.example", "10.0.0.2", "[fd00::9]")],
+]
+
+
+@pytest.mark.parametrize("bind, host_header, accepted", HOST_CHECKS)
+def test_every_bind_answers_only_to_its_own_host_names(bind, host_header, accepted):
+    from starlette.testclient import TestClient
+
+    with TestClient(standin_app(bind), base_url="http://10.0.0.1:8000") as client:
+        for method, path in (("GET", "/"), ("GET", "/v1/health"), ("POST", "/v1/answer"), ("GET", "/nowhere")):
+            reply = client.request(
+                method, path, json={"context": "abc", "question": "q"}, headers={"Host": host_header}
+            )
+            if accepted:
+                assert reply.status_code != 400, (method, path, reply.text)
+            else:
+                assert reply.status_code == 400, (method, path, reply.text)
+                body = reply.json()
+                assert set(body) == {"error", "field", "fix"} and body["field"] == "Host", body
+                assert "--allow-host" in body["fix"]
+
+
+def test_allow_host_opts_in_a_name_and_star_any():
+    from starlette.testclient import TestClient
+
+    for allowed, host_header, status in (
+        (["Proxy.Example."], "proxy.example:443", 200),
+        (["proxy.example"], "other.example", 400),
+        (["*"], "anything.example", 200),
+    ):
+        with TestClient(standin_app("127.0.0.1", allow_hosts=allowed)) as client:
+            assert client.get("/v1/health", headers={"Host": host_header}).status_code == status, allowed
+    with pytest.raises(InputError):
+        standin_app("127.0.0.1", allow_hosts=["bad host/x"])
+
+
+@pytest.mark.parametrize("bind", ["::1", "0.0.0.0"])
+def test_host_check_over_real_http(bind):
+    with running(standin_app(bind), bind) as url:
+        port = url.rsplit(":", 1)[1]
+        for host_header, status in ((f"localhost:{port}", 200), (url.split("//")[1], 200), ("evil.example", 400)):
+            request = urllib.request.Request(url + "/v1/health", headers={"Host": host_header})
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    code = response.status
+            except urllib.error.HTTPError as err:
+                code, reply = err.code, json.loads(err.read())
+                assert reply["field"] == "Host"
+            assert code == status, host_header
+        with socket.create_connection((url.split("//")[1].rsplit(":", 1)[0].strip("[]"), int(port))) as conn:
+            conn.sendall(b"GET /v1/health HTTP/1.0\r\n\r\n")  # no Host at all
+            reply = b"".join(iter(lambda: conn.recv(65536), b""))
+        assert reply.startswith(b"HTTP/1.1 400") and json.loads(reply.split(b"\r\n\r\n", 1)[1])["field"] == "Host"
+
+
+ODD = [
+    # (body, content type): each echoes a value that cannot be encoded as it is, or is huge
+    (b'{"context": "a", "question": "q", "\\ud800": 1}', "application/json"),
+    (b'{"context": "a", "question": "q", "\\udfff\\ud800x": 1}', "application/json"),
+    (b'{"context": "a", "question": "q", "' + b"k" * 100_000 + b'": 1}', "application/json"),
+    (b'{"context": "a", "question": "q", "decoding": "\\ud800"}', "application/json"),
+    (b'{"context": "a", "question": "q", "decoding": "' + b"d" * 100_000 + b'"}', "application/json"),
+    (
+        b'{"context": "a", "question": "q", "' + b"k" * 50_000 + b'": 1, "' + b"k" * 50_000 + b'": 2}',
+        "application/json",
+    ),
+    (b'{"context": "a", "question": "q", "\\ud800": 1, "\\ud800": 2}', "application/json"),
+    (b'{"context": "a", "question": "q"}', "text/\xe9\x85" + "x" * 5000),
+]
+
+
+def test_an_error_echoing_an_odd_value_is_still_a_json_error(standin_server):
+    for body, content_type in ODD:
+        code, reply = post(standin_server + "/v1/answer", body, content_type)
+        assert code in (400, 415, 422), (body[:60], reply)
+        assert set(reply) == {"error", "field", "fix"} and reply["error"], (body[:60], reply)
+        assert all(len(v) < 1000 for v in reply.values() if v), (body[:60], reply)  # cut, saying how long
+        if len(body) > 50_000 or len(content_type) > 100:
+            assert " characters" in reply["error"], reply
+    assert post(standin_server + "/v1/answer", {"context": "abc", "question": "q"})[0] == 200
+    for path in ("/%ff%fe", "/%ed%a0%80", "/v1/answer/%00%e3%81%82", "/%c0%af?%ed%a0%80"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(standin_server + path, timeout=10)
+        assert info.value.code == 404 and set(json.loads(info.value.read())) == {"error", "field", "fix"}
+
+
+def test_a_reply_that_cannot_be_encoded_is_a_json_500():
+    with running(create_app(Standin("\ud800"), run_name="x", default_decoding="greedy", wait_s=0)) as url:
+        code, reply = post(url + "/v1/answer", {"context": "abc", "question": "q"})
+        assert code == 500 and set(reply) == {"error", "field", "fix"}, reply
+        assert post(url + "/v1/health", {}, headers={})[0] == 405  # and it goes on
+
+
+def test_the_body_limit_is_the_documented_character_limits_however_escaped(standin_server):
+    assert MAX_BODY_BYTES >= 12 * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS)
+    widest = {"context": "\U0001f600" * MAX_ASK_CONTEXT_CHARS, "question": "\U0001f600" * MAX_ASK_QUESTION_CHARS}
+    body = json.dumps({**widest, "decoding": "greedy"}, indent=8).encode()  # each a 12-byte \\ud83d\\ude00
+    assert len(body) > 6 * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS) + 4096
+    code, reply = post(standin_server + "/v1/answer", body)
+    assert code == 200 and reply["answer"] == "\U0001f600", reply
+    for name, limit in (("context", MAX_ASK_CONTEXT_CHARS), ("question", MAX_ASK_QUESTION_CHARS)):
+        over = json.dumps({**widest, name: "\U0001f600" * (limit + 1)}).encode()
+        code, reply = post(standin_server + "/v1/answer", over)
+        assert code == 413 and reply["field"] == name and f"{limit + 1} characters" in reply["error"], reply
+
+
+def test_the_docs_state_the_limits_in_code():
+    from pathlib import Path
+
+    from jsquad_lora.tuned import serve
+
+    docs = (Path(__file__).parents[1] / "docs" / "using-a-run.md").read_text(encoding="utf-8")
+    section = docs.split("## serve:")[1].split("\n## ")[0]
+    for stated in (
+        f"over {serve.MAX_BODY_BYTES:,} bytes",
+        f"{serve.MAX_BYTES_PER_CHAR} bytes for each of the",
+        f"{MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS:,} characters",
+        f"plus {serve.BODY_SLACK_BYTES:,}",
+        f"passage over {MAX_ASK_CONTEXT_CHARS:,} or the question over {MAX_ASK_QUESTION_CHARS:,}",
+        f"cut to {serve.ECHO_CHARS} characters",
+        "--allow-host",
+    ):
+        assert stated in section.replace("\n  ", " ").replace("\n", " "), stated

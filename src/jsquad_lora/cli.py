@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 from jsquad_lora.config.load import DEFAULT_CONFIG
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.evaluate.scorers import SCORERS
 from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.prompts.templates import TEMPLATES
@@ -52,7 +52,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     if question is None:
         raise InputError(
             split.path,
-            f"no question with id {args.id!r}",
+            f"no question with id {brief(args.id)}",
             fix="pick an id from the file (e.g. " + split.questions[0].id + ")",
         )
     examples = []
@@ -133,7 +133,7 @@ def _int_in(low: int, high: int):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+            raise argparse.ArgumentTypeError(f"not an integer: {brief(text)}") from None
         if not low <= value <= high:
             raise argparse.ArgumentTypeError(f"{value} is outside {low}..{high}")
         return value
@@ -144,7 +144,14 @@ def _int_in(low: int, high: int):
 def cmd_serve(args: argparse.Namespace) -> int:
     from jsquad_lora.tuned.serve import serve
 
-    serve(Path(args.run), args.host, args.port, max_batch=args.max_batch, queue_size=args.queue_size)
+    serve(
+        Path(args.run),
+        args.host,
+        args.port,
+        allow_hosts=args.allow_host,
+        max_batch=args.max_batch,
+        queue_size=args.queue_size,
+    )
     return 0
 
 
@@ -237,6 +244,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--queue-size", type=_int_in(1, 100_000), default=64, help="questions that may wait; more get HTTP 503"
+    )
+    p.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable), e.g. a reverse proxy's name; "
+        "'*' answers any Host (only behind a proxy that checks it)",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -4,20 +4,32 @@
     GET  /           the page (passage and question boxes, the answer highlighted in the passage)
     GET  /v1/health  {"status": "ok", "run": ..., "decoding": the run's mode, "modes": [...]}
 
-HTTP is FastAPI on uvicorn; what is written here is the batching: requests wait in a bounded queue
-and one worker thread answers what has gathered with one `generate_answers` call per decoding mode,
-so concurrent requests share a batch and each answer equals the one its request gets alone (the
-guarantee of `generate_answers`). A full queue is a 503; a bad request a 4xx with a JSON error
-naming the field; neither stops the server. The model is used by the worker thread only.
+HTTP is FastAPI on uvicorn. Written here by hand, as neither offers it:
+- the batching: requests wait in a bounded queue and one worker thread answers what has gathered with
+  one `generate_answers` call per decoding mode, so concurrent requests share a batch and each answer
+  equals the one its request gets alone (the guarantee of `generate_answers`). A full queue is a 503.
+  The model is used by the worker thread only.
+- the Host check (`HostRule`): a request must name this server as it is bound (its address in any
+  spelling, the loopback names when it listens on loopback, the machine's name when others can reach
+  it, the `--allow-host` names), so a web page cannot reach it through a DNS name it rebinds to this
+  machine. Starlette's TrustedHostMiddleware knows only a fixed list of names and answers plain text.
+- the errors: every refusal is `{"error", "field", "fix"}` JSON, on every route, and rendering one never
+  fails: what it echoes of the request is escaped and cut (`echo`), and a reply that still cannot be
+  encoded is sent escaped to ASCII. None stops the server.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import json
 import logging
 import queue
+import re
+import socket
 import threading
 import time
+from collections.abc import Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -26,21 +38,32 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 
 from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS, check_question_text
+from jsquad_lora.util.jsonio import shown
 
 log = logging.getLogger(__name__)
-#: a request body larger than this is refused unread (413): the text limits, JSON-escaped (\uXXXX), fit in it
-MAX_BODY_BYTES = 6 * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS) + 4096
+#: the most bytes JSON spends on one character: one outside the BMP as a surrogate-pair escape, "\\ud83d\\ude00"
+MAX_BYTES_PER_CHAR = 12
+#: room for the rest of a body: its keys, "decoding" and whitespace between them, escaped however a client likes
+BODY_SLACK_BYTES = 65_536
+#: a request body larger than this is refused unread (413); one whose texts are within the character limits fits,
+#: however they are escaped
+MAX_BODY_BYTES = MAX_BYTES_PER_CHAR * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS) + BODY_SLACK_BYTES
+LIMITS = {"context": MAX_ASK_CONTEXT_CHARS, "question": MAX_ASK_QUESTION_CHARS}  # in characters (code points)
+LENGTH_FIX = f"the passage may have {MAX_ASK_CONTEXT_CHARS} characters, the question {MAX_ASK_QUESTION_CHARS}"
 FIELDS = ("context", "question", "decoding")
 SHAPE = 'send a JSON object: {"context": "...", "question": "...", "decoding": "extractive"} (decoding optional)'
 SURROGATE_FIX = "a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one (together one character)"
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
+#: an echoed request value is cut to this many characters; any other string in an error reply to MAX_ERROR_CHARS
+ECHO_CHARS = 80
+MAX_ERROR_CHARS = 500
+#: names of this machine's loopback addresses (RFC 6761: every name under .localhost is too)
+LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
 #: the page loads nothing from anywhere: its script and style are inline, it talks to this server only
 PAGE_POLICY = (
     "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
@@ -73,6 +96,142 @@ class RequestError(Exception):
         super().__init__(problem)
         self.status = status
         self.body = {"error": problem, "field": field_name, "fix": fix}
+
+
+def echo(value: str) -> str:
+    """A value from the request, quoted for an error message: repr escapes control characters and lone
+    surrogates (which no encoder takes); cut to ECHO_CHARS characters, saying how long it was."""
+    return repr(value) if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
+
+
+def _bounded(text: str, limit: int) -> str:
+    text = shown(text)  # lone surrogates as backslash escapes
+    return text if len(text) <= limit else f"{text[:limit]}... (cut: {len(text)} characters in all)"
+
+
+def error_response(err: RequestError, headers: dict | None = None) -> Response:
+    """The JSON reply of a refusal. It never raises: each string is made encodable and bounded, and should
+    encoding still fail the reply is escaped to ASCII."""
+    headers = {**(headers or {}), **({"Retry-After": "1"} if err.status == 503 else {})}
+    body = {
+        k: None if v is None else _bounded(str(v), ECHO_CHARS if k == "field" else MAX_ERROR_CHARS)
+        for k, v in err.body.items()
+    }
+    try:
+        return JSONResponse(body, status_code=err.status, headers=headers)
+    except Exception:  # noqa: BLE001 (the last resort: an error reply must not become a plain 500)
+        return Response(json.dumps(err.body, default=repr), err.status, headers, "application/json")
+
+
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _ip(text: str) -> Address | None:
+    """`text` as an IP address (brackets and a zone dropped, an IPv4-mapped IPv6 address as IPv4), else None."""
+    try:
+        address = ipaddress.ip_address(text.removeprefix("[").removesuffix("]").split("%")[0])
+    except ValueError:
+        return None
+    return getattr(address, "ipv4_mapped", None) or address
+
+
+def _host_of(value: str) -> str | Address | None:
+    """The name (lowercase, no final dot) or address a Host header value names, its port dropped; None if it
+    is not a host (an IPv6 address must be in brackets). Nothing is looked up."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        inside, bracket, port = value[1:].partition("]")
+        address = _ip(inside) if bracket and ":" in inside else None
+        return address if address is not None and re.fullmatch(r"(:[0-9]*)?", port) else None
+    name, _, port = value.partition(":")
+    name = name.removesuffix(".")
+    if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name) or not re.fullmatch(r"[0-9]*", port):
+        return None
+    return _ip(name) or name
+
+
+def _is_loopback_name(name: str) -> bool:
+    return name in LOOPBACK_NAMES or name.endswith(".localhost")
+
+
+class HostRule:
+    """The Host header values a server bound to `bind` answers (a web page elsewhere that points a DNS name
+    it controls at this machine, DNS rebinding, sends that name, so it is refused; an IP address cannot be
+    rebound). Accepted: the address the request reached, and the bound one (any spelling); with a loopback
+    or wildcard bind the loopback names and addresses; with a bind others can reach this machine's name;
+    `bind` itself when it is a name; the `allow` names (--allow-host; "*": any Host)."""
+
+    def __init__(self, bind: str, allow: Sequence[str] = ()):
+        bound = self._bound(bind)
+        self.loopback = any(a.is_loopback or a.is_unspecified for a in bound)
+        self.local_only = bool(bound) and all(a.is_loopback for a in bound)
+        self.addresses = {a for a in bound if not a.is_unspecified}
+        self.names = set(LOOPBACK_NAMES if self.loopback else ())
+        if not self.local_only:
+            self.names |= {socket.gethostname().lower(), socket.gethostname().lower().split(".")[0]}
+        if isinstance(named := _host_of(bind), str):
+            self.names.add(named)
+        self.any = "*" in allow
+        for value in (v for v in allow if v != "*"):
+            if (host := _host_of(value)) is None:
+                raise InputError(
+                    "--allow-host", f"not a host name: {echo(value)}", fix="pass a name (app.example.org) or an address"
+                )
+            (self.names if isinstance(host, str) else self.addresses).add(host)
+
+    @staticmethod
+    def _bound(bind: str) -> set[Address]:
+        """The addresses `bind` listens on: an address, a wildcard, a loopback name, else what the name resolves
+        to (the bind address is looked up, as uvicorn will; a request's Host never is)."""
+        bind = bind.strip()
+        if not bind:
+            return {ipaddress.IPv4Address(0)}
+        if (address := _ip(bind)) is not None:
+            return {address}
+        if _is_loopback_name(bind.lower().removesuffix(".")):
+            return {ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1")}
+        try:
+            return {a for info in socket.getaddrinfo(bind, None) if (a := _ip(str(info[4][0]))) is not None}
+        except OSError:  # uvicorn will say it cannot bind
+            return set()
+
+    def answers(self, host: str | Address | None, local: Address | None) -> bool:
+        """Whether a request addressed to `host` (from _host_of) that reached the address `local` is answered."""
+        if host is None:
+            return self.any
+        if self.any or host in self.names or host in self.addresses or host == local:
+            return True
+        return self.loopback and (_is_loopback_name(host) if isinstance(host, str) else host.is_loopback)
+
+    def refusal(self, values: list[str], local: Address | None) -> RequestError | None:
+        """None if a request with these Host header values (one, normally) is answered, else its 400."""
+        if len(values) == 1 and self.answers(_host_of(values[0]), local):
+            return None
+        said = "no Host header" if not values else f"Host {', '.join(map(echo, values))}"
+        return RequestError(
+            400,
+            f"{said}: this server answers only requests addressed to a name or address it is bound to",
+            "Host",
+            fix=f"address it as one of {', '.join(sorted(self.names)) or 'its address'}, or by its IP address; "
+            "to accept another name (a reverse proxy's), start it with --allow-host NAME",
+        )
+
+
+class HostCheck:
+    """ASGI middleware: a request whose Host `rule` refuses gets a 400 before any route sees it."""
+
+    def __init__(self, app, rule: HostRule):
+        self.app, self.rule = app, rule
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
+            server = scope.get("server")  # (address, port) of the socket the request reached
+            if (refused := self.rule.refusal(values, _ip(str(server[0])) if server else None)) is not None:
+                if scope["type"] == "websocket":
+                    return await send({"type": "websocket.close", "code": 1008})
+                return await error_response(refused)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class Batcher:
@@ -185,20 +344,22 @@ def parse_request(body: bytes, default_decoding: str) -> Pending:
     if not isinstance(data, dict):
         raise RequestError(422, f"the body must be a JSON object, not {_json_type(data)}", fix=SHAPE)
     if unknown := [k for k in data if k not in FIELDS]:
-        raise RequestError(422, f"unknown field {unknown[0]!r}", unknown[0], fix=f"fields: {', '.join(FIELDS)}")
-    for name in ("context", "question"):
+        raise RequestError(422, f"unknown field {echo(unknown[0])}", unknown[0], fix=f"fields: {', '.join(FIELDS)}")
+    for name, limit in LIMITS.items():
         if name not in data:
             raise RequestError(422, f"missing field {name!r}", name, fix=f"fields: {', '.join(FIELDS)}")
         if not isinstance(data[name], str):
             raise RequestError(422, f"{name} must be a string, not {_json_type(data[name])}", name)
+        if len(data[name]) > limit:
+            raise RequestError(
+                413, f"{name} too long: {len(data[name])} characters (the limit is {limit})", name, fix=LENGTH_FIX
+            )
     decoding = data.get("decoding", None)
     if decoding is None:
         decoding = default_decoding
     elif not isinstance(decoding, str) or decoding not in DECODING_MODES:
-        shown = repr(decoding) if isinstance(decoding, str) else _json_type(decoding)
-        raise RequestError(
-            422, f"unknown decoding mode {shown[:60]}", "decoding", fix=f"one of: {', '.join(DECODING_MODES)}"
-        )
+        said = echo(decoding) if isinstance(decoding, str) else _json_type(decoding)
+        raise RequestError(422, f"unknown decoding mode {said}", "decoding", fix=f"one of: {', '.join(DECODING_MODES)}")
     try:
         check_question_text(data["context"], data["question"], ("context", "question"))
     except InputError as err:
@@ -232,11 +393,14 @@ def create_app(
     run_name: str,
     default_decoding: str,
     host: str = "127.0.0.1",
+    allow_hosts: Sequence[str] = (),
     max_batch: int = 32,
     queue_size: int = 64,
     wait_s: float = 0.01,
 ):
-    """The ASGI app: the answer API, the page and a health check; its batcher runs while the app does."""
+    """The ASGI app: the answer API, the page and a health check; its batcher runs while the app does.
+    `host` is the address it is bound to, which decides the Host names it answers (HostRule)."""
+    hosts = HostRule(host, allow_hosts)
     batcher = Batcher(run, max_batch=max_batch, queue_size=queue_size, wait_s=wait_s)
 
     @asynccontextmanager
@@ -247,18 +411,17 @@ def create_app(
 
     # no /docs or /redoc: FastAPI's pages load their scripts from a CDN; the API is in the README
     app = FastAPI(title="jsquad-lora", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.batcher = batcher
-    if host in LOOPBACK:  # a web page elsewhere cannot reach a localhost server through a rebound DNS name
-        app.add_middleware(TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "[::1]"])
+    app.state.batcher, app.state.hosts = batcher, hosts
+    app.add_middleware(HostCheck, rule=hosts)  # every route, the 404s too
     page = page_html(run_name, default_decoding)
 
-    def error(err: RequestError) -> JSONResponse:
-        headers = {"Retry-After": "1"} if err.status == 503 else None
-        return JSONResponse(err.body, status_code=err.status, headers=headers)
-
     @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail), "field": None, "fix": None}, status_code=exc.status_code)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        return error_response(RequestError(exc.status_code, str(exc.detail)), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def crash(request: Request, exc: Exception) -> Response:  # logged by uvicorn, which re-raises it
+        return error_response(RequestError(500, f"internal error ({type(exc).__name__}: {exc})"))
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -275,23 +438,19 @@ def create_app(
             if kind != "application/json":
                 # a page on another site can send a plain form or text/plain POST to localhost without asking;
                 # JSON needs its permission (CORS), which this server never gives
-                raise RequestError(415, f"Content-Type must be application/json, not {kind or 'none'!r}")
+                raise RequestError(415, f"Content-Type must be application/json, not {echo(kind) if kind else 'none'}")
             body = await _read_body(request)
             future = batcher.submit(parse_request(body, default_decoding))
             return JSONResponse(await asyncio.wrap_future(future))
         except RequestError as err:
-            return error(err)
+            return error_response(err)
 
     return app
 
 
 async def _read_body(request: Request) -> bytes:
     """The body, refused (413) once it passes MAX_BODY_BYTES, before it is all read."""
-    too_long = RequestError(
-        413,
-        f"the request body is over {MAX_BODY_BYTES} bytes",
-        fix=f"the passage may have {MAX_ASK_CONTEXT_CHARS} characters, the question {MAX_ASK_QUESTION_CHARS}",
-    )
+    too_long = RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes", fix=LENGTH_FIX)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
         raise too_long
@@ -305,7 +464,13 @@ async def _read_body(request: Request) -> bytes:
 
 
 def serve(
-    run_dir: Path, host: str = "127.0.0.1", port: int = 8000, *, max_batch: int = 32, queue_size: int = 64
+    run_dir: Path,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    *,
+    allow_hosts: Sequence[str] = (),
+    max_batch: int = 32,
+    queue_size: int = 64,
 ) -> None:
     """Load the run once, then answer over HTTP until interrupted."""
     import uvicorn
@@ -314,16 +479,18 @@ def serve(
 
     run = load_run_model(Path(run_dir))
     run.answer("梅雨は東アジアの気象現象である。", "梅雨はどこの現象か。")  # the first generation is slow: not a user's
-    if host not in LOOPBACK:
-        log.warning("serving on %s: anyone who can reach this machine can use the model (no authentication)", host)
+    host = host.removeprefix("[").removesuffix("]")  # uvicorn binds an IPv6 address without its brackets
     app = create_app(
         run,
         run_name=run.run_dir.resolve().name,
         default_decoding=run.cfg.eval.decoding,
         host=host,
+        allow_hosts=allow_hosts,
         max_batch=max_batch,
         queue_size=queue_size,
     )
-    shown = f"[{host}]" if ":" in host else host
-    log.info("the page: http://%s:%d/  the API: POST http://%s:%d/v1/answer", shown, port, shown, port)
+    if not app.state.hosts.local_only:
+        log.warning("serving on %s: anyone who can reach this machine can use the model (no authentication)", host)
+    where = f"[{host}]" if ":" in host else host
+    log.info("the page: http://%s:%d/  the API: POST http://%s:%d/v1/answer", where, port, where, port)
     uvicorn.run(app, host=host, port=port, log_level="info")
