@@ -498,3 +498,65 @@ def test_a_file_error_next_to_an_override_still_names_the_file(capsys, tmp_path)
     code, err = run_cli(capsys, "run", "--config", path, "--output", tmp_path / "run", "train.batch_size=4")
     check(code, err, f"error: {path}: train.epochs", "expected float")
     assert "override" not in err
+
+
+# --- 12. command-line edges: degenerate --ids, a reader that stops early, wide values, long values ----
+
+
+@pytest.mark.parametrize("ids, code, phrase", [([], 2, "the list of ids is empty"), (["a1p0q0", "a1p0q0"], 0, "")])
+def test_score_with_a_degenerate_ids_file(capsys, tmp_path, ids, code, phrase):
+    (tmp_path / "ids.json").write_text(json.dumps(ids), "utf-8")
+    (tmp_path / "p.json").write_text('{"a1p0q0": "東アジア"}', "utf-8")
+    result, err = run_cli(capsys, "score", GOOD_DATA, tmp_path / "p.json", "--ids", tmp_path / "ids.json")
+    if code:
+        check(result, err, str(tmp_path / "ids.json"), phrase)
+    else:
+        assert result == 0 and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["stats", "--json", GOOD_DATA], ["stats", GOOD_DATA], ["prompt", GOOD_DATA, "--id", "a1p0q0"]],
+    ids=["stats-json", "stats", "prompt"],
+)
+def test_output_into_a_pipe_closed_early(argv):
+    """`jsquad-lora stats --json FILE | head -0`: the reader is gone before the first line is written."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "jsquad_lora.cli", *map(str, argv)], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait(timeout=120) == 141 and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_stats_table_keeps_its_columns_for_large_values(capsys, tmp_path):
+    data = json.loads(GOOD_DATA.read_text("utf-8"))
+    paragraph = data["data"][0]["paragraphs"][0]
+    paragraph["context"] += "あ" * 12_345_678
+    path = tmp_path / "long.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), "utf-8")
+    assert main(["stats", str(path)]) == 0
+    table = capsys.readouterr().out.splitlines()[1:5]
+    assert "12,345,694" in table[1]  # the passage's characters, its 「梅雨 [SEP] 」 title prefix not counted
+    assert len({len(line) for line in table}) == 1  # every row as wide as the header
+    ends = {i for i, c in enumerate(table[0]) if c != " " and (i + 1 == len(table[0]) or table[0][i + 1] == " ")}
+    ends.remove(min(ends))  # the first column is left-aligned
+    for line in table[1:]:  # every other cell ends where its header does (right-aligned)
+        assert ends <= {i for i, c in enumerate(line) if c != " " and (i + 1 == len(line) or line[i + 1] == " ")}
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["prompt", GOOD_DATA, "--id", "x" * 100_000],
+        ["run", "--output", "RUN", "train.epochs=" + "x" * 100_000],
+        ["run", "--output", "RUN", "eval.decoding=" + "y" * 100_000],
+        ["run", "--output", "RUN", "x" * 100_000 + ".epochs=1"],
+    ],
+    ids=["prompt-id", "override-value", "override-choice", "override-key"],
+)
+def test_errors_cut_long_values_and_say_how_long(capsys, tmp_path, argv):
+    argv = [str(tmp_path / "run") if a == "RUN" else a for a in argv]
+    code, err = run_cli(capsys, *argv)
+    check(code, err, "characters in all")
+    assert len(err) < 3000, len(err)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -91,15 +92,26 @@ def cmd_stats(args: argparse.Namespace) -> int:
         f"{stats['file']}: {stats['questions']} questions, {stats['paragraphs']} paragraphs, "
         f"{stats['articles']} articles, {stats['gold_answers']} gold answers"
     )
-    print(f"{'chars':<10}{'min':>7}{'p50':>8}{'p90':>8}{'p99':>8}{'max':>7}{'mean':>9}")
+    rows = [["chars", "min", "p50", "p90", "p99", "max", "mean"]]
     for key in ("context_chars", "question_chars", "answer_chars"):
         s = stats[key]
-        print(
-            f"{key.split('_')[0]:<10}{s['min']:>7}{s['p50']:>8.1f}{s['p90']:>8.1f}{s['p99']:>8.1f}{s['max']:>7}{s['mean']:>9.2f}"
+        rows.append(
+            [key.split("_")[0], f"{s['min']:,}", *(f"{s[p]:,.1f}" for p in ("p50", "p90", "p99"))]
+            + [f"{s['max']:,}", f"{s['mean']:,.2f}"]
         )
+    print(_text_table(rows))
     examples = ", ".join(stats["answer_start_mismatch_examples"])
     print(f"answer_start mismatches: {stats['answer_start_mismatches']}" + (f" (e.g. {examples})" if examples else ""))
     return 0
+
+
+def _text_table(rows: list[list[str]]) -> str:
+    """Rows as aligned columns (the first left, the others right), each as wide as its widest cell."""
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(cell.ljust(w) if i == 0 else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
+        for row in rows
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -268,7 +280,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        return args.func(args)
+        code = args.func(args)
+        sys.stdout.flush()  # here, not at exit: a reader that stopped early (`| head`) is handled below
+        return code
+    except BrokenPipeError:
+        # the program reading our output closed it (`stats --json | head`): stop quietly, as cat does
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a writer that a closed pipe stopped
     except InputError as err:
         print(err.render(), file=sys.stderr)
         return 2

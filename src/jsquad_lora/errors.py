@@ -6,6 +6,23 @@ a traceback is always a bug in this tool, never the user's fault.
 
 from __future__ import annotations
 
+#: the longest a user's value is echoed in a message: longer ones are cut, saying how long they were
+SHOWN_CHARS = 80
+#: the longest each part of a message (file, place, problem, fix) is printed
+PART_CHARS = 1000
+
+
+def cut(text: str, limit: int = SHOWN_CHARS) -> str:
+    """`text` printable (lone surrogates as backslash escapes) and at most about `limit` characters:
+    a longer one keeps its start and says how long it was."""
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters in all)"
+
+
+def brief(value: object, limit: int = SHOWN_CHARS) -> str:
+    """A user's value as an error message shows it: its repr, cut to `limit` characters."""
+    return cut(repr(value), limit)
+
 
 class InputError(Exception):
     """A problem with a file or value the user gave us.
@@ -22,8 +39,9 @@ class InputError(Exception):
         super().__init__(self.render())
 
     def render(self) -> str:
-        place = f"{self.source}: {self.where}" if self.where else self.source
-        text = f"error: {place}: {self.problem}"
+        """The message, each part printable and bounded (a value the user gave may be any size)."""
+        place = cut(self.source, PART_CHARS) + (f": {cut(self.where, PART_CHARS)}" if self.where else "")
+        text = f"error: {place}: {cut(self.problem, PART_CHARS)}"
         if self.fix:
-            text += f"\n  fix: {self.fix}"
+            text += f"\n  fix: {cut(self.fix, PART_CHARS)}"
         return text

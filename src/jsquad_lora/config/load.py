@@ -16,7 +16,7 @@ from typing import Any, Literal, get_args, get_origin
 import yaml
 
 from jsquad_lora.config.schema import RunConfig, _fail
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.util.jsonio import lone_surrogate, shown
 
 #: the shipped presets (package data): `--config NAME` finds NAME.yaml here
@@ -34,7 +34,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         return _coerce(value, inner[0], source, key)
     if origin is Literal:
         if value not in args:
-            _fail(source, key, f"{value!r} is not allowed", f"use one of: {', '.join(map(str, args))}")
+            _fail(source, key, f"{brief(value)} is not allowed", f"use one of: {', '.join(map(str, args))}")
         return value
     if origin is list:
         if isinstance(value, str):
@@ -43,7 +43,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
             _fail(
                 source,
                 key,
-                f"expected a list, got {type(value).__name__} {value!r}",
+                f"expected a list, got {type(value).__name__} {brief(value)}",
                 "write a YAML list, e.g. [query_key_value]",
             )
         return [_coerce(v, args[0], source, key) for v in value]
@@ -62,7 +62,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         _fail(
             source,
             key,
-            f"expected {hint.__name__}, got {type(value).__name__} {value!r}",
+            f"expected {hint.__name__}, got {type(value).__name__} {brief(value)}",
             f"give a {hint.__name__} value",
         )
     import math
@@ -71,7 +71,7 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         _fail(
             source,
             key,
-            f"must be a finite number, got {value!r}",
+            f"must be a finite number, got {brief(value)}",
             "give a finite number: NaN and infinity are not allowed (and a value such as 1e400 overflows to infinity)",
         )
     if hint is str and (found := lone_surrogate(value)):
@@ -120,7 +120,7 @@ def _build(cls: type, data: Any, source: str, prefix: str = "", overrides: dict[
         )
         choices = fields[key].metadata.get("choices")  # a registry: its names, read now
         if choices is not None and kwargs[key] not in choices:
-            _fail(key_source, path, f"{kwargs[key]!r} is not allowed", f"use one of: {', '.join(choices)}")
+            _fail(key_source, path, f"{brief(kwargs[key])} is not allowed", f"use one of: {', '.join(choices)}")
     return cls(**kwargs)
 
 
@@ -165,7 +165,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                     raise _DuplicateKeyError(
                         "while constructing a mapping",
                         node.start_mark,
-                        f"duplicate key {key!r} (first on line {first.line + 1})",
+                        f"duplicate key {brief(key)} (first on line {first.line + 1})",
                         key_node.start_mark,
                     )
         return super().construct_mapping(node, deep=deep)

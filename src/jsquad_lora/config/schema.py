@@ -17,7 +17,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.registry import DECODING_MODES, EVAL_BACKENDS, TEMPLATES
 
 
@@ -246,13 +246,16 @@ def _validate(cfg: RunConfig) -> None:
     for key, ok, problem in checks:
         if not ok:
             _fail(
-                "config", key, f"{problem} (got {_get(cfg, key)!r})", "change the value in the config or with key=value"
+                "config",
+                key,
+                f"{problem} (got {brief(_get(cfg, key))})",
+                "change the value in the config or with key=value",
             )
     if t.optim not in _optimizer_names():
         _fail(
             "config",
             "train.optim",
-            f"unknown optimizer {t.optim!r}",
+            f"unknown optimizer {brief(t.optim)}",
             f"use one of transformers' optimizers, e.g. adamw_torch, adamw_torch_fused, adafactor, sgd "
             f"({len(_optimizer_names())} in all: transformers.training_args.OptimizerNames)",
         )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from jsquad_lora.data.question import Question, Split
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.util.jsonio import check_text, json_type_name, read_json_file
 
 TITLE_SEPARATOR = " [SEP] "
@@ -93,7 +93,7 @@ def load_split(path: Path | str) -> Split:
                 if qid in seen:
                     raise InputError(
                         path,
-                        f"duplicate question id {qid!r} (first at {seen[qid]})",
+                        f"duplicate question id {brief(qid)} (first at {seen[qid]})",
                         where=where_q,
                         fix="question ids must be unique; rename or remove one of them",
                     )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.util.jsonio import read_json_file
 
 
@@ -66,11 +66,15 @@ def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Ques
     ids = read_json_file(Path(ids_file), "ids file")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InputError(ids_file, "expected a JSON list of question ids (strings)", fix="pass a run's eval_ids.json")
+    if not ids:
+        raise InputError(
+            ids_file, "the list of ids is empty: there is nothing to score", fix="pass a run's eval_ids.json"
+        )
     known = {q.id for q in questions}
     if missing := [i for i in ids if i not in known]:
         raise InputError(
             ids_file,
-            f"{len(missing)} ids are not in the data file (first: {missing[0]!r})",
+            f"{len(missing)} of its {len(ids)} ids are not in the data file (first: {brief(missing[0])})",
             fix="pass the data file the run evaluated (its eval split)",
         )
     wanted = set(ids)

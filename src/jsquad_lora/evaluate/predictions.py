@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.util.jsonio import (
     check_text,
     first_line_is_a_value,
@@ -59,7 +59,7 @@ def load_predictions(
             if row["id"] in predictions:
                 raise InputError(
                     path,
-                    f"duplicate prediction for id {row['id']!r}",
+                    f"duplicate prediction for id {brief(row['id'])}",
                     where=where,
                     fix="keep one prediction per question id",
                 )

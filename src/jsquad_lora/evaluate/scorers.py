@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.registry import SCORERS
 from jsquad_lora.util.mecab import tagger
 
@@ -216,7 +216,7 @@ def llmjp_question(prediction: str, golds: Sequence[str]) -> tuple[float, float]
 
 def scorer(name: str) -> Scorer:
     if name not in SCORERS:
-        raise InputError("--metric", f"Unknown scorer {name!r}", fix=f"Available: {', '.join(SCORERS)}")
+        raise InputError("--metric", f"Unknown scorer {brief(name)}", fix=f"Available: {', '.join(SCORERS)}")
     return SCORERS[name]
 
 
@@ -230,6 +230,8 @@ def score_each(
 
 def score_predictions(questions: Sequence[Question], predictions: dict[str, str], metric: str) -> Score:
     """Percent EM and F1 over all `questions`, aggregated exactly as the metric's reference does."""
+    if not questions:  # a mean over nothing: every reference divides by the question count
+        raise ValueError("no questions to score")
     chosen = scorer(metric)
     each = score_each(questions, predictions, metric)
     exact_match, f1 = chosen.aggregate(each, questions, chosen.question)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, brief
 from jsquad_lora.registry import TEMPLATES
 
 #: rinna's newline marker: written for a newline in its prompts, and a stop string of generation
@@ -121,6 +121,8 @@ def render_prompt(
     first gold answer appended when `with_answer`. `examples` are few-shot demonstrations,
     rendered with their first gold answer. `tokenizer` is needed only for `chat`."""
     if template not in TEMPLATES:
-        raise InputError("prompt.template", f"Unknown template {template!r}", fix=f"Available: {', '.join(TEMPLATES)}")
+        raise InputError(
+            "prompt.template", f"Unknown template {brief(template)}", fix=f"Available: {', '.join(TEMPLATES)}"
+        )
     answer = question.answers[0] if with_answer else ""
     return TEMPLATES[template].render(question, examples, tokenizer) + answer
