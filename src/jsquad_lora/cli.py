@@ -22,17 +22,28 @@ from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.prompts.templates import TEMPLATES
 
 
-def _load(data: str, split: str = "valid"):
+def _load(args: argparse.Namespace, data: str, split: str = "valid"):
+    """A DATA argument's questions, read with the command's --columns / --encoding."""
     from jsquad_lora.data.formats import read_split
 
-    return read_split(data, split)
+    return read_split(data, split, columns=args.columns, encoding=args.encoding)
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """--columns and --encoding, for a command that reads a source (data/formats.py lists the sources)."""
+    p.add_argument(
+        "--columns",
+        type=_columns,
+        help="a table's column names: context=本文,question=質問,answer=回答[,id=..,document=..]",
+    )
+    p.add_argument("--encoding", help="a CSV/TSV file's text encoding (default UTF-8, BOM or not; cp932: Shift_JIS)")
 
 
 def cmd_score(args: argparse.Namespace) -> int:
     from jsquad_lora.evaluate.predictions import load_predictions
     from jsquad_lora.evaluate.scorers import score_predictions
 
-    questions = _load(args.data).questions
+    questions = _load(args, args.data).questions
     if args.ids:
         from jsquad_lora.data.sampling import select_ids
 
@@ -48,7 +59,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from jsquad_lora.prompts.fewshot import select_fewshot
     from jsquad_lora.prompts.templates import render_prompt
 
-    split = _load(args.data)
+    split = _load(args, args.data)
     question = split.by_id().get(args.id)
     if question is None:
         raise InputError(
@@ -58,7 +69,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         )
     examples = []
     if args.fewshot:
-        pool = _load(args.train, "train").questions if args.train else split.questions
+        pool = _load(args, args.train, "train").questions if args.train else split.questions
         examples = select_fewshot(pool, args.fewshot, args.seed, question)
     tokenizer = None
     if args.token_ids and not args.tokenizer:
@@ -84,7 +95,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from jsquad_lora.data.stats import split_stats
 
-    stats = split_stats(_load(args.data))
+    stats = split_stats(_load(args, args.data))
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0
@@ -102,6 +113,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(_text_table(rows))
     examples = ", ".join(stats["answer_start_mismatch_examples"])
     print(f"answer_start mismatches: {stats['answer_start_mismatches']}" + (f" (e.g. {examples})" if examples else ""))
+    if stats["ambiguous_answers"]:
+        examples = ", ".join(stats["ambiguous_answer_examples"])
+        print(
+            f"answers found more than once in their context (the first taken): {stats['ambiguous_answers']} "
+            f"(e.g. {examples})"
+        )
     return 0
 
 
@@ -174,6 +191,56 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _columns(text: str) -> dict[str, str]:
+    """An argparse type: `key=column,key=column` (keys in COLUMN_NAMES, each once) as a dict."""
+    from jsquad_lora.data.rows import COLUMN_NAMES
+
+    example = "e.g. --columns context=本文,question=質問,answer=回答"
+    columns: dict[str, str] = {}
+    for part in text.split(","):
+        key, sep, column = (s.strip() for s in part.partition("="))
+        if not sep or not key or not column:
+            raise argparse.ArgumentTypeError(f"{brief(part)} is not key=column ({example})")
+        if key not in COLUMN_NAMES:
+            raise argparse.ArgumentTypeError(f"unknown key {brief(key)} (known: {', '.join(COLUMN_NAMES)})")
+        if key in columns:
+            raise argparse.ArgumentTypeError(f"{brief(key)} is given twice")
+        columns[key] = column
+    return columns
+
+
+def _fraction(text: str) -> float:
+    """An argparse type: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {brief(text)}") from None
+    if not 0 < value < 1:  # NaN fails this too
+        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (e.g. 0.1)")
+    return value
+
+
+def cmd_data_convert(args: argparse.Namespace) -> int:
+    from jsquad_lora.data.write import check_output_file, write_squad_json
+
+    check_output_file(args.output)  # before reading: a wrong --output fails fast
+    split = _load(args, args.source, args.split)
+    path = write_squad_json(Path(args.output), split.questions, source=split.path)
+    print(f"{path}: {len(split)} questions, {len({q.title for q in split.questions})} articles")
+    return 0
+
+
+def cmd_data_split(args: argparse.Namespace) -> int:
+    from jsquad_lora.data.write import check_split_dir, document_of, write_split
+
+    check_split_dir(args.output)  # before reading: a user's folder is refused at once, untouched
+    split = _load(args, args.source, args.split)
+    written = write_split(Path(args.output), split.questions, args.eval_fraction, args.seed, source=split.path)
+    for path, questions in zip(written[:2], written[2:]):
+        print(f"{path}: {len(questions)} questions, {len({document_of(q) for q in questions})} documents")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jsquad-lora", description="LoRA fine-tuning and honest evaluation of Japanese causal LLMs on JSQuAD."
@@ -181,13 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("score", help="score a predictions file against a JSQuAD data file")
-    p.add_argument("data", help="JSQuAD JSON file (or a directory: its valid split)")
+    p.add_argument("data", help="a data source: a file, a directory (its valid split), hf:ID, SRC:SPLIT")
     p.add_argument("predictions", help='{"<id>": "<answer>"} JSON, or this tool\'s predictions JSONL')
     p.add_argument("--metric", choices=tuple(SCORERS), default="jglue")
     p.add_argument(
         "--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing"
     )
     p.add_argument("--ids", help="score only these questions of DATA: a JSON list of ids (a run's eval_ids.json)")
+    _data_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prompt", help="print the prompt the model sees for one question")
@@ -207,11 +275,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the prompt's token ids (one JSON list, no EOS), as training and evaluation feed them to the model "
         "(with --with-answer: the answer's ids appended, as in training); needs --tokenizer",
     )
+    _data_options(p)
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("stats", help="counts and length percentiles of a data file")
     p.add_argument("data")
     p.add_argument("--json", action="store_true")
+    _data_options(p)
     p.set_defaults(func=cmd_stats)
 
     for name, text in (
@@ -273,6 +343,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--merge", action="store_true", help="the base model with the adapter merged in (a whole model)")
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("data", help="write a source's questions as SQuAD JSON files (convert, split)")
+    data_sub = p.add_subparsers(dest="data_command", required=True)
+    for name, text, func in (
+        ("convert", "read a source (validated) and write it as one SQuAD v1.1 JSON file", cmd_data_convert),
+        ("split", "split a source's questions by document into train.json and eval.json", cmd_data_split),
+    ):
+        p = data_sub.add_parser(name, help=text)
+        p.add_argument("source", metavar="SRC", help="a data file, a directory, hf:ID, jglue:v1.3, ...")
+        if name == "convert":
+            p.add_argument("--output", required=True, metavar="OUT.json", help="the SQuAD JSON file to write")
+        else:
+            p.add_argument(
+                "--by", choices=("document",), required=True, help="what stays whole: document (title, else context)"
+            )
+            p.add_argument(
+                "--eval-fraction", type=_fraction, required=True, metavar="F", help="about this share of the questions"
+            )
+            p.add_argument("--seed", type=int, required=True, metavar="S")
+            p.add_argument(
+                "--output",
+                required=True,
+                metavar="DIR",
+                help="a new or empty directory, or an earlier split's, for train.json and eval.json",
+            )
+        p.add_argument("--split", default="train", metavar="NAME", help="the split of SRC to read (default: train)")
+        _data_options(p)
+        p.set_defaults(func=func)
     return parser
 
 

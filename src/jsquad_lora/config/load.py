@@ -36,6 +36,10 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         if value not in args:
             _fail(source, key, f"{brief(value)} is not allowed", f"use one of: {', '.join(map(str, args))}")
         return value
+    if origin is dict:
+        if not isinstance(value, dict):
+            _fail(source, key, f"expected a mapping, got {type(value).__name__} {brief(value)}", "write {a: b, c: d}")
+        return {_coerce(k, args[0], source, key): _coerce(v, args[1], source, key) for k, v in value.items()}
     if origin is list:
         if isinstance(value, str):
             value = [value]

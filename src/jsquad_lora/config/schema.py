@@ -68,6 +68,15 @@ class LoraSettings:
 class DataConfig:
     #: JSON file, JGLUE-style directory, or "jglue:v1.3" / "jglue:v1.1"; None → $JSQUAD_DIR
     dir: str | None = None
+    #: the training / evaluation data as a source of its own, instead of `dir` + `train_split` / `eval_split`:
+    #: a file (.json, .jsonl, .csv, .tsv, .parquet, .arrow), a directory (JGLUE names or save_to_disk),
+    #: hf:ID[:CONFIG][@REVISION], jglue:v1.3; a split inside it as SRC:SPLIT (data/formats.py)
+    train: str | None = None
+    eval: str | None = None
+    #: a table's column names for context, question, answer (answers), id, document: {context: 本文, ...}
+    columns: dict[str, str] | None = None
+    #: the text encoding of CSV/TSV files (None: UTF-8, with or without a BOM); cp932 for Shift_JIS
+    encoding: str | None = None
     #: split names ("train", "valid", "test") or file names inside `dir`; the test split trains by default
     #: because JSQuAD's train split cannot be fetched offline (no article is shared with dev)
     train_split: str = "test"

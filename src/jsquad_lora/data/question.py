@@ -27,6 +27,9 @@ class Split:
     questions: tuple[Question, ...]
     #: "qid#k" for each gold answer whose answer_start does not point at its text
     start_mismatches: tuple[str, ...]
+    #: ids of the questions whose answer occurs more than once in its context (rows without answer_start:
+    #: the first occurrence was taken)
+    ambiguous_answers: tuple[str, ...] = ()
 
     def __len__(self) -> int:
         return len(self.questions)

@@ -26,14 +26,24 @@ def load_questions(cfg: RunConfig) -> tuple[list[Question], list[Question]]:
 
 def _questions(cfg: RunConfig) -> tuple[list[Question], list[Question], int]:
     """`load_questions`, and the size of the evaluation split the sample was drawn from."""
-    train = read_split(cfg.data.dir, cfg.data.train_split).questions
-    valid = read_split(cfg.data.dir, cfg.data.eval_split).questions
+    train = read_data(cfg, "train").questions
+    valid = read_data(cfg, "eval").questions
     population = len(valid)
     if size := train_sample_size(cfg):
         train = stratified_sample(train, size, cfg.data.sample_seed)
     if cfg.data.eval_sample:
         valid = stratified_sample(valid, cfg.data.eval_sample, cfg.data.sample_seed)
     return train[: cfg.data.train_limit], valid[: cfg.data.eval_limit], population
+
+
+def read_data(cfg: RunConfig, part: str, *, download: bool = True):
+    """The run's training ("train") or evaluation ("eval") split: `data.train` / `data.eval` when set,
+    else `data.dir`'s `train_split` / `eval_split`, with the config's column names and encoding."""
+    data = cfg.data
+    source, split = (data.train, "train") if part == "train" else (data.eval, "valid")
+    if source is None:
+        source, split = data.dir, data.train_split if part == "train" else data.eval_split
+    return read_split(source, split, download=download, columns=data.columns, encoding=data.encoding)
 
 
 def train_sample_size(cfg: RunConfig) -> int | None:

@@ -1,8 +1,8 @@
 """The report's question browser: every evaluated question of a run, browsable in report.html.
 
 A run's predictions before and after tuning are joined by question id, with each question's passage
-and gold answer spans from the evaluation split its config.yaml names (`data.dir`, `data.eval_split`;
-without it the rows have no passage, and the report says why). The rows go into the page as JSON;
+and gold answer spans from the evaluation split its config.yaml names (`data.eval`, or `data.dir` and
+`data.eval_split`; without it the rows have no passage, and the report says why). The rows go into the page as JSON;
 `question_browser.js` (inline, no network) shows one page of them at a time (paged, so the 4,442 dev
 questions stay fast) with filters (right, wrong, fixed / broken / changed by tuning), text search,
 and a question's passage with the gold answers and each stage's prediction highlighted, before
@@ -51,10 +51,15 @@ def eval_questions(run_dir: Path) -> tuple[dict[str, Question], str | None]:
     data = raw.get("data") if isinstance(raw, dict) else None
     data = data if isinstance(data, dict) else {}
     source, split = data.get("dir"), data.get("eval_split", "valid")
+    if data.get("eval") is not None:  # data.eval: a source of its own
+        source, split = data.get("eval"), "valid"
+    columns, encoding = data.get("columns"), data.get("encoding")
     if not isinstance(split, str) or not (source is None or isinstance(source, str)):
-        return {}, f"{config}: data.dir / data.eval_split are not text"
+        return {}, f"{config}: data.dir / data.eval / data.eval_split are not text"
+    if not (columns is None or isinstance(columns, dict)) or not (encoding is None or isinstance(encoding, str)):
+        return {}, f"{config}: data.columns / data.encoding are not a mapping / text"
     try:
-        questions = read_split(source, split, download=False).questions
+        questions = read_split(source, split, download=False, columns=columns, encoding=encoding).questions
     except InputError as err:
         return {}, f"the evaluation split could not be read ({err.source}: {err.problem}); {fix}"
     except OSError as err:
