@@ -85,16 +85,17 @@ def test_a_saved_dataset_dict_and_its_splits(squad, tmp_path):
 
 def write_simple_csv(path, questions, encoding="utf-8-sig", header=JP):
     with open(path, "w", encoding=encoding, newline="") as handle:
-        writer = csv.writer(handle)
+        writer = csv.writer(handle, delimiter="\t" if path.suffix == ".tsv" else ",")
         writer.writerow([header[k] for k in ("id", "document", "context", "question", "answer")])
         for q in questions:
             writer.writerow([q.id, q.title, q.context, q.question, q.answers[0]])
 
 
-def test_simple_rows_with_japanese_headers(squad, tmp_path):
+@pytest.mark.parametrize("suffix", [".csv", ".tsv"])
+def test_simple_rows_with_japanese_headers(squad, tmp_path, suffix):
     _, questions, rows = squad
     questions = [q for q in questions if q.answers[0] in q.context]  # JSQuAD has a few in the title alone
-    path = tmp_path / "qa.csv"
+    path = tmp_path / f"qa{suffix}"
     write_simple_csv(path, questions)
     split = read_split(path, "valid", columns=JP)
     found = {q.id: q for q in split.questions}
@@ -249,3 +250,9 @@ def test_a_run_trains_on_a_csv_and_evaluates_on_parquet(squad, tmp_path):
     assert metrics["train"]["examples"] - metrics["train"]["synthetic_examples"] == 40
     rows = [json.loads(line) for line in (out / "predictions-after.jsonl").read_text().splitlines()]
     assert [r["id"] for r in rows] == [q.id for q in questions[40:56]]
+
+
+def test_a_split_inside_a_jglue_directory():
+    same(read_split(f"{SHARED}:valid", "train").questions, load_split(SHARED / "valid-v1.3.json").questions)
+    with pytest.raises(InputError, match="unknown split name"):
+        read_split(f"{SHARED}:nosuch", "valid")

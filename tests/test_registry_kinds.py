@@ -103,8 +103,11 @@ def test_a_registered_data_format_is_read_by_read_split(registries, tmp_path):
         ]
         return Split(file, tuple(questions), ())
 
-    DATA_FORMATS.register("qa-jsonl", DataFormat("qa-jsonl", "one question a line", lambda s, split, d: path, load))
+    DATA_FORMATS.register(
+        "qa-jsonl",
+        DataFormat("qa-jsonl", "one question a line", lambda source: False, lambda source, split, options: load(path)),
+    )
     split = read_split(str(path), "valid", format="qa-jsonl")
     assert [(q.id, q.answers, q.answer_starts) for q in split.questions] == [("q1", ("東京都",), (0,))]
-    with pytest.raises(ValueError, match="Unknown data format 'nope'. Available: jsquad, qa-jsonl"):
+    with pytest.raises(ValueError, match="Unknown data format 'nope'. Available: jsquad, table, saved, hub, qa-jsonl"):
         read_split(str(path), "valid", format="nope")

@@ -103,16 +103,17 @@ def _is_jsquad(source: str) -> bool:
     path = Path(source)
     if path.is_dir():
         return not is_saved_dataset(path)
-    return path.suffix.lower() == ".json" and _first_char(path) != "["
+    return path.suffix.lower() == ".json" and _opening(path) != "[{"  # a list of row objects is a table
 
 
-def _first_char(path: Path) -> str:
-    """The first non-space character of a file ('' if it cannot be read: the reader's error says why)."""
+def _opening(path: Path) -> str:
+    """The first two non-space characters of a file ('' if it cannot be read: the reader's error says why)."""
     try:
         with open(path, "rb") as handle:
-            return handle.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")[:1].decode("latin-1")
+            head = handle.read(4096).removeprefix(b"\xef\xbb\xbf")
     except OSError:
         return ""
+    return "".join(head.decode("latin-1").split())[:2]
 
 
 def _read_jsquad(source: str, split: str, options: ReadOptions) -> Split:

@@ -53,7 +53,7 @@ def _mapped(columns: Mapping[str, str] | None, present: Sequence[str], source: s
 
 
 def schema_of(names: Mapping[str, str], present: Sequence[str], source: str) -> str:
-    """"flat" (answers lists), "simple" (one answer text), or an error naming what is missing."""
+    """ "flat" (answers lists), "simple" (one answer text), or an error naming what is missing."""
     missing = [n for n in ("context", "question") if n not in names]
     if "answers" not in names and "answer" not in names:
         missing.append("answer")

@@ -110,14 +110,18 @@ def read_table_file(path: Path, encoding: str | None = None) -> list[dict[str, A
             "keep_default_na": False,  # "NA", "null", "" stay text: an empty cell is caught as empty
             "features": datasets.Features({name: datasets.Value("string") for name in header}),
         }
-    with tempfile.TemporaryDirectory(prefix="jsquad-lora-read-") as cache:
-        try:
+    verbosity = datasets.logging.get_verbosity()
+    datasets.logging.set_verbosity(datasets.logging.CRITICAL)  # its log of a bad file repeats our error
+    try:
+        with tempfile.TemporaryDirectory(prefix="jsquad-lora-read-") as cache:
             table = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache, **options)
-        except InputError:
-            raise
-        except Exception as err:  # noqa: BLE001 (pandas, pyarrow and datasets each raise their own kinds)
-            raise _parse_error(path, err) from None
-        return table.to_list()
+            return table.to_list()
+    except InputError:
+        raise
+    except Exception as err:  # noqa: BLE001 (pandas, pyarrow and datasets each raise their own kinds)
+        raise _parse_error(path, err) from None
+    finally:
+        datasets.logging.set_verbosity(verbosity)
 
 
 def is_saved_dataset(path: Path) -> bool:
@@ -173,9 +177,15 @@ def read_hub(spec: str, wanted: tuple[str, ...], *, only_as_default: bool) -> tu
     except InputError:
         raise
     except Exception as err:  # noqa: BLE001 (offline, unknown name, a script that datasets 4 no longer runs)
+        script = (
+            " (its loading script does not run with datasets >= 4: use hf:sbintuitions/JSQuAD, or its parquet "
+            "conversion, hf:shunk031/JGLUE:JSQuAD@refs/convert/parquet)"
+            if name.lower() == "shunk031/jglue" and not (revision or "").startswith("refs/convert")
+            else ""
+        )
         raise InputError(
             spec,
-            f"cannot load it from the Hugging Face hub ({type(err).__name__}: {str(err)[:300]})",
+            f"cannot load it from the Hugging Face hub ({type(err).__name__}: {str(err)[:300]}){script}",
             fix=f"with a network, check the name (https://huggingface.co/datasets/{name}); offline, fetch it "
             f"elsewhere with datasets.load_dataset({name!r}{', ' + repr(config) if config else ''})"
             ".save_to_disk(DIR) and pass DIR (or its parquet files) instead",
