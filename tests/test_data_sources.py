@@ -256,3 +256,8 @@ def test_a_split_inside_a_jglue_directory():
     same(read_split(f"{SHARED}:valid", "train").questions, load_split(SHARED / "valid-v1.3.json").questions)
     with pytest.raises(InputError, match="unknown split name"):
         read_split(f"{SHARED}:nosuch", "valid")
+
+
+def test_a_config_column_mapping_leaves_squad_json_as_it_is(squad):
+    path, questions, _ = squad
+    same(read_split(path, "valid", columns=JP).questions, questions)  # data.columns maps the config's tables

@@ -117,12 +117,8 @@ def _opening(path: Path) -> str:
 
 
 def _read_jsquad(source: str, split: str, options: ReadOptions) -> Split:
-    if options.columns:
-        raise InputError(
-            source or "JSQUAD_DIR",
-            "column names are not mapped in SQuAD JSON (its layout is fixed)",
-            fix="drop --columns / data.columns for this source",
-        )
+    # options.columns is for tables: SQuAD JSON's layout is fixed (a config's data.columns maps its CSV, and its
+    # evaluation split may well be JSQuAD's own file)
     if not options.download and source.startswith("jglue:"):
         source = str(jglue_cache(source.split(":", 1)[1]))  # read from the cache only
     return load_split(resolve_split(source or None, split))
