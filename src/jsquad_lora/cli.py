@@ -178,6 +178,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         allow_hosts=args.allow_host,
+        api_key=args.api_key,
         max_batch=args.max_batch,
         queue_size=args.queue_size,
     )
@@ -334,6 +335,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME",
         help="also answer requests whose Host header is NAME (repeatable), e.g. a reverse proxy's name; "
         "'*' answers any Host (only behind a proxy that checks it)",
+    )
+    p.add_argument(
+        "--api-key",
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on every /v1/ route (default: $JSQUAD_LORA_API_KEY; unset or "
+        "empty: no key); prefer the variable, as a command line is visible to other users in ps",
     )
     p.set_defaults(func=cmd_serve)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from jsquad_lora.config.load import load_config
 from jsquad_lora.config.schema import RunConfig
@@ -13,6 +13,7 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import decoding_config
 from jsquad_lora.model.source import base_model_and_tokenizer, model_source
 from jsquad_lora.prompts.fewshot import make_renderer
+from jsquad_lora.prompts.templates import NL
 
 #: what a run's adapter/ holds: a LoRA adapter, or the full weights when lora.enabled=false
 ADAPTER_FILES = {
@@ -128,6 +129,66 @@ class LoadedRun:
     def answer(self, context: str, question: str, decoding: str | None = None) -> str:
         prompt, passage = self.prompt(context, question)
         return self.generate([prompt], [passage], decoding)[0]
+
+    # free generation (serve's OpenAI routes): a conversation or a raw prompt, greedy, not extractive
+
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str:
+        """A conversation ({"role": system, user or assistant, "content"} dicts) as one prompt in the run's format:
+        in the tokenizer's chat template when the run's template is `chat`, else in the seed prompt's dialogue
+        format (`ユーザー: ...<NL>システム: `, a system message a line of its own, with the run's newline). A user
+        message written as the run's prompt writes a question gives that question's prompt (no few-shot examples)."""
+        if self.cfg.prompt.template == "chat":
+            from jinja2 import TemplateError
+
+            try:
+                return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            except TemplateError as err:
+                raise InputError("messages", f"the model's chat template refuses them: {err}") from None
+        nl = NL if NL in self.render(Question("chat", "", "。", "?", ("",), (0,))) else "\n"
+        speaker = {"system": "", "user": "ユーザー: ", "assistant": "システム: "}
+        return "".join(f"{speaker[m['role']]}{m['content']}{nl}" for m in messages) + speaker["assistant"]
+
+    def complete(self, prompt: str, max_new_tokens: int | None = None, stop: Sequence[str] = ()) -> tuple[str, str]:
+        """(text, why it ended) of the greedy continuation of a raw `prompt`, cut before the first EOS or `stop`
+        string: "stop", or "length" when `max_new_tokens` (default `eval.max_new_tokens`) ran out first. The
+        prompt and those tokens must fit `model.max_length`."""
+        import torch
+        from transformers import LogitsProcessorList, StoppingCriteriaList
+
+        from jsquad_lora.encoding.tokens import prompt_ids
+        from jsquad_lora.generate.greedy import _greedy, _StopOnText, inference_mode, special_ids
+        from jsquad_lora.generate.vocab import decode
+
+        ids = prompt_ids(self.tokenizer, prompt)
+        room = max_new_tokens or self.cfg.eval.max_new_tokens
+        if len(ids) + room > self.cfg.model.max_length:
+            raise InputError(
+                "max_tokens",
+                f"the prompt's {len(ids)} tokens and {room} to generate are over the run's model.max_length "
+                f"({self.cfg.model.max_length} tokens)",
+                fix="send a shorter prompt or a smaller max_tokens",
+            )
+        eos_ids, pad_id = special_ids(self.model, self.tokenizer)
+        stops = StoppingCriteriaList([_StopOnText(self.tokenizer, len(ids), stop, set())])
+        with inference_mode(self.model) as device:
+            input_ids = torch.tensor([ids], device=device)
+            inputs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
+            output = _greedy(self.model, inputs, room, eos_ids, pad_id, LogitsProcessorList(), stops)
+        new = output[0, len(ids) :].tolist()
+        end = next((k for k, i in enumerate(new) if i in eos_ids), None)
+        text = decode(self.tokenizer, new[:end])
+        cut = min((text.index(s) for s in stop if s and s in text), default=None)
+        if cut is not None:
+            return text[:cut], "stop"
+        return text, "length" if end is None else "stop"
+
+    def usage(self, prompt: str, completion: str) -> dict[str, int]:
+        """OpenAI's token counts: the prompt's tokens as generation sees them, the completion's as training
+        appends an answer (no special tokens)."""
+        from jsquad_lora.encoding.tokens import answer_ids, prompt_ids
+
+        counts = len(prompt_ids(self.tokenizer, prompt)), len(answer_ids(self.tokenizer, completion))
+        return {"prompt_tokens": counts[0], "completion_tokens": counts[1], "total_tokens": sum(counts)}
 
 
 def load_run_model(run_dir: Path) -> LoadedRun:

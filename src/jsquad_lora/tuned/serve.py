@@ -3,7 +3,9 @@
     POST /v1/answer  {"context": str, "question": str, "decoding"?: mode}  →  {"answer", "start", "end", ...}
     GET  /           the page (passage and question boxes, the answer highlighted in the passage)
     GET  /v1/health  {"status": "ok", "run": ..., "decoding": the run's mode, "modes": [...]}
+    GET  /v1/models, POST /v1/chat/completions, POST /v1/completions   OpenAI's API (openai_api.py)
 
+With an API key (`--api-key`, $JSQUAD_LORA_API_KEY) every /v1/ route wants `Authorization: Bearer KEY`.
 HTTP is FastAPI on uvicorn. Written here by hand, as neither offers it:
 - the batching: requests wait in a bounded queue and one worker thread answers what has gathered with
   one `generate_answers` call per decoding mode, so concurrent requests share a batch and each answer
@@ -13,23 +15,27 @@ HTTP is FastAPI on uvicorn. Written here by hand, as neither offers it:
   spelling, the loopback names when it listens on loopback, the machine's name when others can reach
   it, the `--allow-host` names), so a web page cannot reach it through a DNS name it rebinds to this
   machine. Starlette's TrustedHostMiddleware knows only a fixed list of names and answers plain text.
-- the errors: every refusal is `{"error", "field", "fix"}` JSON, on every route, and rendering one never
-  fails: what it echoes of the request is escaped and cut (`echo`), and a reply that still cannot be
-  encoded is sent escaped to ASCII. None stops the server.
+- the errors: every refusal is `{"error", "field", "fix"}` JSON, on every route but OpenAI's (those answer in
+  OpenAI's shape, openai_api.error_response), and rendering one never fails: what it echoes of the request
+  is escaped and cut (`echo`), and a reply that still cannot be encoded is sent escaped to ASCII. None stops
+  the server.
+- the API key check (`KeyCheck`): FastAPI's HTTPBearer is per route and answers in its own shape.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import ipaddress
 import json
 import logging
+import os
 import queue
 import re
 import socket
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -62,6 +68,8 @@ SURROGATE_FIX = "a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff 
 #: an echoed request value is cut to this many characters; any other string in an error reply to MAX_ERROR_CHARS
 ECHO_CHARS = 80
 MAX_ERROR_CHARS = 500
+#: the environment variable `serve` reads its API key from when none is passed
+API_KEY_ENV = "JSQUAD_LORA_API_KEY"
 #: names of this machine's loopback addresses (RFC 6761: every name under .localhost is too)
 LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
 #: the page loads nothing from anywhere: its script and style are inline, it talks to this server only
@@ -72,29 +80,52 @@ PAGE_POLICY = (
 
 
 class Answerer(Protocol):
-    """What the server needs of a run (ask.LoadedRun; tests pass stand-ins)."""
+    """What the server needs of a run (loaded.LoadedRun; tests pass stand-ins). The OpenAI routes also use
+    chat_prompt, complete and usage; every method is called by the worker thread only."""
 
     def prompt(self, context: str, question: str) -> tuple[str, str]: ...
     def generate(self, prompts: list[str], passages: list[str], decoding: str | None = None) -> list[str]: ...
+    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
+    def complete(self, prompt: str, max_new_tokens: int | None, stop: Sequence[str]) -> tuple[str, str]: ...
+    def usage(self, prompt: str, completion: str) -> dict[str, int]: ...
 
 
 @dataclass
 class Pending:
-    """A question waiting for its answer: `future` gets the API's answer object or a RequestError."""
+    """A question waiting for its answer: `future` gets the API's answer object or a RequestError.
+    `usage`: the answer object also holds OpenAI's token counts of its prompt and answer."""
 
     context: str
     question: str
     decoding: str
+    usage: bool = False
+    received: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class Job:
+    """Work the worker thread does alone with the run (a free generation): `future` gets `work(run)`, or the
+    RequestError it raises (an InputError is a 400 naming what was wrong)."""
+
+    work: Callable[[Answerer], Any]
     received: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
 
 class RequestError(Exception):
-    """A request refused: HTTP status and the JSON body that says why."""
+    """A request refused: HTTP status and the JSON body that says why; `code` is OpenAI's error code."""
 
-    def __init__(self, status: int, problem: str, field_name: str | None = None, fix: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        problem: str,
+        field_name: str | None = None,
+        fix: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(problem)
-        self.status = status
+        self.status, self.code = status, code
         self.body = {"error": problem, "field": field_name, "fix": fix}
 
 
@@ -217,11 +248,15 @@ class HostRule:
         )
 
 
+#: a refusal as the reply of the route at a path (the OpenAI routes have their own error shape)
+Reply = Callable[[RequestError, str], Response]
+
+
 class HostCheck:
     """ASGI middleware: a request whose Host `rule` refuses gets a 400 before any route sees it."""
 
-    def __init__(self, app, rule: HostRule):
-        self.app, self.rule = app, rule
+    def __init__(self, app, rule: HostRule, reply: Reply = lambda err, path: error_response(err)):
+        self.app, self.rule, self.reply = app, rule, reply
 
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] in ("http", "websocket"):
@@ -230,16 +265,43 @@ class HostCheck:
             if (refused := self.rule.refusal(values, _ip(str(server[0])) if server else None)) is not None:
                 if scope["type"] == "websocket":
                     return await send({"type": "websocket.close", "code": 1008})
-                return await error_response(refused)(scope, receive, send)
+                return await self.reply(refused, scope["path"])(scope, receive, send)
+        await self.app(scope, receive, send)
+
+
+class KeyCheck:
+    """ASGI middleware: with an API key, a request to a /v1/ path without `Authorization: Bearer KEY` gets a 401
+    (the key compared in constant time). The page (/) needs none: it holds nothing but its own code."""
+
+    def __init__(self, app, key: str, reply: Reply):
+        self.app, self.key, self.reply = app, key.encode(), reply
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
+            scheme, _, token = given.partition(b" ")
+            if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
+                said = "no API key given" if not given else "the API key given is not this server's"
+                refused = RequestError(
+                    401,
+                    said,
+                    "Authorization",
+                    fix="send the header Authorization: Bearer KEY, KEY as given to --api-key or $" + API_KEY_ENV,
+                    code="invalid_api_key",
+                )
+                reply = self.reply(refused, scope["path"])
+                reply.headers["WWW-Authenticate"] = "Bearer"
+                return await reply(scope, receive, send)
         await self.app(scope, receive, send)
 
 
 class Batcher:
-    """A bounded queue of questions and the one thread that answers them in batches."""
+    """A bounded queue of questions (and free generations, `Job`s) and the one thread that answers them: the
+    questions in batches, each job alone."""
 
     def __init__(self, run: Answerer, *, max_batch: int = 32, queue_size: int = 64, wait_s: float = 0.01):
         self.run, self.max_batch, self.wait_s = run, max_batch, wait_s
-        self.queue: queue.Queue[Pending] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[Pending | Job] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="jsquad-lora-answers", daemon=True)
 
@@ -254,7 +316,7 @@ class Batcher:
             if future.set_running_or_notify_cancel():
                 future.set_exception(RequestError(503, "the server is shutting down"))
 
-    def submit(self, request: Pending) -> Future:
+    def submit(self, request: Pending | Job) -> Future:
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -279,8 +341,11 @@ class Batcher:
                     break
             # a request cancelled while it waited (its client is gone) is dropped; the others can no longer be
             batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            for mode in dict.fromkeys(r.decoding for r in batch):
-                self._answer([r for r in batch if r.decoding == mode], mode)
+            questions = [r for r in batch if isinstance(r, Pending)]
+            for mode in dict.fromkeys(r.decoding for r in questions):
+                self._answer([r for r in questions if r.decoding == mode], mode)
+            for job in (r for r in batch if isinstance(r, Job)):
+                self._run(job)
 
     def _answer(self, requests: list[Pending], mode: str) -> None:
         """One generation for the requests of one decoding mode; a request whose prompt cannot be
@@ -302,11 +367,12 @@ class Batcher:
             return
         try:
             answers = self.run.generate(prompts, passages, mode)
+            usages = [self.run.usage(p, a) if r.usage else None for r, p, a in zip(ready, prompts, answers)]
         except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
             self._fail(ready, err)
             return
         done = time.perf_counter()
-        for r, answer, passage in zip(ready, answers, passages):
+        for r, answer, passage, usage in zip(ready, answers, passages, usages):
             start = r.context.find(answer) if answer else -1
             r.future.set_result(
                 {
@@ -318,11 +384,22 @@ class Batcher:
                     "passage_truncated": passage != r.context,  # the prompt held only part of the passage
                     "batch": len(ready),  # questions answered by the same generation call
                     "seconds": round(done - r.received, 4),
+                    **({"usage": usage} if r.usage else {}),
                 }
             )
 
+    def _run(self, job: Job) -> None:
+        try:
+            job.future.set_result(job.work(self.run))
+        except RequestError as err:
+            job.future.set_exception(err)
+        except InputError as err:
+            job.future.set_exception(RequestError(400, err.problem, err.source, err.fix))
+        except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
+            self._fail([job], err)
+
     @staticmethod
-    def _fail(requests: list[Pending], err: Exception) -> None:
+    def _fail(requests: list[Pending | Job], err: Exception) -> None:
         log.error("answering %d question(s) failed", len(requests), exc_info=err)
         for r in requests:
             r.future.set_exception(RequestError(500, f"answering failed ({type(err).__name__}: {err})"[:500]))
@@ -330,6 +407,11 @@ class Batcher:
 
 def parse_request(body: bytes, default_decoding: str) -> Pending:
     """The question of a request body, or a RequestError saying what is wrong with it."""
+    return question_of(json_object(body, SHAPE), default_decoding)
+
+
+def json_object(body: bytes, shape: str) -> dict:
+    """A request body's JSON object, or a RequestError (`shape`: the fix, what the body should look like)."""
     from jsquad_lora.util.jsonio import parse_json_text
 
     try:
@@ -340,9 +422,14 @@ def parse_request(body: bytes, default_decoding: str) -> Pending:
         data = parse_json_text(text, "request body", "request")
     except InputError as err:
         problem = f"{err.problem} ({err.where})" if err.where else err.problem
-        raise RequestError(400, problem, fix=SHAPE) from None
+        raise RequestError(400, problem, fix=shape) from None
     if not isinstance(data, dict):
-        raise RequestError(422, f"the body must be a JSON object, not {_json_type(data)}", fix=SHAPE)
+        raise RequestError(422, f"the body must be a JSON object, not {_json_type(data)}", fix=shape)
+    return data
+
+
+def question_of(data: dict, default_decoding: str, usage: bool = False) -> Pending:
+    """The question of a request's fields (`FIELDS`), checked as `ask` checks its text, or a RequestError."""
     if unknown := [k for k in data if k not in FIELDS]:
         raise RequestError(422, f"unknown field {echo(unknown[0])}", unknown[0], fix=f"fields: {', '.join(FIELDS)}")
     for name, limit in LIMITS.items():
@@ -366,7 +453,7 @@ def parse_request(body: bytes, default_decoding: str) -> Pending:
         status = 413 if err.problem.startswith("input too long") else 422
         fix = SURROGATE_FIX if "surrogate" in err.problem else err.fix  # the CLI's fix is about command lines
         raise RequestError(status, err.problem, err.source, fix) from None
-    return Pending(data["context"], data["question"], decoding)
+    return Pending(data["context"], data["question"], decoding, usage)
 
 
 def _json_type(value: Any) -> str:
@@ -397,11 +484,20 @@ def create_app(
     max_batch: int = 32,
     queue_size: int = 64,
     wait_s: float = 0.01,
+    api_key: str | None = None,
+    created: int | None = None,
 ):
-    """The ASGI app: the answer API, the page and a health check; its batcher runs while the app does.
-    `host` is the address it is bound to, which decides the Host names it answers (HostRule)."""
+    """The ASGI app: the answer API, OpenAI's API, the page and a health check; its batcher runs while the app
+    does. `host` is the address it is bound to, which decides the Host names it answers (HostRule); `api_key`:
+    the bearer token every /v1/ route wants (none: open); `created`: the model's Unix time in /v1/models."""
+    from jsquad_lora.tuned import openai_api
+
     hosts = HostRule(host, allow_hosts)
     batcher = Batcher(run, max_batch=max_batch, queue_size=queue_size, wait_s=wait_s)
+
+    def reply(err: RequestError, path: str, headers: dict | None = None) -> Response:
+        """A refusal in the shape of the route asked: OpenAI's on its routes, {"error", "field", "fix"} elsewhere."""
+        return (openai_api.error_response if openai_api.is_openai_path(path) else error_response)(err, headers)
 
     @asynccontextmanager
     async def lifespan(app):
@@ -412,16 +508,18 @@ def create_app(
     # no /docs or /redoc: FastAPI's pages load their scripts from a CDN; the API is in the README
     app = FastAPI(title="jsquad-lora", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
     app.state.batcher, app.state.hosts = batcher, hosts
-    app.add_middleware(HostCheck, rule=hosts)  # every route, the 404s too
+    if api_key:
+        app.add_middleware(KeyCheck, key=api_key, reply=reply)
+    app.add_middleware(HostCheck, rule=hosts, reply=reply)  # every route, the 404s too; before the key
     page = page_html(run_name, default_decoding)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error_response(RequestError(exc.status_code, str(exc.detail)), exc.headers)
+        return reply(RequestError(exc.status_code, str(exc.detail)), request.url.path, exc.headers)
 
     @app.exception_handler(Exception)
     async def crash(request: Request, exc: Exception) -> Response:  # logged by uvicorn, which re-raises it
-        return error_response(RequestError(500, f"internal error ({type(exc).__name__}: {exc})"))
+        return reply(RequestError(500, f"internal error ({type(exc).__name__}: {exc})"), request.url.path)
 
     @app.get("/", response_class=HTMLResponse)
     async def index() -> HTMLResponse:
@@ -434,22 +532,24 @@ def create_app(
     @app.post("/v1/answer")
     async def answer(request: Request) -> JSONResponse:
         try:
-            kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-            if kind != "application/json":
-                # a page on another site can send a plain form or text/plain POST to localhost without asking;
-                # JSON needs its permission (CORS), which this server never gives
-                raise RequestError(415, f"Content-Type must be application/json, not {echo(kind) if kind else 'none'}")
-            body = await _read_body(request)
-            future = batcher.submit(parse_request(body, default_decoding))
+            future = batcher.submit(parse_request(await read_body(request), default_decoding))
             return JSONResponse(await asyncio.wrap_future(future))
         except RequestError as err:
             return error_response(err)
 
+    created = int(time.time()) if created is None else created
+    app.include_router(openai_api.router(batcher, run_name, default_decoding, created))
     return app
 
 
-async def _read_body(request: Request) -> bytes:
-    """The body, refused (413) once it passes MAX_BODY_BYTES, before it is all read."""
+async def read_body(request: Request) -> bytes:
+    """The body of a JSON request: refused (415) unless it says it is JSON, and (413) once it passes
+    MAX_BODY_BYTES, before it is all read."""
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        # a page on another site can send a plain form or text/plain POST to localhost without asking;
+        # JSON needs its permission (CORS), which this server never gives
+        raise RequestError(415, f"Content-Type must be application/json, not {echo(kind) if kind else 'none'}")
     too_long = RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes", fix=LENGTH_FIX)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
@@ -471,26 +571,36 @@ def serve(
     allow_hosts: Sequence[str] = (),
     max_batch: int = 32,
     queue_size: int = 64,
+    api_key: str | None = None,
 ) -> None:
-    """Load the run once, then answer over HTTP until interrupted."""
+    """Load the run once, then answer over HTTP until interrupted. `api_key` (default: $JSQUAD_LORA_API_KEY; none
+    or empty: no key) is the bearer token every /v1/ route then wants."""
     import uvicorn
 
     from jsquad_lora.tuned.loaded import load_run_model
 
+    api_key = (os.environ.get(API_KEY_ENV) if api_key is None else api_key) or None
     run = load_run_model(Path(run_dir))
     run.answer("梅雨は東アジアの気象現象である。", "梅雨はどこの現象か。")  # the first generation is slow: not a user's
     host = host.removeprefix("[").removesuffix("]")  # uvicorn binds an IPv6 address without its brackets
+    name = run.run_dir.resolve().name
     app = create_app(
         run,
-        run_name=run.run_dir.resolve().name,
+        run_name=name,
         default_decoding=run.cfg.eval.decoding,
         host=host,
         allow_hosts=allow_hosts,
         max_batch=max_batch,
         queue_size=queue_size,
+        api_key=api_key,
+        created=int((run.run_dir / "adapter").stat().st_mtime),  # when the model was trained
     )
     if not app.state.hosts.local_only:
-        log.warning("serving on %s: anyone who can reach this machine can use the model (no authentication)", host)
+        said = "who has the API key (sent without TLS)" if api_key else "(no authentication)"
+        log.warning("serving on %s: anyone who can reach this machine can use the model %s", host, said)
     where = f"[{host}]" if ":" in host else host
     log.info("the page: http://%s:%d/  the API: POST http://%s:%d/v1/answer", where, port, where, port)
+    log.info("OpenAI's API: base_url http://%s:%d/v1, model %r", where, port, name)
+    if api_key:
+        log.info("with the API key the page cannot answer (it sends no key): use the API")
     uvicorn.run(app, host=host, port=port, log_level="info")
