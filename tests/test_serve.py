@@ -22,7 +22,8 @@ from jsquad_lora.data.jsquad import load_split
 from jsquad_lora.errors import InputError
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS
 from jsquad_lora.tuned.loaded import load_run_model
-from jsquad_lora.tuned.serve import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError, create_app
+from jsquad_lora.tuned.serve import create_app
+from jsquad_lora.tuned.serving import MAX_BODY_BYTES, PAGE_POLICY, Batcher, Pending, RequestError
 
 pytestmark = needs_data()
 
@@ -419,7 +420,7 @@ def test_the_body_limit_is_the_documented_character_limits_however_escaped(stand
 def test_the_docs_state_the_limits_in_code():
     from pathlib import Path
 
-    from jsquad_lora.tuned import serve
+    from jsquad_lora.tuned import serving as serve
 
     docs = (Path(__file__).parents[1] / "docs" / "using-a-run.md").read_text(encoding="utf-8")
     section = docs.split("## serve:")[1].split("\n## ")[0]

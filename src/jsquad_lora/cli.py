@@ -188,7 +188,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from jsquad_lora.tuned.export import export_run
 
-    print(export_run(Path(args.run), Path(args.output), merge=args.merge, overwrite=args.overwrite))
+    print(
+        export_run(
+            Path(args.run),
+            Path(args.output),
+            merge=args.merge,
+            overwrite=args.overwrite,
+            format=args.format,
+            quantize=args.quantize,
+        )
+    )
     return 0
 
 
@@ -344,10 +353,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("export", help="write a run's adapter (or merged model) with a model card for transformers")
+    p = sub.add_parser(
+        "export",
+        help="write a run's adapter (or merged model) with a model card for transformers, or a GGUF file for "
+        "llama.cpp and Ollama",
+    )
     p.add_argument("run", help="a run directory")
     p.add_argument("--output", required=True, help="a new or empty directory")
     p.add_argument("--merge", action="store_true", help="the base model with the adapter merged in (a whole model)")
+    p.add_argument(
+        "--format",
+        choices=["safetensors", "gguf"],
+        default="safetensors",
+        help="safetensors (transformers, the default) or gguf: the merged model as one .gguf file for llama.cpp, "
+        "with an Ollama Modelfile beside it",
+    )
+    p.add_argument(
+        "--quantize",
+        choices=["f32", "f16", "q8_0"],  # gguf_export.QUANTIZATIONS
+        default=None,
+        help="with --format gguf: the type of the matrices (default f16; norms stay float32)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export)
 

@@ -44,3 +44,4 @@ EVAL_BACKENDS.register(
     "hf", EvalBackend("hf", "transformers generation, batched, in every decoding mode", _no_check, _hf_answerer)
 )
 EVAL_BACKENDS.register("vllm", "jsquad_lora.evaluate.vllm:BACKEND")
+EVAL_BACKENDS.register("llama_cpp", "jsquad_lora.evaluate.llama_cpp:BACKEND")

@@ -41,7 +41,7 @@ from jsquad_lora.generate.greedy import cut_answer, end_token_ids
 log = logging.getLogger(__name__)
 #: vLLM shares the GPU with the HF model the run keeps for training: take half, not vLLM's 90 %
 GPU_MEMORY_UTILIZATION = 0.5
-_BACKEND_NAMES = {"hf": "HF", "vllm": "vLLM"}
+_BACKEND_NAMES = {"hf": "HF", "vllm": "vLLM", "llama_cpp": "llama.cpp"}
 #: answers are saved (and resumable) after every chunk of this many prompts
 CHUNK = 512
 #: architectures whose vLLM implementation applies LoRA adapters (vLLM's supported-models table, its

@@ -46,7 +46,7 @@ def _extractive_processor(*args: Any) -> Any:
     return ExtractiveLogitsProcessor(*args)
 
 
-register_decoding(DecodingMode("greedy", "the most likely token at every step", backends=("hf", "vllm")))
+register_decoding(DecodingMode("greedy", "the most likely token at every step", backends=("hf", "vllm", "llama_cpp")))
 
 
 register_decoding(

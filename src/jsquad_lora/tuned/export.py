@@ -6,7 +6,10 @@ peft, for an adapter) load, with a model card.
                        absolute path for a local or built-in base), so from_pretrained finds it
     --merge            the base with the adapter folded in (peft `merge_and_unload`): a whole model
                        (config.json + model.safetensors) and tokenizer, in `model.dtype`
-A run that fine-tuned every weight (`lora.enabled: false`) has no adapter: both give its whole model.
+    --format gguf      the merged model as ONE GGUF file (`<run>-<quantize>.gguf`: weights, tokenizer and chat
+                       template, `tuned/gguf_export.py`) for llama.cpp and transformers (`gguf_file=`), with an
+                       Ollama `Modelfile` beside it (`tuned/modelfile.py`); --quantize f32, f16 (default), q8_0
+A run that fine-tuned every weight (`lora.enabled: false`) has no adapter: all give its whole model.
 Beside the weights: README.md (the model card: base model and its license, recipe, dev scores, how
 to load and prompt it), jsquad-lora-config.yaml (the run's config) and a marker file. Everything is
 written in a temporary directory beside OUTPUT, renamed into place at the end (`files.atomic_dir`);
@@ -18,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import shutil
 from datetime import date
 from pathlib import Path
@@ -29,7 +33,9 @@ from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
 from jsquad_lora.evaluate.scorers import SCORERS
+from jsquad_lora.generate.decoding import decoding_config
 from jsquad_lora.model.source import model_source
+from jsquad_lora.tuned import gguf_export, modelfile
 from jsquad_lora.tuned.loaded import check_run, load_model
 from jsquad_lora.util.files import atomic_dir, holds_marker, out_of_space, write_text
 
@@ -46,17 +52,29 @@ EXAMPLE = Question(
 )
 
 
-def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: bool = False) -> Path:
-    """Write the run's adapter (or, `merge`, the merged model) with tokenizer and model card to `output`."""
+def export_run(
+    run_dir: Path,
+    output: Path,
+    *,
+    merge: bool = False,
+    overwrite: bool = False,
+    format: str = "safetensors",
+    quantize: str | None = None,
+) -> Path:
+    """Write the run's adapter (or, `merge`, the merged model; `format="gguf"`, the merged model as one GGUF
+    file in `quantize` with an Ollama Modelfile) with tokenizer and model card to `output`."""
     run_dir, output = Path(run_dir), Path(output)
     cfg = check_run(run_dir)
+    _check_options(format, quantize)
     _check_target(output, overwrite)
     metrics = _read_metrics(run_dir)
-    kind = "merged" if merge and cfg.lora.enabled else "adapter" if cfg.lora.enabled else "full"
+    kind = "merged" if (merge or format == "gguf") and cfg.lora.enabled else "adapter" if cfg.lora.enabled else "full"
     adapter_bytes = sum(p.stat().st_size for p in (run_dir / "adapter").rglob("*") if p.is_file())
+    # a GGUF export is checked (architecture, tokenizer, prompt) and its model merged before anything is written
+    gguf = _GgufExport.prepare(cfg, run_dir, quantize or "f16") if format == "gguf" else None
     with (
         out_of_space(
-            f"the export ({kind})",
+            f"the export ({kind}{', gguf' if gguf else ''})",
             output,
             fix="free space there, or pass an --output on a disk with more room; nothing was written to "
             f"{output} (the partial export was removed)",
@@ -64,7 +82,10 @@ def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: b
         ),
         atomic_dir(output) as tmp,
     ):
-        if kind == "merged":
+        if gguf:
+            log.info("writing %s (%s)", gguf.name, gguf.quantize)
+            gguf.write(tmp, cfg)
+        elif kind == "merged":
             log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
             model, tokenizer = load_model(run_dir, _unquantized(cfg))
             model.save_pretrained(tmp, safe_serialization=True)
@@ -81,11 +102,76 @@ def export_run(run_dir: Path, output: Path, *, merge: bool = False, overwrite: b
             adapter_config = json.loads((tmp / "adapter_config.json").read_text(encoding="utf-8"))
             adapter_config["base_model_name_or_path"] = base
             write_text(tmp / "adapter_config.json", json.dumps(adapter_config, indent=2, sort_keys=True) + "\n")
-        write_text(tmp / "README.md", model_card(cfg, metrics, kind, run_dir, base, _example_prompt(cfg, tmp)))
+        example = gguf.example if gguf else _example_prompt(cfg, tmp)
+        write_text(tmp / "README.md", model_card(cfg, metrics, kind, run_dir, base, example, gguf))
         shutil.copyfile(run_dir / "config.yaml", tmp / CONFIG_NAME)
         write_text(tmp / EXPORT_MARKER, f"exported by jsquad-lora from {run_dir.resolve()}\n")
     log.info("exported %s (%s) to %s", run_dir, kind, output)
     return output
+
+
+def _check_options(format: str, quantize: str | None) -> None:
+    if format not in ("safetensors", "gguf"):
+        raise InputError("--format", f"unknown format {format!r}", fix="pass --format safetensors or --format gguf")
+    if quantize is not None and format != "gguf":
+        raise InputError("--quantize", "only a GGUF export is quantized", fix="add --format gguf, or drop --quantize")
+    if quantize is not None and quantize not in gguf_export.QUANTIZATIONS:
+        choices = ", ".join(gguf_export.QUANTIZATIONS)
+        raise InputError("--quantize", f"unknown type {quantize!r}", fix=f"pass one of {choices}")
+
+
+@dataclasses.dataclass
+class _GgufExport:
+    """A GGUF export, everything checked and computed before anything is written: the merged model and
+    its vocabulary, the file name, the Modelfile and the sample prompt as llama.cpp is given it."""
+
+    name: str
+    quantize: str
+    model: Any
+    vocabulary: gguf_export.Vocabulary
+    modelfile_text: str
+    turn: modelfile.ChatTurn
+    example: str
+    stops: list[str]
+
+    @classmethod
+    def prepare(cls, cfg: RunConfig, run_dir: Path, quantize: str) -> _GgufExport:
+        from transformers import AutoConfig
+
+        from jsquad_lora.generate.greedy import special_ids
+        from jsquad_lora.prompts.fewshot import make_renderer
+
+        trained = str(run_dir / "adapter") if not cfg.lora.enabled else _base_location(cfg, run_dir)
+        try:
+            config = AutoConfig.from_pretrained(trained)
+        except (OSError, ValueError):  # checked below, once the model is loaded
+            config = None
+        if config is not None:
+            gguf_export.check_architecture(config)  # before a model of another architecture is loaded
+        if cfg.lora.enabled:
+            log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
+        model, tokenizer = load_model(run_dir, _unquantized(cfg))
+        gguf_export.check_architecture(model.config)
+        vocabulary = gguf_export.sentencepiece_vocabulary(tokenizer, model.get_input_embeddings().weight.shape[0])
+        render = make_renderer(cfg, tokenizer, ())
+        bos = tokenizer.bos_token if vocabulary.add_bos else None
+        turn = modelfile.chat_turn(render, bos)
+        eos_ids, _ = special_ids(model, tokenizer)
+        stops = modelfile.stop_strings(tokenizer, eos_ids, turn, decoding_config(cfg).stop_strings)
+        stem = re.sub(r"[^\w.-]+", "-", run_dir.resolve().name).strip("-.") or "model"
+        name = f"{stem}-{quantize}.gguf"
+        text = modelfile.modelfile(name, turn, stops, cfg.eval.max_new_tokens, cfg.model.max_length)
+        example = render(EXAMPLE)
+        example = example[len(bos) :] if bos and example.startswith(bos) else example
+        return cls(name, quantize, model, vocabulary, text, turn, example, stops)
+
+    def write(self, directory: Path, cfg: RunConfig) -> None:
+        license = model_source(cfg.model).hf_license  # "gemma" for the built-in Gemma
+        license = None if license == "other" else license
+        gguf_export.write_gguf(
+            directory / self.name, self.model, self.vocabulary, self.quantize, name=cfg.name, license=license
+        )
+        write_text(directory / "Modelfile", self.modelfile_text)
 
 
 def _check_target(output: Path, overwrite: bool) -> None:
@@ -150,23 +236,35 @@ def _scores_table(metrics: dict) -> str:
     return "\n".join(lines) if len(lines) > 2 else "No scores: the run has no metrics.json scores."
 
 
-def model_card(cfg: RunConfig, metrics: dict, kind: str, run_dir: Path, base: str | None, example_prompt: str) -> str:
+def model_card(
+    cfg: RunConfig,
+    metrics: dict,
+    kind: str,
+    run_dir: Path,
+    base: str | None,
+    example_prompt: str,
+    gguf: _GgufExport | None = None,
+) -> str:
     """README.md of an export: Hugging Face model-card metadata, then what the model is and how to use it."""
     card = metrics.get("base_model") if isinstance(metrics.get("base_model"), dict) else {}
     license_text = str(card.get("license") or f"see the model card of {cfg.model.name}")
     meta = {
         "base_model": base or cfg.model.name,
-        "library_name": "peft" if kind == "adapter" else "transformers",
+        "library_name": "gguf" if gguf else "peft" if kind == "adapter" else "transformers",
         "license": model_source(cfg.model).hf_license,
         "language": ["ja"],
         "pipeline_tag": "text-generation",
-        "tags": ["jsquad", "question-answering", "extractive-qa", "jsquad-lora"] + (["lora"] * cfg.lora.enabled),
+        "tags": ["jsquad", "question-answering", "extractive-qa", "jsquad-lora"]
+        + (["lora"] * cfg.lora.enabled)
+        + (["gguf"] * bool(gguf)),
     }
     what = {
         "adapter": "a LoRA adapter (load it on its base model)",
         "merged": "the base model with the LoRA adapter merged in (a whole model)",
         "full": "a whole model (every weight was fine-tuned)",
     }[kind]
+    if gguf:
+        what += f", in one GGUF file (`{gguf.name}`, {gguf.quantize}) for llama.cpp, Ollama and transformers"
     if cfg.lora.enabled:
         lora = cfg.lora
         method = (
@@ -205,7 +303,8 @@ def model_card(cfg: RunConfig, metrics: dict, kind: str, run_dir: Path, base: st
         "---\n" + yaml.safe_dump(meta, allow_unicode=True, sort_keys=False) + "---",
         f"# {cfg.name}: `{cfg.model.name}` tuned for JSQuAD extractive QA",
         f"Exported by `jsquad-lora export` on {date.today().isoformat()} from the run directory "
-        f"`{run_dir.resolve().name}`, as {what}. Safetensors weights; the run's config is in `{CONFIG_NAME}`.",
+        f"`{run_dir.resolve().name}`, as {what}. {'GGUF' if gguf else 'Safetensors'} weights; the run's config "
+        f"is in `{CONFIG_NAME}`.",
         "## Base model\n\n"
         + "\n".join(
             [
@@ -237,8 +336,11 @@ def model_card(cfg: RunConfig, metrics: dict, kind: str, run_dir: Path, base: st
             ]
         ),
         f"## Scores (JSQuAD dev, percent; {evaluated})\n\n" + _scores_table(metrics),
-        "## Use\n\n```python\n" + load + "\n```\n\n"
-        "Prompt it as the run did (the prompt of a sample question below) and generate greedily; the answer is "
+        "## Use\n\n"
+        + (_gguf_use(gguf, cfg) if gguf else "```python\n" + load + "\n```")
+        + "\n\nPrompt it as the run did (the prompt of a sample question below"
+        + (", as llama.cpp is given it: it adds the BOS token itself" if gguf and gguf.vocabulary.add_bos else "")
+        + ") and generate greedily; the answer is "
         "the generated text up to the first newline, `<NL>` or end-of-sequence token, stripped. "
         + (
             "The scores above used `extractive` decoding: greedy over spans of the passage only (jsquad-lora's "
@@ -251,3 +353,30 @@ def model_card(cfg: RunConfig, metrics: dict, kind: str, run_dir: Path, base: st
         + "\n```",
     ]
     return "\n\n".join(parts) + "\n"
+
+
+def _gguf_use(gguf: _GgufExport, cfg: RunConfig) -> str:
+    """How to run a GGUF export: llama.cpp, llama-cpp-python, Ollama (its Modelfile) and transformers."""
+    n = cfg.eval.max_new_tokens
+    shell_prompt = gguf.example.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
+    message = gguf.turn.message(EXAMPLE.context, EXAMPLE.question)
+    request = {"model": "jsquad", "prompt": message, "stream": False}
+    return (
+        f"`{gguf.name}` holds the weights ({gguf.quantize}), the tokenizer and the chat template. llama.cpp "
+        "(`llama-completion` takes the prompt as it is, with escapes such as `\\n`; `llama-cli` is its chat "
+        "client, which applies the file's chat template to a message):\n\n"
+        f"```sh\nllama-completion -m {gguf.name} -no-cnv --temp 0 --repeat-penalty 1 -n {n} -c {cfg.model.max_length} "
+        f'-p "{shell_prompt}"\n```\n\n'
+        "llama-cpp-python:\n\n```python\nfrom llama_cpp import Llama\n\n"
+        f'llm = Llama(model_path="{gguf.name}", n_ctx={cfg.model.max_length})\n'
+        f"out = llm(PROMPT, max_tokens={n}, temperature=0, repeat_penalty=1.0, stop={gguf.stops!r})\n"
+        'answer = out["choices"][0]["text"].strip()\n```\n\n'
+        "Ollama, with the `Modelfile` beside the file (its TEMPLATE writes the run's prompt around a message "
+        "holding the passage and the question; Ollama was not run here, so this is untested):\n\n"
+        "```sh\nollama create jsquad -f Modelfile\n"
+        f"curl http://localhost:11434/api/generate -d '{json.dumps(request, ensure_ascii=False)}'\n```\n\n"
+        "transformers (which reads GGUF through the `gguf` package, dequantising to float32):\n\n```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n```'
+    )

@@ -35,7 +35,7 @@ from fastapi.responses import JSONResponse, Response
 from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import DecodingConfig
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS
-from jsquad_lora.tuned.serve import (
+from jsquad_lora.tuned.serving import (
     ECHO_CHARS,
     MAX_ERROR_CHARS,
     Batcher,

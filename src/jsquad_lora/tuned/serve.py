@@ -6,472 +6,41 @@
     GET  /v1/models, POST /v1/chat/completions, POST /v1/completions   OpenAI's API (openai_api.py)
 
 With an API key (`--api-key`, $JSQUAD_LORA_API_KEY) every /v1/ route wants `Authorization: Bearer KEY`.
-HTTP is FastAPI on uvicorn. Written here by hand, as neither offers it:
-- the batching: requests wait in a bounded queue and one worker thread answers what has gathered with
-  one `generate_answers` call per decoding mode, so concurrent requests share a batch and each answer
-  equals the one its request gets alone (the guarantee of `generate_answers`). A full queue is a 503.
-  The model is used by the worker thread only.
-- the Host check (`HostRule`): a request must name this server as it is bound (its address in any
-  spelling, the loopback names when it listens on loopback, the machine's name when others can reach
-  it, the `--allow-host` names), so a web page cannot reach it through a DNS name it rebinds to this
-  machine. Starlette's TrustedHostMiddleware knows only a fixed list of names and answers plain text.
-- the errors: every refusal is `{"error", "field", "fix"}` JSON, on every route but OpenAI's (those answer in
-  OpenAI's shape, openai_api.error_response), and rendering one never fails: what it echoes of the request
-  is escaped and cut (`echo`), and a reply that still cannot be encoded is sent escaped to ASCII. None stops
-  the server.
-- the API key check (`KeyCheck`): FastAPI's HTTPBearer is per route and answers in its own shape.
+The batching, the checks and the error replies both APIs share are in serving.py; this module is the app.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
-import ipaddress
-import json
 import logging
 import os
-import queue
-import re
-import socket
-import threading
 import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import Future
+from collections.abc import Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
-from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.exceptions import HTTPException
 
-from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import DECODING_MODES
-from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS, check_question_text
-from jsquad_lora.util.jsonio import shown
-
-log = logging.getLogger(__name__)
-#: the most bytes JSON spends on one character: one outside the BMP as a surrogate-pair escape, "\\ud83d\\ude00"
-MAX_BYTES_PER_CHAR = 12
-#: room for the rest of a body: its keys, "decoding" and whitespace between them, escaped however a client likes
-BODY_SLACK_BYTES = 65_536
-#: a request body larger than this is refused unread (413); one whose texts are within the character limits fits,
-#: however they are escaped
-MAX_BODY_BYTES = MAX_BYTES_PER_CHAR * (MAX_ASK_CONTEXT_CHARS + MAX_ASK_QUESTION_CHARS) + BODY_SLACK_BYTES
-LIMITS = {"context": MAX_ASK_CONTEXT_CHARS, "question": MAX_ASK_QUESTION_CHARS}  # in characters (code points)
-LENGTH_FIX = f"the passage may have {MAX_ASK_CONTEXT_CHARS} characters, the question {MAX_ASK_QUESTION_CHARS}"
-FIELDS = ("context", "question", "decoding")
-SHAPE = 'send a JSON object: {"context": "...", "question": "...", "decoding": "extractive"} (decoding optional)'
-SURROGATE_FIX = "a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one (together one character)"
-#: an echoed request value is cut to this many characters; any other string in an error reply to MAX_ERROR_CHARS
-ECHO_CHARS = 80
-MAX_ERROR_CHARS = 500
-#: the environment variable `serve` reads its API key from when none is passed
-API_KEY_ENV = "JSQUAD_LORA_API_KEY"
-#: names of this machine's loopback addresses (RFC 6761: every name under .localhost is too)
-LOOPBACK_NAMES = ("localhost", "ip6-localhost", "ip6-loopback")
-#: the page loads nothing from anywhere: its script and style are inline, it talks to this server only
-PAGE_POLICY = (
-    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; "
-    "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+from jsquad_lora.tuned import openai_api
+from jsquad_lora.tuned.serving import (
+    API_KEY_ENV,
+    PAGE_POLICY,
+    Answerer,
+    Batcher,
+    HostCheck,
+    HostRule,
+    KeyCheck,
+    RequestError,
+    error_response,
+    page_html,
+    parse_request,
+    read_body,
 )
 
-
-class Answerer(Protocol):
-    """What the server needs of a run (loaded.LoadedRun; tests pass stand-ins). The OpenAI routes also use
-    chat_prompt, complete and usage; every method is called by the worker thread only."""
-
-    def prompt(self, context: str, question: str) -> tuple[str, str]: ...
-    def generate(self, prompts: list[str], passages: list[str], decoding: str | None = None) -> list[str]: ...
-    def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
-    def complete(self, prompt: str, max_new_tokens: int | None, stop: Sequence[str]) -> tuple[str, str]: ...
-    def usage(self, prompt: str, completion: str) -> dict[str, int]: ...
-
-
-@dataclass
-class Pending:
-    """A question waiting for its answer: `future` gets the API's answer object or a RequestError.
-    `usage`: the answer object also holds OpenAI's token counts of its prompt and answer."""
-
-    context: str
-    question: str
-    decoding: str
-    usage: bool = False
-    received: float = field(default_factory=time.perf_counter)
-    future: Future = field(default_factory=Future)
-
-
-@dataclass
-class Job:
-    """Work the worker thread does alone with the run (a free generation): `future` gets `work(run)`, or the
-    RequestError it raises (an InputError is a 400 naming what was wrong)."""
-
-    work: Callable[[Answerer], Any]
-    received: float = field(default_factory=time.perf_counter)
-    future: Future = field(default_factory=Future)
-
-
-class RequestError(Exception):
-    """A request refused: HTTP status and the JSON body that says why; `code` is OpenAI's error code."""
-
-    def __init__(
-        self,
-        status: int,
-        problem: str,
-        field_name: str | None = None,
-        fix: str | None = None,
-        code: str | None = None,
-    ):
-        super().__init__(problem)
-        self.status, self.code = status, code
-        self.body = {"error": problem, "field": field_name, "fix": fix}
-
-
-def echo(value: str) -> str:
-    """A value from the request, quoted for an error message: repr escapes control characters and lone
-    surrogates (which no encoder takes); cut to ECHO_CHARS characters, saying how long it was."""
-    return repr(value) if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
-
-
-def _bounded(text: str, limit: int) -> str:
-    text = shown(text)  # lone surrogates as backslash escapes
-    return text if len(text) <= limit else f"{text[:limit]}... (cut: {len(text)} characters in all)"
-
-
-def error_response(err: RequestError, headers: dict | None = None) -> Response:
-    """The JSON reply of a refusal. It never raises: each string is made encodable and bounded, and should
-    encoding still fail the reply is escaped to ASCII."""
-    headers = {**(headers or {}), **({"Retry-After": "1"} if err.status == 503 else {})}
-    body = {
-        k: None if v is None else _bounded(str(v), ECHO_CHARS if k == "field" else MAX_ERROR_CHARS)
-        for k, v in err.body.items()
-    }
-    try:
-        return JSONResponse(body, status_code=err.status, headers=headers)
-    except Exception:  # noqa: BLE001 (the last resort: an error reply must not become a plain 500)
-        return Response(json.dumps(err.body, default=repr), err.status, headers, "application/json")
-
-
-Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-def _ip(text: str) -> Address | None:
-    """`text` as an IP address (brackets and a zone dropped, an IPv4-mapped IPv6 address as IPv4), else None."""
-    try:
-        address = ipaddress.ip_address(text.removeprefix("[").removesuffix("]").split("%")[0])
-    except ValueError:
-        return None
-    return getattr(address, "ipv4_mapped", None) or address
-
-
-def _host_of(value: str) -> str | Address | None:
-    """The name (lowercase, no final dot) or address a Host header value names, its port dropped; None if it
-    is not a host (an IPv6 address must be in brackets). Nothing is looked up."""
-    value = value.strip().lower()
-    if value.startswith("["):
-        inside, bracket, port = value[1:].partition("]")
-        address = _ip(inside) if bracket and ":" in inside else None
-        return address if address is not None and re.fullmatch(r"(:[0-9]*)?", port) else None
-    name, _, port = value.partition(":")
-    name = name.removesuffix(".")
-    if not re.fullmatch(r"[a-z0-9_-]+(\.[a-z0-9_-]+)*", name) or not re.fullmatch(r"[0-9]*", port):
-        return None
-    return _ip(name) or name
-
-
-def _is_loopback_name(name: str) -> bool:
-    return name in LOOPBACK_NAMES or name.endswith(".localhost")
-
-
-class HostRule:
-    """The Host header values a server bound to `bind` answers (a web page elsewhere that points a DNS name
-    it controls at this machine, DNS rebinding, sends that name, so it is refused; an IP address cannot be
-    rebound). Accepted: the address the request reached, and the bound one (any spelling); with a loopback
-    or wildcard bind the loopback names and addresses; with a bind others can reach this machine's name;
-    `bind` itself when it is a name; the `allow` names (--allow-host; "*": any Host)."""
-
-    def __init__(self, bind: str, allow: Sequence[str] = ()):
-        bound = self._bound(bind)
-        self.loopback = any(a.is_loopback or a.is_unspecified for a in bound)
-        self.local_only = bool(bound) and all(a.is_loopback for a in bound)
-        self.addresses = {a for a in bound if not a.is_unspecified}
-        self.names = set(LOOPBACK_NAMES if self.loopback else ())
-        if not self.local_only:
-            self.names |= {socket.gethostname().lower(), socket.gethostname().lower().split(".")[0]}
-        if isinstance(named := _host_of(bind), str):
-            self.names.add(named)
-        self.any = "*" in allow
-        for value in (v for v in allow if v != "*"):
-            if (host := _host_of(value)) is None:
-                raise InputError(
-                    "--allow-host", f"not a host name: {echo(value)}", fix="pass a name (app.example.org) or an address"
-                )
-            (self.names if isinstance(host, str) else self.addresses).add(host)
-
-    @staticmethod
-    def _bound(bind: str) -> set[Address]:
-        """The addresses `bind` listens on: an address, a wildcard, a loopback name, else what the name resolves
-        to (the bind address is looked up, as uvicorn will; a request's Host never is)."""
-        bind = bind.strip()
-        if not bind:
-            return {ipaddress.IPv4Address(0)}
-        if (address := _ip(bind)) is not None:
-            return {address}
-        if _is_loopback_name(bind.lower().removesuffix(".")):
-            return {ipaddress.IPv4Address("127.0.0.1"), ipaddress.IPv6Address("::1")}
-        try:
-            return {a for info in socket.getaddrinfo(bind, None) if (a := _ip(str(info[4][0]))) is not None}
-        except OSError:  # uvicorn will say it cannot bind
-            return set()
-
-    def answers(self, host: str | Address | None, local: Address | None) -> bool:
-        """Whether a request addressed to `host` (from _host_of) that reached the address `local` is answered."""
-        if host is None:
-            return self.any
-        if self.any or host in self.names or host in self.addresses or host == local:
-            return True
-        return self.loopback and (_is_loopback_name(host) if isinstance(host, str) else host.is_loopback)
-
-    def refusal(self, values: list[str], local: Address | None) -> RequestError | None:
-        """None if a request with these Host header values (one, normally) is answered, else its 400."""
-        if len(values) == 1 and self.answers(_host_of(values[0]), local):
-            return None
-        said = "no Host header" if not values else f"Host {', '.join(map(echo, values))}"
-        return RequestError(
-            400,
-            f"{said}: this server answers only requests addressed to a name or address it is bound to",
-            "Host",
-            fix=f"address it as one of {', '.join(sorted(self.names)) or 'its address'}, or by its IP address; "
-            "to accept another name (a reverse proxy's), start it with --allow-host NAME",
-        )
-
-
-#: a refusal as the reply of the route at a path (the OpenAI routes have their own error shape)
-Reply = Callable[[RequestError, str], Response]
-
-
-class HostCheck:
-    """ASGI middleware: a request whose Host `rule` refuses gets a 400 before any route sees it."""
-
-    def __init__(self, app, rule: HostRule, reply: Reply = lambda err, path: error_response(err)):
-        self.app, self.rule, self.reply = app, rule, reply
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] in ("http", "websocket"):
-            values = [v.decode("latin-1") for k, v in scope["headers"] if k == b"host"]
-            server = scope.get("server")  # (address, port) of the socket the request reached
-            if (refused := self.rule.refusal(values, _ip(str(server[0])) if server else None)) is not None:
-                if scope["type"] == "websocket":
-                    return await send({"type": "websocket.close", "code": 1008})
-                return await self.reply(refused, scope["path"])(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class KeyCheck:
-    """ASGI middleware: with an API key, a request to a /v1/ path without `Authorization: Bearer KEY` gets a 401
-    (the key compared in constant time). The page (/) needs none: it holds nothing but its own code."""
-
-    def __init__(self, app, key: str, reply: Reply):
-        self.app, self.key, self.reply = app, key.encode(), reply
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            given = next((v for k, v in scope["headers"] if k == b"authorization"), b"")
-            scheme, _, token = given.partition(b" ")
-            if not (scheme.lower() == b"bearer" and hmac.compare_digest(token.strip(), self.key)):
-                said = "no API key given" if not given else "the API key given is not this server's"
-                refused = RequestError(
-                    401,
-                    said,
-                    "Authorization",
-                    fix="send the header Authorization: Bearer KEY, KEY as given to --api-key or $" + API_KEY_ENV,
-                    code="invalid_api_key",
-                )
-                reply = self.reply(refused, scope["path"])
-                reply.headers["WWW-Authenticate"] = "Bearer"
-                return await reply(scope, receive, send)
-        await self.app(scope, receive, send)
-
-
-class Batcher:
-    """A bounded queue of questions (and free generations, `Job`s) and the one thread that answers them: the
-    questions in batches, each job alone."""
-
-    def __init__(self, run: Answerer, *, max_batch: int = 32, queue_size: int = 64, wait_s: float = 0.01):
-        self.run, self.max_batch, self.wait_s = run, max_batch, wait_s
-        self.queue: queue.Queue[Pending | Job] = queue.Queue(maxsize=queue_size)
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._work, name="jsquad-lora-answers", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=60)
-        while not self.queue.empty():
-            future = self.queue.get_nowait().future
-            if future.set_running_or_notify_cancel():
-                future.set_exception(RequestError(503, "the server is shutting down"))
-
-    def submit(self, request: Pending | Job) -> Future:
-        try:
-            self.queue.put_nowait(request)
-        except queue.Full:
-            raise RequestError(
-                503,
-                f"the server is busy: {self.queue.maxsize} questions are already waiting",
-                fix="try again in a moment (or start the server with a larger --queue-size)",
-            ) from None
-        return request.future
-
-    def _work(self) -> None:
-        while not self._stop.is_set():
-            try:
-                batch = [self.queue.get(timeout=0.2)]
-            except queue.Empty:
-                continue
-            deadline = time.monotonic() + self.wait_s  # let requests sent together arrive and share the batch
-            while len(batch) < self.max_batch:
-                try:
-                    batch.append(self.queue.get(timeout=max(0.0, deadline - time.monotonic())))
-                except queue.Empty:
-                    break
-            # a request cancelled while it waited (its client is gone) is dropped; the others can no longer be
-            batch = [r for r in batch if r.future.set_running_or_notify_cancel()]
-            questions = [r for r in batch if isinstance(r, Pending)]
-            for mode in dict.fromkeys(r.decoding for r in questions):
-                self._answer([r for r in questions if r.decoding == mode], mode)
-            for job in (r for r in batch if isinstance(r, Job)):
-                self._run(job)
-
-    def _answer(self, requests: list[Pending], mode: str) -> None:
-        """One generation for the requests of one decoding mode; a request whose prompt cannot be
-        built fails alone, an error in generation fails the batch (and is logged), the thread goes on."""
-        ready, prompts, passages = [], [], []
-        for r in requests:
-            try:
-                prompt, passage = self.run.prompt(r.context, r.question)
-            except InputError as err:
-                r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
-                continue
-            except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
-                self._fail([r], err)
-                continue
-            ready.append(r)
-            prompts.append(prompt)
-            passages.append(passage)
-        if not ready:
-            return
-        try:
-            answers = self.run.generate(prompts, passages, mode)
-            usages = [self.run.usage(p, a) if r.usage else None for r, p, a in zip(ready, prompts, answers)]
-        except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
-            self._fail(ready, err)
-            return
-        done = time.perf_counter()
-        for r, answer, passage, usage in zip(ready, answers, passages, usages):
-            start = r.context.find(answer) if answer else -1
-            r.future.set_result(
-                {
-                    "answer": answer,
-                    # code-point offsets of the answer's first occurrence in `context`, null if it is not in it
-                    "start": start if start >= 0 else None,
-                    "end": start + len(answer) if start >= 0 else None,
-                    "decoding": mode,
-                    "passage_truncated": passage != r.context,  # the prompt held only part of the passage
-                    "batch": len(ready),  # questions answered by the same generation call
-                    "seconds": round(done - r.received, 4),
-                    **({"usage": usage} if r.usage else {}),
-                }
-            )
-
-    def _run(self, job: Job) -> None:
-        try:
-            job.future.set_result(job.work(self.run))
-        except RequestError as err:
-            job.future.set_exception(err)
-        except InputError as err:
-            job.future.set_exception(RequestError(400, err.problem, err.source, err.fix))
-        except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
-            self._fail([job], err)
-
-    @staticmethod
-    def _fail(requests: list[Pending | Job], err: Exception) -> None:
-        log.error("answering %d question(s) failed", len(requests), exc_info=err)
-        for r in requests:
-            r.future.set_exception(RequestError(500, f"answering failed ({type(err).__name__}: {err})"[:500]))
-
-
-def parse_request(body: bytes, default_decoding: str) -> Pending:
-    """The question of a request body, or a RequestError saying what is wrong with it."""
-    return question_of(json_object(body, SHAPE), default_decoding)
-
-
-def json_object(body: bytes, shape: str) -> dict:
-    """A request body's JSON object, or a RequestError (`shape`: the fix, what the body should look like)."""
-    from jsquad_lora.util.jsonio import parse_json_text
-
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise RequestError(400, f"the body is not UTF-8 (byte {err.start})", fix="send UTF-8 JSON") from None
-    try:
-        data = parse_json_text(text, "request body", "request")
-    except InputError as err:
-        problem = f"{err.problem} ({err.where})" if err.where else err.problem
-        raise RequestError(400, problem, fix=shape) from None
-    if not isinstance(data, dict):
-        raise RequestError(422, f"the body must be a JSON object, not {_json_type(data)}", fix=shape)
-    return data
-
-
-def question_of(data: dict, default_decoding: str, usage: bool = False) -> Pending:
-    """The question of a request's fields (`FIELDS`), checked as `ask` checks its text, or a RequestError."""
-    if unknown := [k for k in data if k not in FIELDS]:
-        raise RequestError(422, f"unknown field {echo(unknown[0])}", unknown[0], fix=f"fields: {', '.join(FIELDS)}")
-    for name, limit in LIMITS.items():
-        if name not in data:
-            raise RequestError(422, f"missing field {name!r}", name, fix=f"fields: {', '.join(FIELDS)}")
-        if not isinstance(data[name], str):
-            raise RequestError(422, f"{name} must be a string, not {_json_type(data[name])}", name)
-        if len(data[name]) > limit:
-            raise RequestError(
-                413, f"{name} too long: {len(data[name])} characters (the limit is {limit})", name, fix=LENGTH_FIX
-            )
-    decoding = data.get("decoding", None)
-    if decoding is None:
-        decoding = default_decoding
-    elif not isinstance(decoding, str) or decoding not in DECODING_MODES:
-        said = echo(decoding) if isinstance(decoding, str) else _json_type(decoding)
-        raise RequestError(422, f"unknown decoding mode {said}", "decoding", fix=f"one of: {', '.join(DECODING_MODES)}")
-    try:
-        check_question_text(data["context"], data["question"], ("context", "question"))
-    except InputError as err:
-        status = 413 if err.problem.startswith("input too long") else 422
-        fix = SURROGATE_FIX if "surrogate" in err.problem else err.fix  # the CLI's fix is about command lines
-        raise RequestError(status, err.problem, err.source, fix) from None
-    return Pending(data["context"], data["question"], decoding, usage)
-
-
-def _json_type(value: Any) -> str:
-    from jsquad_lora.util.jsonio import json_type_name
-
-    return json_type_name(type(value))
-
-
-def page_html(run_name: str, default_decoding: str) -> str:
-    """The page, with the run's name and decoding modes filled in (both HTML-escaped)."""
-    import html
-
-    options = "".join(
-        f'<option value="{html.escape(m)}"{" selected" if m == default_decoding else ""}>{html.escape(m)}</option>'
-        for m in DECODING_MODES
-    )
-    template = resources.files(__package__).joinpath("serve_page.html").read_text(encoding="utf-8")
-    return template.replace("{{RUN}}", html.escape(run_name)).replace("{{OPTIONS}}", options)
+log = logging.getLogger(__name__)
 
 
 def create_app(
@@ -490,8 +59,6 @@ def create_app(
     """The ASGI app: the answer API, OpenAI's API, the page and a health check; its batcher runs while the app
     does. `host` is the address it is bound to, which decides the Host names it answers (HostRule); `api_key`:
     the bearer token every /v1/ route wants (none: open); `created`: the model's Unix time in /v1/models."""
-    from jsquad_lora.tuned import openai_api
-
     hosts = HostRule(host, allow_hosts)
     batcher = Batcher(run, max_batch=max_batch, queue_size=queue_size, wait_s=wait_s)
 
@@ -540,27 +107,6 @@ def create_app(
     created = int(time.time()) if created is None else created
     app.include_router(openai_api.router(batcher, run_name, default_decoding, created))
     return app
-
-
-async def read_body(request: Request) -> bytes:
-    """The body of a JSON request: refused (415) unless it says it is JSON, and (413) once it passes
-    MAX_BODY_BYTES, before it is all read."""
-    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if kind != "application/json":
-        # a page on another site can send a plain form or text/plain POST to localhost without asking;
-        # JSON needs its permission (CORS), which this server never gives
-        raise RequestError(415, f"Content-Type must be application/json, not {echo(kind) if kind else 'none'}")
-    too_long = RequestError(413, f"the request body is over {MAX_BODY_BYTES} bytes", fix=LENGTH_FIX)
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_long
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_long
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def serve(
