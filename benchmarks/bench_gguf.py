@@ -66,12 +66,27 @@ def main() -> None:
 
     for quant in args.quantize:
         export = work / f"gguf-{quant}"
-        run([*CLI, "export", str(run_dir), "--format", "gguf", "--quantize", quant, "--overwrite", "--output", str(export)])
+        run(
+            [
+                *CLI,
+                "export",
+                str(run_dir),
+                "--format",
+                "gguf",
+                "--quantize",
+                quant,
+                "--overwrite",
+                "--output",
+                str(export),
+            ]
+        )
         (gguf,) = export.glob("*.gguf")
         out = work / f"eval-llama-{quant}"
         overrides = [f"model.gguf_file={gguf.resolve()}", "eval.backend=llama_cpp"] + COMMON
         run([*CLI, "evaluate", "--overwrite", "--output", str(out), "--config", config] + overrides)
-        rows.append({"variant": f"GGUF {quant}, llama.cpp", "bytes": gguf.stat().st_size, **evaluated(out, run_metrics)})
+        rows.append(
+            {"variant": f"GGUF {quant}, llama.cpp", "bytes": gguf.stat().st_size, **evaluated(out, run_metrics)}
+        )
 
     harness.print_table(
         rows,
