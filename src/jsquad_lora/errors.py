@@ -12,10 +12,15 @@ SHOWN_CHARS = 80
 PART_CHARS = 1000
 
 
+def shown(text: str) -> str:
+    """`text` safe to print: lone surrogates as backslash escapes instead of an encoding error."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def cut(text: str, limit: int = SHOWN_CHARS) -> str:
-    """`text` printable (lone surrogates as backslash escapes) and at most about `limit` characters:
-    a longer one keeps its start and says how long it was."""
-    text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """`text` printable (`shown`) and at most about `limit` characters: a longer one keeps its start and
+    says how long it was."""
+    text = shown(text)
     return text if len(text) <= limit else f"{text[:limit]}… ({len(text):,} characters in all)"
 
 

@@ -137,19 +137,16 @@ def _read_table(source: str, split: str, options: ReadOptions) -> Split:
     if not path.is_file():
         raise InputError(path, "data file not found", fix="check the path")
     rows = read_table_file(path, options.encoding)
-    csv_like = path.suffix.lower() in (".csv", ".tsv")
-    jsonl = path.suffix.lower() == ".jsonl"
-    return rows_to_split(
-        rows,
-        str(path),
-        columns=options.columns,
-        # a CSV's first line is its header; a JSONL's lines are its rows (blank lines aside)
-        row_name=(lambda i: f"row {i + 1} (line {i + 2})")
-        if csv_like
-        else (lambda i: f"line {i + 1}")
-        if jsonl
-        else (lambda i: f"row {i + 1}"),
-    )
+    return rows_to_split(rows, str(path), columns=options.columns, row_name=_row_namer(path.suffix.lower()))
+
+
+def _row_namer(suffix: str) -> Callable[[int], str]:
+    """How an error names row i: a CSV's first line is its header, a JSONL's lines are its rows."""
+    if suffix in (".csv", ".tsv"):
+        return lambda i: f"row {i + 1} (line {i + 2})"
+    if suffix == ".jsonl":
+        return lambda i: f"line {i + 1}"
+    return lambda i: f"row {i + 1}"
 
 
 # --- a datasets.save_to_disk directory, and the hub ----------------------------------------------------

@@ -67,15 +67,22 @@ def schema_of(names: Mapping[str, str], present: Sequence[str], source: str) -> 
     return "flat" if "answers" in names else "simple"  # given both, the answers with their offsets
 
 
+#: the roles whose cell may be a number in a typed file (parquet, JSON): its text is the value
+NUMBER_AS_TEXT = ("id", "answer", "document")
+#: the roles whose cell may be empty: the row is numbered, or is a document of its own
+MAY_BE_EMPTY = ("id", "document")
+
+
 def _text(value: Any, row: Callable[[], str], source: str, column: str, name: str) -> str:
+    """The cell of role `name` (a COLUMN_NAMES entry) in column `column`, checked as text."""
     if value is None or (isinstance(value, float) and value != value):  # a missing cell (NaN in pandas)
         value = ""
     if not isinstance(value, str):
-        if isinstance(value, (int, float)) and name in ("id", "answer"):
-            value = str(value)  # a number in a typed file (parquet, JSON): its text is the answer / id
+        if isinstance(value, (int, float)) and name in NUMBER_AS_TEXT:
+            value = str(value)
         else:
             raise InputError(source, f"{column} must be text, got {type(value).__name__}", where=row())
-    if name != "id" and not value.strip():
+    if name not in MAY_BE_EMPTY and not value.strip():
         raise InputError(source, f"the {column} column is empty", where=row(), fix="fill it in or remove the row")
     if found := lone_surrogate(value):
         raise InputError(source, f"{column} holds {found}, which is not a character", where=row())
@@ -145,7 +152,7 @@ def rows_to_split(
         seen[qid] = row_name(i)
         context = _text(record.get(names["context"]), where, source, names["context"], "context")
         question = _text(record.get(names["question"]), where, source, names["question"], "question")
-        title = _text(record.get(document), where, source, document, "id") if document else ""
+        title = _text(record.get(document), where, source, document, "document") if document else ""
         if schema == "flat":  # offsets into the context as given; JSQuAD's `<title> [SEP] ` prefix is cut off
             texts, starts = _flat_answers(record.get(names["answers"]), context, where, source, names["answers"])
             mismatches += [f"{qid}#{k}" for k, (t, s) in enumerate(zip(texts, starts)) if context[s : s + len(t)] != t]

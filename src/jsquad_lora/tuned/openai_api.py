@@ -32,7 +32,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, cut
 from jsquad_lora.generate.decoding import DecodingConfig
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS
 from jsquad_lora.tuned.serving import (
@@ -41,7 +41,6 @@ from jsquad_lora.tuned.serving import (
     Batcher,
     Job,
     RequestError,
-    _bounded,
     _json_type,
     echo,
     json_object,
@@ -89,9 +88,9 @@ def error_response(err: RequestError, headers: dict | None = None) -> Response:
     status = 400 if err.status == 422 else err.status
     problem, param, fix = (err.body[k] for k in ("error", "field", "fix"))
     error = {
-        "message": _bounded(f"{problem} (fix: {fix})" if fix else problem, MAX_ERROR_CHARS),
+        "message": cut(f"{problem} (fix: {fix})" if fix else problem, MAX_ERROR_CHARS),
         "type": "server_error" if status >= 500 else "invalid_request_error",
-        "param": None if param is None else _bounded(str(param), ECHO_CHARS),
+        "param": None if param is None else cut(str(param), ECHO_CHARS),
         "code": err.code,
     }
     headers = {**(headers or {}), **({"Retry-After": "1"} if status == 503 else {})}

@@ -37,10 +37,9 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, cut
 from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS, check_question_text
-from jsquad_lora.util.jsonio import shown
 
 log = logging.getLogger(__name__)
 #: the most bytes JSON spends on one character: one outside the BMP as a surrogate-pair escape, "\\ud83d\\ude00"
@@ -125,17 +124,12 @@ def echo(value: str) -> str:
     return repr(value) if len(value) <= ECHO_CHARS else f"{value[:ECHO_CHARS]!r}... ({len(value)} characters)"
 
 
-def _bounded(text: str, limit: int) -> str:
-    text = shown(text)  # lone surrogates as backslash escapes
-    return text if len(text) <= limit else f"{text[:limit]}... (cut: {len(text)} characters in all)"
-
-
 def error_response(err: RequestError, headers: dict | None = None) -> Response:
     """The JSON reply of a refusal. It never raises: each string is made encodable and bounded, and should
     encoding still fail the reply is escaped to ASCII."""
     headers = {**(headers or {}), **({"Retry-After": "1"} if err.status == 503 else {})}
     body = {
-        k: None if v is None else _bounded(str(v), ECHO_CHARS if k == "field" else MAX_ERROR_CHARS)
+        k: None if v is None else cut(str(v), ECHO_CHARS if k == "field" else MAX_ERROR_CHARS)
         for k, v in err.body.items()
     }
     try:

@@ -19,7 +19,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator, Literal
 
-from jsquad_lora.errors import InputError
+from jsquad_lora.errors import InputError, shown  # noqa: F401 (shown: read from here too)
 
 log = logging.getLogger(__name__)
 
@@ -111,11 +111,6 @@ def json_type_name(kind: type) -> str:
 
 #: a UTF-16 surrogate code point: JSON can smuggle one in as a "\\ud800" escape, and no encoder takes it
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-def shown(text: str) -> str:
-    """`text` safe to print: lone surrogates as backslash escapes instead of an encoding error."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def lone_surrogate(text: str) -> str | None:
