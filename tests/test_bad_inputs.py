@@ -31,7 +31,7 @@ DATA = {
     "data_answer_start_out_of_range.json": ("answer_start 999 is outside the context", "answers[0].answer_start"),
     "data_duplicate_ids.json": ("duplicate question id 'a1p0q0'", "qas[1]"),
     "data_non_utf8.json": ("not UTF-8", "offset"),
-    "data_no_answers.json": ("no gold answers", "(id a1p0q0).answers"),
+    "data_impossible_with_answers.json": ('"is_impossible" is true but the question has 1', "(id a1p0q0).answers"),
     "data_no_questions.json": ("holds no questions", ""),
     "data_id_not_string.json": ('"id" must be a string, got an integer', "qas[0].id"),
     "data_duplicate_key.json": ("duplicate key 'answer_start'", "line 17, column 10"),
@@ -156,9 +156,9 @@ def test_vllm_backend_where_it_cannot_run_is_a_clear_error(capsys, tmp_path):
     assert code == 2 and "extractive decoding is only implemented on the HF backend" in err
 
 
-def test_context_longer_than_the_window_is_truncated_and_counted(tmp_path, caplog):
-    """A valid file whose passage is far longer than model.max_length: training keeps the answer
-    span, evaluation cuts the passage end, and both counts reach metrics.json and the log."""
+def test_context_longer_than_the_window_is_read_in_windows_and_counted(tmp_path, caplog):
+    """A valid file whose passage is far longer than model.max_length: training and evaluation read it in
+    windows, and both counts reach metrics.json and the log."""
     import json
     import logging
 
@@ -184,5 +184,8 @@ def test_context_longer_than_the_window_is_truncated_and_counted(tmp_path, caplo
         )
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["train"]["truncated_prompts"] == 1 and metrics["eval"]["truncated_prompts"] == 1
-    assert "1 of 1 training prompts exceed model.max_length=256" in caplog.text
+    assert "1 of 1 training questions exceed model.max_length=256" in caplog.text
+    assert "1 evaluation passages were too long for one prompt: read in windows" in caplog.text
     assert metrics["eval"]["questions"] == 1
+    (row,) = [json.loads(line) for line in (run / "predictions-after.jsonl").read_text().splitlines()]
+    assert row["windows"] > 1 and len(row["window_answers"]) == row["windows"]

@@ -19,7 +19,10 @@ from conftest import TINY_TEST, needs_data
 from jsquad_lora.cli import build_parser, main
 from jsquad_lora.data.jglue import resolve_split
 from jsquad_lora.data.jsquad import load_split
+from jsquad_lora.data.question import Question
+from jsquad_lora.encoding.windows import Window
 from jsquad_lora.errors import InputError
+from jsquad_lora.generate.decoding import ScoredAnswer
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS
 from jsquad_lora.tuned.loaded import load_run_model
 from jsquad_lora.tuned.serve import create_app
@@ -168,17 +171,17 @@ class Blocking:
     def __init__(self) -> None:
         self.started, self.release = threading.Event(), threading.Event()
 
-    def prompt(self, context: str, question: str) -> tuple[str, str]:
+    def windows(self, context: str, question: str) -> list[Window]:
         if question == "crash":
             raise ValueError("a tokenizer bug")
-        return question, context
+        return [Window(Question("ask", "", context, question, (), ()), 0, 0, 1)]
 
-    def generate(self, prompts, passages, decoding=None):
+    def answer_windows(self, windows, decoding=None):
         self.started.set()
         self.release.wait(timeout=30)
-        if "boom" in prompts:
+        if any(w.question.question == "boom" for w in windows):
             raise RuntimeError("boom")
-        return [passage[:1] for passage in passages]
+        return [ScoredAnswer(w.question.context[:1], None) for w in windows]
 
 
 def test_full_queue_is_503_and_a_failed_batch_is_500():
@@ -262,11 +265,11 @@ class Standin:
     def __init__(self, answer: str | None = None) -> None:
         self.answer = answer
 
-    def prompt(self, context: str, question: str) -> tuple[str, str]:
-        return question, context
+    def windows(self, context: str, question: str) -> list[Window]:
+        return [Window(Question("ask", "", context, question, (), ()), 0, 0, 1)]
 
-    def generate(self, prompts, passages, decoding=None):
-        return [passage[:1] if self.answer is None else self.answer for passage in passages]
+    def answer_windows(self, windows, decoding=None):
+        return [ScoredAnswer(w.question.context[:1] if self.answer is None else self.answer, None) for w in windows]
 
 
 def standin_app(host: str = "127.0.0.1", **kwargs):

@@ -82,7 +82,9 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         from jsquad_lora.encoding.tokens import answer_ids, prompt_ids
 
         text = render_prompt(question, args.template, examples=examples, tokenizer=tokenizer)
-        ids = prompt_ids(tokenizer, text) + (answer_ids(tokenizer, question.answers[0]) if args.with_answer else [])
+        ids = prompt_ids(tokenizer, text) + (
+            answer_ids(tokenizer, question.answers[0]) if args.with_answer and question.answers else []
+        )
         print(json.dumps(ids))
         return 0
     sys.stdout.write(
@@ -151,7 +153,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_ask(args: argparse.Namespace) -> int:
     from jsquad_lora.tuned.ask import ask
 
-    print(ask(Path(args.run), args.context, args.question, decoding=args.decoding))
+    context = args.context
+    if args.context_file is not None:
+        try:
+            context = Path(args.context_file).read_text(encoding="utf-8")
+        except UnicodeDecodeError as err:
+            raise InputError(
+                args.context_file, f"not UTF-8 text (byte {err.start})", fix="convert it, e.g. `iconv -t UTF-8`"
+            ) from None
+    found = ask(Path(args.run), context, args.question, decoding=args.decoding)
+    if args.json:
+        print(json.dumps(found, ensure_ascii=False))
+    elif found["answer"] is None:
+        print(f"(no answer: {found['reason']})", file=sys.stderr)
+    else:
+        print(found["answer"])
     return 0
 
 
@@ -240,6 +256,47 @@ def cmd_data_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def _dropped(dropped: dict[str, int]) -> str:
+    """A summary's dropped questions: their count, and why (a count per reason)."""
+    total = sum(dropped.values())
+    reasons = "; ".join(f"{count} {reason}" for reason, count in dropped.items())
+    return f"{total} questions dropped" + (f" ({reasons})" if reasons else "")
+
+
+def cmd_data_build_long(args: argparse.Namespace) -> int:
+    from jsquad_lora.data.derived import long_documents
+    from jsquad_lora.data.write import check_output_file, write_squad_json
+
+    check_output_file(args.output)  # before reading: a wrong --output fails fast
+    split = _load(args, args.source, args.split)
+    questions, summary = long_documents(split.questions, args.seed, source=split.path)
+    path = write_squad_json(Path(args.output), questions, source=split.path)
+    chars, wrong = summary["chars"], summary["start_mismatches"]
+    # an offset already wrong in the source stays wrong, moved as the others: said only where there are some
+    mismatched = f", {wrong} answer offsets wrong in the source (moved as they were)" if wrong else ""
+    print(
+        f"{path}: {summary['documents']} documents, {summary['questions']} questions kept, "
+        f"{_dropped(summary['dropped'])}, document characters min {chars['min']} / median {chars['median']:g} / "
+        f"max {chars['max']}{mismatched} (seed {args.seed})"
+    )
+    return 0
+
+
+def cmd_data_build_unanswerable(args: argparse.Namespace) -> int:
+    from jsquad_lora.data.derived import unanswerable_mix
+    from jsquad_lora.data.write import check_output_file, write_squad_json
+
+    check_output_file(args.output)  # before reading: a wrong --output fails fast
+    split = _load(args, args.source, args.split)
+    questions, summary = unanswerable_mix(split.questions, args.seed, source=split.path)
+    path = write_squad_json(Path(args.output), questions, source=split.path)
+    print(
+        f"{path}: {summary['answerable']} answerable, {summary['unanswerable']} unanswerable (#noans), "
+        f"{_dropped(summary['dropped'])} (seed {args.seed})"
+    )
+    return 0
+
+
 def cmd_data_split(args: argparse.Namespace) -> int:
     from jsquad_lora.data.write import check_split_dir, document_of, write_split
 
@@ -318,9 +375,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("ask", help="answer one question about one passage with a trained run")
     p.add_argument("--run", required=True, help="a run directory")
-    p.add_argument("--context", required=True)
+    passage = p.add_mutually_exclusive_group(required=True)
+    passage.add_argument("--context", help="the passage or document (a long one is read in overlapping windows)")
+    passage.add_argument("--context-file", metavar="PATH", help="read the passage from a UTF-8 text file")
     p.add_argument("--question", required=True)
     p.add_argument("--decoding", choices=tuple(DECODING_MODES), default=None)
+    p.add_argument(
+        "--json", action="store_true", help='print the whole answer object ("answer" null and a "reason" on abstaining)'
+    )
     p.set_defaults(func=cmd_ask)
 
     p = sub.add_parser("serve", help="answer questions over HTTP (an API and a page) with a trained run")
@@ -377,16 +439,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("data", help="write a source's questions as SQuAD JSON files (convert, split)")
+    p = sub.add_parser(
+        "data",
+        help="write a source's questions as SQuAD JSON files (convert, split), or evaluation sets built from them "
+        "(build-long, build-unanswerable)",
+    )
     data_sub = p.add_subparsers(dest="data_command", required=True)
     for name, text, func in (
         ("convert", "read a source (validated) and write it as one SQuAD v1.1 JSON file", cmd_data_convert),
         ("split", "split a source's questions by document into train.json and eval.json", cmd_data_split),
+        (
+            "build-long",
+            "join each article's consecutive passages into documents of 2,000-6,000 characters, "
+            "its questions kept with their answers' offsets moved (docs/own-data.md)",
+            cmd_data_build_long,
+        ),
+        (
+            "build-unanswerable",
+            "each question, and as <id>#noans asked of another passage of its article without its answers "
+            "(no answers, is_impossible), 1:1 (docs/own-data.md)",
+            cmd_data_build_unanswerable,
+        ),
     ):
         p = data_sub.add_parser(name, help=text)
         p.add_argument("source", metavar="SRC", help="a data file, a directory, hf:ID, jglue:v1.3, ...")
         if name == "convert":
             p.add_argument("--output", required=True, metavar="OUT.json", help="the SQuAD JSON file to write")
+        elif name.startswith("build-"):
+            p.add_argument("--output", required=True, metavar="OUT.json", help="the SQuAD JSON file to write")
+            p.add_argument("--seed", type=int, default=0, metavar="S", help="the draws' seed (default 0)")
         else:
             p.add_argument(
                 "--by", choices=("document",), required=True, help="what stays whole: document (title, else context)"

@@ -39,9 +39,12 @@ class ModelConfig:
     allow_pickle: bool = False
     #: None lets transformers pick (sdpa where available); "flash_attention_2" needs the package
     attn_implementation: str | None = None
-    #: longest training/eval sequence in tokens; longer prompts lose passage text, never the answer
-    #: (dev passages reach 501 Gemma tokens: no prompt is shortened)
+    #: longest training/eval sequence in tokens; a longer passage is read in overlapping windows
+    #: (dev passages reach 501 Gemma tokens: every JSQuAD prompt is one window)
     max_length: int = 640
+    #: tokens shared by consecutive windows of a passage too long for one prompt (SQuAD's doc_stride):
+    #: an answer shorter than this lies wholly inside some window
+    window_overlap: int = 128
     gradient_checkpointing: bool = False
     # shape of the offline "tiny" model
     tiny_layers: int = 4
@@ -125,6 +128,9 @@ class TrainConfig:
     batching: Literal["length_grouped", "padding_free", "shared_prefix", "random"] = "shared_prefix"
     #: cloze questions made from each training passage (augment.py); for from-scratch models
     synthetic_per_passage: int = 0
+    #: also train on the windows of a long passage that hold no gold answer, as "no answer" examples (EOS at
+    #: once): the model learns to abstain where a window does not answer (use with eval.abstain=true)
+    negative_windows: bool = False
     #: loss weight of prompt tokens relative to answer + EOS tokens. 0 = answer-only loss (every
     #: pretrained recipe). A from-scratch model needs the prompt's signal to learn the language
     #: and to copy: a question mostly repeats passage words, so predicting it trains the same
@@ -165,6 +171,12 @@ class EvalConfig:
     #: (AVX512-BF16/AMX), else the model's dtype. Answers checked against float32 in BENCHMARKS.md
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     share_prefix: bool = True  # HF backend: run a passage's shared prompt prefix once for its questions (same answers)
+    #: the model may answer nothing (an end token first) where the passage holds no answer: for runs trained on
+    #: questions without answers, or with train.negative_windows. ask/serve then return "answer": null
+    abstain: bool = False
+    #: with abstain: abstain only where the first token's end-token logit beats every other by more than this
+    #: (0: greedy); tune it on held-out training questions, never on the evaluation set
+    abstain_threshold: float = 0.0
 
 
 @dataclass
@@ -234,6 +246,7 @@ def _validate(cfg: RunConfig) -> None:
         ("data.eval_limit", d.eval_limit is None or d.eval_limit > 0, positive_or_all),
         ("data.sample_seed", 0 <= d.sample_seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
         ("model.max_length", 64 <= m.max_length <= 1_048_576, "must be in [64, 1048576]"),
+        ("model.window_overlap", 0 <= m.window_overlap < m.max_length, "must be in [0, model.max_length)"),
         ("prompt.fewshot", 0 <= cfg.prompt.fewshot <= 64, "must be in [0, 64]"),
         ("prompt.seed", 0 <= cfg.prompt.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
         ("model.load_in_8bit", not (m.load_in_8bit and m.load_in_4bit), "8-bit and 4-bit are exclusive"),

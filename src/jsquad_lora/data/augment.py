@@ -70,7 +70,7 @@ def cloze_questions(passages: Sequence[Question], per_passage: int, seed: int) -
                 candidates += [(offset, sentence, s, e) for s, e in noun_spans(sentence)]
             offset += len(sentence) + 1
         per_context.append((q, candidates))
-    real = Counter(len(q.answers[0]) for q in passages)
+    real = Counter(len(q.answers[0]) for q in passages if q.answers)
     drawn = Counter(e - s for _, candidates in per_context for _, _, s, e in candidates)
     weight = {n: real[n] / len(passages) / (drawn[n] / max(1, sum(drawn.values()))) for n in drawn}
     out, forms = [], random.Random(seed + 1)  # its own stream: the blanks drawn do not depend on the forms

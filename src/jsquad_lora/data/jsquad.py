@@ -1,4 +1,5 @@
-"""JSQuAD (SQuAD v1.1 JSON) read into questions, with validation and title stripping.
+"""JSQuAD (SQuAD v1.1 JSON, and SQuAD v2's questions without an answer) read into questions, with validation
+and title stripping. A question with empty `answers` (or `"is_impossible": true`) has no answer in its passage.
 
 Hand-written because no library validates SQuAD files with errors a user can act on: every
 problem names the file, the record (question id or JSON path) and the fix.
@@ -107,13 +108,23 @@ def load_split(path: Path | str) -> Split:
                         where=f"{where_q}.question",
                         fix="remove the question or fill it in",
                     )
-                answers = _expect(qa.get("answers"), list, path, f"{where_q}.answers", '"answers"')
-                if not answers:
+                impossible = qa.get("is_impossible", False)
+                if not isinstance(impossible, bool):
                     raise InputError(
                         path,
-                        "no gold answers (unanswerable SQuAD-v2 questions are not supported)",
+                        f'"is_impossible" must be true or false, got {json_type_name(type(impossible))}',
+                        where=f"{where_q}.is_impossible",
+                        fix="SQuAD v2 marks a question without an answer in its passage with true",
+                    )
+                answers = qa.get("answers", [] if impossible else None)
+                answers = _expect(answers, list, path, f"{where_q}.answers", '"answers"')
+                if impossible and answers:
+                    raise InputError(
+                        path,
+                        f'"is_impossible" is true but the question has {len(answers)} gold answer(s)',
                         where=f"{where_q}.answers",
-                        fix='give at least one answer {"text", "answer_start"}',
+                        fix='empty its "answers" (SQuAD v2 keeps them as "plausible_answers"), '
+                        'or set "is_impossible" to false',
                     )
                 texts, starts = [], []
                 for k, answer in enumerate(answers):

@@ -11,7 +11,8 @@ SPLIT_NAMES = ("train", "valid", "test")
 @dataclass(frozen=True)
 class Question:
     """One JSQuAD question. `context` is the passage body, without the `<title> [SEP] ` prefix;
-    `answer_starts` are character offsets into that body (as given, shifted by the prefix)."""
+    `answer_starts` are character offsets into that body (as given, shifted by the prefix). No answers:
+    the passage does not answer the question (SQuAD v2's unanswerable questions); the model should abstain."""
 
     id: str
     title: str
@@ -19,6 +20,10 @@ class Question:
     question: str
     answers: tuple[str, ...]
     answer_starts: tuple[int, ...]
+
+    @property
+    def answerable(self) -> bool:
+        return bool(self.answers)
 
 
 @dataclass(frozen=True)

@@ -69,8 +69,9 @@ def schema_of(names: Mapping[str, str], present: Sequence[str], source: str) -> 
 
 #: the roles whose cell may be a number in a typed file (parquet, JSON): its text is the value
 NUMBER_AS_TEXT = ("id", "answer", "document")
-#: the roles whose cell may be empty: the row is numbered, or is a document of its own
-MAY_BE_EMPTY = ("id", "document")
+#: the roles whose cell may be empty: the row is numbered, is a document of its own, or has no answer in its
+#: passage (an unanswerable question)
+MAY_BE_EMPTY = ("id", "document", "answer")
 
 
 def _text(value: Any, row: Callable[[], str], source: str, column: str, name: str) -> str:
@@ -97,13 +98,6 @@ def _flat_answers(value: Any, context: str, row: Callable[[], str], source: str,
     shape = f"{column} must be {{text: [...], answer_start: [...]}} of one length"
     if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
         raise InputError(source, shape, where=row(), fix="as the Hugging Face squad datasets write it")
-    if not texts:
-        raise InputError(
-            source,
-            "no gold answers (unanswerable SQuAD-v2 questions are not supported)",
-            where=row(),
-            fix="give at least one answer",
-        )
     for text, start in zip(texts, starts):
         if not isinstance(text, str) or not text.strip():
             raise InputError(source, f"an answer text in {column} is empty or not text", where=row())
@@ -160,16 +154,19 @@ def rows_to_split(
             starts = [s - offset for s in starts]
         else:
             answer = _text(record.get(names["answer"]), where, source, names["answer"], "answer").strip()
-            start = context.find(answer)
-            if start < 0:
+            start = context.find(answer) if answer else 0
+            if not answer:  # an empty answer cell: the passage does not answer the question
+                texts, starts = [], []
+            elif start < 0:
                 raise InputError(
                     source,
                     f"the answer {brief(answer)} does not occur in its context",
                     where=where(),
                     fix="an answer must be copied from its context exactly (the same characters and spaces)",
                 )
-            if context.find(answer, start + 1) >= 0:
-                ambiguous.append(qid)
-            texts, starts = [answer], [start]
+            else:
+                if context.find(answer, start + 1) >= 0:
+                    ambiguous.append(qid)
+                texts, starts = [answer], [start]
         questions.append(Question(qid, title, context, question, tuple(texts), tuple(starts)))
     return Split(Path(source), tuple(questions), tuple(mismatches), tuple(ambiguous))

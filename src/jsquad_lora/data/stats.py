@@ -31,9 +31,10 @@ def split_stats(split: Split) -> dict[str, Any]:
         # a question without a document (a row without title / document column) is its passage's own
         "articles": len({q.title or ("passage", q.context) for q in qs}),
         "gold_answers": sum(len(q.answers) for q in qs),
+        "unanswerable": sum(not q.answers for q in qs),
         "context_chars": _percentiles([len(q.context) for q in qs]),
         "question_chars": _percentiles([len(q.question) for q in qs]),
-        "answer_chars": _percentiles([len(q.answers[0]) for q in qs]),
+        "answer_chars": _percentiles([len(q.answers[0]) for q in qs if q.answers]),
         "answer_start_mismatches": len(split.start_mismatches),
         "answer_start_mismatch_examples": list(split.start_mismatches[:10]),
         # rows given without answer_start whose answer occurs several times in the context (the first is taken)

@@ -4,6 +4,8 @@ What `data convert` and `data split` write: any source this tool reads and valid
 tools read. The layout is JSQuAD's: articles by title, paragraphs by context, each context written as
 `<title> [SEP] <body>` with the answers' offsets shifted by that prefix, so that `jsquad.load_split` of the
 written file gives back the same questions (ids, titles, contexts, questions, answers, offsets), in order.
+A question without answers (its passage does not answer it: `data build-unanswerable`) is written as SQuAD
+v2 writes one, `"answers": [], "is_impossible": true`; the others carry `"is_impossible": false`, as always.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ SPLIT_MARKER = ".jsquad-lora-split"
 SPLIT_FILES = ("train.json", "eval.json")
 
 
-def _full_context(question: Question) -> tuple[str, int]:
+def full_context(question: Question) -> tuple[str, int]:
     """The context as written (`<title> [SEP] <body>`, or the body alone without a title) and the prefix length.
 
     A body without a title that holds " [SEP] " gets an empty title's prefix (" [SEP] "): read back, the
@@ -65,7 +67,8 @@ def _check(question: Question, seen: set[str], context: str, offset: int, source
 
 
 def squad_json(questions: Sequence[Question], *, source: object = "questions") -> dict[str, Any]:
-    """SQuAD v1.1 JSON of `questions`: articles by title, paragraphs by context, both in first-seen order.
+    """SQuAD v1.1 JSON of `questions`: articles by title, paragraphs by context, both in first-seen order;
+    `"is_impossible"` true for a question without answers (SQuAD v2's unanswerable questions).
 
     Every question is checked first (unique non-empty ids, offsets inside their contexts): an InputError
     names `source` and the question."""
@@ -74,7 +77,7 @@ def squad_json(questions: Sequence[Question], *, source: object = "questions") -
     articles: dict[str, dict[str, list[dict[str, Any]]]] = {}
     seen: set[str] = set()
     for question in questions:
-        context, offset = _full_context(question)
+        context, offset = full_context(question)
         _check(question, seen, context, offset, source)
         qa = {
             "id": question.id,

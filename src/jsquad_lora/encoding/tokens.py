@@ -97,9 +97,15 @@ def fit_question(
     return cut, ids, True
 
 
+def target_ids(tokenizer, question: Question) -> list[int]:
+    """What training teaches the model to say: the first gold answer's ids + EOS, or EOS alone for a question
+    its passage does not answer (the model abstains by ending at once)."""
+    return (answer_ids(tokenizer, question.answers[0]) if question.answers else []) + [tokenizer.eos_token_id]
+
+
 def encode_train_example(question: Question, render: Render, tokenizer, max_length: int) -> tuple[Encoded, bool]:
-    """prompt ids + first-gold-answer ids + EOS; labels only on answer + EOS."""
-    answer = answer_ids(tokenizer, question.answers[0]) + [tokenizer.eos_token_id]
+    """prompt ids + first-gold-answer ids + EOS (EOS alone without an answer); labels only on answer + EOS."""
+    answer = target_ids(tokenizer, question)
     _, ids, truncated = fit_question(question, render, tokenizer, max_length - len(answer), around_answer=True)
     return Encoded(ids + answer, [-100] * len(ids) + answer), truncated
 

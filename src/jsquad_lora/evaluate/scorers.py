@@ -15,6 +15,11 @@ report's columns and the CLI's `--metric` choices follow `SCORERS`.
 Hand-written on purpose: no library ships these Japanese-specific variants. Arithmetic follows each
 reference step by step (same summation order, same float operations), so totals agree to the
 last digit. A question without a prediction scores 0; percentages are over all questions.
+
+Questions without an answer (SQuAD v2's unanswerable ones) score as SQuAD v2 does in every scorer: 1 for an
+empty prediction (the model abstained), else 0. `answerability_scores` adds SQuAD v2's HasAns / NoAns split
+(EM and F1 of the jglue scorer on each part) where a split has such questions; JSQuAD has none, so its
+numbers are the references' to the bit.
 """
 
 from __future__ import annotations
@@ -220,12 +225,38 @@ def scorer(name: str) -> Scorer:
     return SCORERS[name]
 
 
+def no_answer_score(prediction: str) -> tuple[float, float]:
+    """SQuAD v2's score of a question without an answer: EM = F1 = 1 when the model abstained (said nothing)."""
+    return (1, 1.0) if not prediction.strip() else (0, 0.0)
+
+
 def score_each(
     questions: Sequence[Question], predictions: dict[str, str], metric: str
 ) -> list[tuple[float, float] | None]:
     """Per-question (em, f1) in data order; None where the question has no prediction."""
     question = scorer(metric).question
-    return [question(predictions[q.id], q.answers) if q.id in predictions else None for q in questions]
+    return [
+        None
+        if q.id not in predictions
+        else question(predictions[q.id], q.answers)
+        if q.answers
+        else no_answer_score(predictions[q.id])
+        for q in questions
+    ]
+
+
+def answerability_scores(questions: Sequence[Question], predictions: dict[str, str]) -> dict[str, dict]:
+    """SQuAD v2's split of the primary scorer's EM/F1: `has_ans` (questions with an answer) and `no_ans`
+    (without one: EM = the share the model abstained on), each over its own questions; {} where every
+    question has an answer (JSQuAD)."""
+    unanswerable = [q for q in questions if not q.answers]
+    if not unanswerable:
+        return {}
+    answerable = [q for q in questions if q.answers]
+    out = {"no_ans": score_predictions(unanswerable, predictions, PRIMARY_SCORER).as_dict()}
+    if answerable:
+        out["has_ans"] = score_predictions(answerable, predictions, PRIMARY_SCORER).as_dict()
+    return dict(sorted(out.items()))
 
 
 def score_predictions(questions: Sequence[Question], predictions: dict[str, str], metric: str) -> Score:
@@ -234,5 +265,9 @@ def score_predictions(questions: Sequence[Question], predictions: dict[str, str]
         raise ValueError("no questions to score")
     chosen = scorer(metric)
     each = score_each(questions, predictions, metric)
-    exact_match, f1 = chosen.aggregate(each, questions, chosen.question)
+
+    def question(prediction: str, golds: Sequence[str]) -> tuple[float, float]:
+        return chosen.question(prediction, golds) if golds else no_answer_score(prediction)
+
+    exact_match, f1 = chosen.aggregate(each, questions, question)
     return Score(exact_match, f1, len(questions))

@@ -32,7 +32,8 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
     leading whitespace (`▁答`, ` 答` after `システム: `), later tokens' whitespace must be in the
     passage. EOS, and any stop string that is a single token, are allowed once the answer has at
     least one complete visible character; tokens containing a stop string are never allowed
-    otherwise. If no token is allowed, EOS is forced.
+    otherwise. If no token is allowed, EOS is forced. With `allow_empty`, an end token is also allowed as the
+    very first token: the model abstains (the passage does not answer the question).
 
     Candidates come from a per-tokenizer byte index (`TokenVocab`), so partial-character tokens work.
     The chosen (arg-max) token is then checked on real decoded text: `decode(generated + [token])`,
@@ -48,8 +49,10 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
         end_ids: set[int],
         eos_id: int,
         stop_strings: Sequence[str],
+        allow_empty: bool = False,
     ) -> None:
         self.tokenizer, self.vocab = tokenizer, token_vocab(tokenizer)
+        self.allow_empty = allow_empty
         self.passages, self.prompt_length = list(passages), prompt_length
         self.end_ids, self.eos_id = frozenset(end_ids), eos_id
         self.passage_bytes = [p.encode() for p in self.passages]
@@ -70,8 +73,8 @@ class ExtractiveLogitsProcessor(LogitsProcessor):
         if any(p is None or i in self.end_ids for i, p in zip(generated, pieces)):
             return None
         answer = b"".join(pieces).lstrip()  # type: ignore[arg-type]
-        if not answer:
-            return self.openers[row]
+        if not answer:  # the first token (or only whitespace so far); an end token first is an abstention
+            return self.openers[row] + sorted(self.end_ids) if self.allow_empty and not generated else self.openers[row]
         allowed = sorted(self.vocab.next_pieces(self.passage_bytes[row], answer) - self.banned)
         return allowed + sorted(self.end_ids) if _complete_text(answer) else allowed
 

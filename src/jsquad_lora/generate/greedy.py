@@ -20,15 +20,16 @@ row is the very text the answer is cut from, for any tokenizer.
 
 from __future__ import annotations
 
+import math
 from contextlib import contextmanager
 from typing import Callable, Iterator, Sequence
 
 import torch
 from tqdm import tqdm
-from transformers import LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 
 from jsquad_lora.encoding.tokens import prompt_ids
-from jsquad_lora.generate.decoding import DecodingConfig, decoding_mode
+from jsquad_lora.generate.decoding import DecodingConfig, ScoredAnswer, decoding_mode
 from jsquad_lora.generate.extractive import head_restricted_to
 from jsquad_lora.generate.prefix_cache import batch_inputs, plan_batches
 from jsquad_lora.generate.screened_head import screened_head
@@ -49,6 +50,53 @@ class _StopOnText(StoppingCriteria):
             for ids in generated
         ]
         return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+
+
+class _LowerEnds(LogitsProcessor):
+    """The first processor where an abstention threshold is set: the end tokens' logits at the first step are
+    lowered by it, so greedy decoding abstains only where their margin over every other token exceeds it (the
+    mode's processor then checks the token that wins instead)."""
+
+    def __init__(self, prompt_length: int, end_ids: set[int], threshold: float) -> None:
+        self.prompt_length, self.end_ids, self.threshold = prompt_length, sorted(end_ids), threshold
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] != self.prompt_length:
+            return scores
+        ends = [i for i in self.end_ids if i < scores.shape[1]]
+        scores = scores.clone()
+        scores[:, ends] = scores[:, ends] - self.threshold
+        return scores
+
+
+class _AnswerScores(LogitsProcessor):
+    """The last processor of a scored generation: records, per step, the log-probability of the token greedy
+    decoding takes (the arg-max of the scores it returns), and where abstaining is allowed, the first step's
+    abstention margin (best end token minus best other, before any threshold lowered the end tokens)."""
+
+    def __init__(self, prompt_length: int, end_ids: set[int], abstain: bool, threshold: float) -> None:
+        self.prompt_length, self.end_ids = prompt_length, sorted(end_ids)
+        self.abstain, self.threshold = abstain, threshold
+        self.steps: list[torch.Tensor] = []
+        self.margins: list[float | None] = []
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if input_ids.shape[1] == self.prompt_length and self.abstain:
+            ends = [i for i in self.end_ids if i < scores.shape[1]]
+            best_end = scores[:, ends].amax(dim=-1)
+            others = scores.clone()
+            others[:, ends] = float("-inf")
+            margin = (best_end - others.amax(dim=-1)).float().tolist()
+            self.margins = [m + self.threshold if math.isfinite(m) else None for m in margin]
+        chosen = scores.amax(dim=-1).float() - torch.logsumexp(scores.float(), dim=-1)
+        self.steps.append(torch.nan_to_num(chosen, nan=float("-inf")))
+        return scores
+
+    def row(self, r: int, generated: list[int], end_ids: set[int]) -> tuple[float, float | None]:
+        """(score, abstention margin) of batch row `r`, whose generated ids are `generated`."""
+        last = next((k for k, i in enumerate(generated) if i in end_ids), len(generated) - 1)
+        total = sum(float(step[r]) for step in self.steps[: last + 1])
+        return total, self.margins[r] if self.margins else None
 
 
 def special_ids(model, tokenizer) -> tuple[list[int], int]:
@@ -147,13 +195,43 @@ def generate_answers(
     input indices it answered. `passages[i]` is the passage of `prompts[i]`; needed only by modes
     that read it (extractive).
     """
+    report = None if on_batch is None else lambda batch, scored: on_batch(batch, [a.text for a in scored])
+    return [a.text for a in _generate(model, tokenizer, prompts, passages, config, progress, report, scored=False)]
+
+
+def generate_scored(
+    model,
+    tokenizer,
+    prompts: list[str],
+    passages: list[str] | None,
+    config: DecodingConfig,
+    progress: bool = False,
+    on_batch: Callable[[list[int], list[ScoredAnswer]], None] | None = None,
+) -> list[ScoredAnswer]:
+    """`generate_answers` with each answer's score (`ScoredAnswer`): the same answers, except where
+    `config.abstain_threshold` moves an abstention. The float32 output layer runs whole (no bfloat16 screen:
+    a score reads every logit)."""
+    return _generate(model, tokenizer, prompts, passages, config, progress, on_batch, scored=True)
+
+
+def _generate(
+    model,
+    tokenizer,
+    prompts: list[str],
+    passages: list[str] | None,
+    config: DecodingConfig,
+    progress: bool,
+    on_batch: Callable[[list[int], list[ScoredAnswer]], None] | None,
+    *,
+    scored: bool,
+) -> list[ScoredAnswer]:
     mode = decoding_mode(config.mode)
     if mode.needs_passages and (passages is None or len(passages) != len(prompts)):
         raise ValueError(f"{mode.name} decoding needs one passage per prompt")
     encoded = [prompt_ids(tokenizer, p) for p in prompts]
     _, pad_id = special_ids(model, tokenizer)
     eos_ids, stop_ids, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
-    answers: list[str] = [""] * len(prompts)
+    answers: list[ScoredAnswer] = [ScoredAnswer("", 0.0)] * len(prompts)
     with (
         inference_mode(model) as device,
         tqdm(total=len(prompts), unit="q", desc=f"generating ({config.mode})", disable=not progress) as bar,
@@ -163,20 +241,28 @@ def generate_answers(
             inputs = batch_inputs(model, encoded, planned, pad_id, device, room=config.max_new_tokens)
             width = inputs["input_ids"].shape[1]  # every row's prompt ends here
             processors = LogitsProcessorList()
+            if config.abstain and config.abstain_threshold:
+                processors.append(_LowerEnds(width, end_ids, config.abstain_threshold))
             candidates = None
             if mode.processor is not None:
                 rows = [passages[i] for i in batch] if passages is not None else None
-                processor = mode.processor(tokenizer, rows, width, end_ids, eos_ids[0], config.stop_strings)
+                processor = mode.processor(
+                    tokenizer, rows, width, end_ids, eos_ids[0], config.stop_strings, allow_empty=config.abstain
+                )
                 processors.append(processor)
                 if config.candidate_head and hasattr(processor, "candidates"):
                     candidates = processor.candidates()
+            recorder = _AnswerScores(width, end_ids, config.abstain, config.abstain_threshold) if scored else None
+            if recorder is not None:
+                processors.append(recorder)
             criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
             with head_restricted_to(model, candidates), screened_head(model, config.screen_head and not processors):
                 output = _greedy(model, inputs, config.max_new_tokens, eos_ids, pad_id, processors, criteria)
-            batch_answers = [
-                cut_answer(tokenizer, ids, end_ids, config.stop_strings, mode.trims_partial_character)
-                for ids in output[:, width:].tolist()
-            ]
+            batch_answers = []
+            for r, ids in enumerate(output[:, width:].tolist()):
+                text = cut_answer(tokenizer, ids, end_ids, config.stop_strings, mode.trims_partial_character)
+                score, margin = recorder.row(r, ids, end_ids) if recorder is not None else (0.0, None)
+                batch_answers.append(ScoredAnswer(text, score, margin))
             for i, answer in zip(batch, batch_answers):
                 answers[i] = answer
             if on_batch is not None:

@@ -31,8 +31,11 @@ def select_fewshot(pool: Sequence[Question], k: int, seed: int, question: Questi
 def make_renderer(cfg: RunConfig, tokenizer, fewshot_pool):
     from jsquad_lora.prompts.templates import render_prompt
 
+    # an example shows its answer: questions without one are not examples
+    pool = fewshot_pool if all(q.answers for q in fewshot_pool) else [q for q in fewshot_pool if q.answers]
+
     def render(q):
-        shots = select_fewshot(fewshot_pool, cfg.prompt.fewshot, cfg.prompt.seed, q) if cfg.prompt.fewshot else ()
+        shots = select_fewshot(pool, cfg.prompt.fewshot, cfg.prompt.seed, q) if cfg.prompt.fewshot else ()
         return render_prompt(q, cfg.prompt.template, examples=shots, tokenizer=tokenizer)
 
     return render

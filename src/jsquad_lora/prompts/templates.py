@@ -124,5 +124,5 @@ def render_prompt(
         raise InputError(
             "prompt.template", f"Unknown template {brief(template)}", fix=f"Available: {', '.join(TEMPLATES)}"
         )
-    answer = question.answers[0] if with_answer else ""
+    answer = question.answers[0] if with_answer and question.answers else ""
     return TEMPLATES[template].render(question, examples, tokenizer) + answer

@@ -174,13 +174,23 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
 
 
 def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
-    """A prompt that cannot fit even with its passage removed fails now, before any model work."""
-    from jsquad_lora.encoding.tokens import encode_train_example, fit_question
+    """A prompt that cannot fit even with its passage removed, or windows that cannot overlap as asked, fail
+    now, before any model work; so does a training set that teaches abstaining to a run that may not abstain."""
+    from jsquad_lora.encoding.windows import passage_windows
 
+    budget = cfg.model.max_length - cfg.eval.max_new_tokens
     for q in eval_questions[:8]:
-        fit_question(q, render, tokenizer, cfg.model.max_length - cfg.eval.max_new_tokens, around_answer=False)
+        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap)
     for q in train_questions[:8]:
-        encode_train_example(q, render, tokenizer, cfg.model.max_length)
+        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap)
+    unanswerable = sum(not q.answerable for q in train_questions)
+    if (unanswerable or cfg.train.negative_windows) and not cfg.eval.abstain:
+        why = f"{unanswerable} training questions have no answer" if unanswerable else "train.negative_windows=true"
+        raise InputError(
+            "eval.abstain",
+            f"{why}: the model learns to abstain, but eval.abstain=false never lets it",
+            fix="add eval.abstain=true (or train on questions that all have answers)",
+        )
 
 
 def evaluate_stage(job: Job, stage: Stage) -> None:
@@ -206,11 +216,12 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
         job.cfg.model.max_length,
         predictions,
         generator=generator,
+        overlap=job.cfg.model.window_overlap,
     )
     if not distributed.is_main():
         return  # the main process merged every rank's answers and scores them
     if result.truncated_prompts:
-        log.info("%d evaluation prompts exceeded the window: their passages lost their end", result.truncated_prompts)
+        log.info("%d evaluation passages were too long for one prompt: read in windows", result.truncated_prompts)
     job.metrics[stage] = result.scores
     if "sample" in job.metrics:
         errors = job.metrics["sample"].setdefault("em_standard_error", {})
@@ -225,7 +236,7 @@ def _evaluated(job: Job, stage: Stage, predictions: Path) -> bool:
     from jsquad_lora.evaluate.scorers import SCORERS
 
     scores = job.metrics.get(stage)
-    if not isinstance(scores, dict) or set(scores) != set(SCORERS) or not predictions.is_file():
+    if not isinstance(scores, dict) or not set(SCORERS) <= set(scores) or not predictions.is_file():
         return False
     if EVAL_SUMMARY_KEY[stage] not in job.metrics:
         return False
@@ -251,7 +262,7 @@ def side_check_stage(job: Job, stage: Stage) -> None:
 
 def train_stage(job: Job) -> None:
     """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
-    from jsquad_lora.encoding.tokens import encode_train_set
+    from jsquad_lora.encoding.windows import encode_train_windows
     from jsquad_lora.model.lora import attach_lora, count_parameters, merged
     from jsquad_lora.train.checkpoints import newest_checkpoint_size, remove_incomplete_checkpoints
     from jsquad_lora.train.trainer import train
@@ -276,20 +287,29 @@ def train_stage(job: Job) -> None:
         from jsquad_lora.data.augment import cloze_questions
 
         train_set += cloze_questions(job.train_questions, cfg.train.synthetic_per_passage, cfg.train.seed)
-    examples, truncated = encode_train_set(train_set, job.render, job.tokenizer, cfg.model.max_length)
+    encoded = encode_train_windows(
+        train_set,
+        job.render,
+        job.tokenizer,
+        cfg.model.max_length,
+        cfg.model.window_overlap,
+        cfg.train.negative_windows,
+    )
+    examples, truncated = encoded.examples, encoded.windowed
     n_examples = len(examples)
     if cfg.train.batching == "shared_prefix":
         from jsquad_lora.encoding.packing import share_prefixes
 
-        examples = share_prefixes(examples, [q.context for q in train_set], max_tokens=2 * cfg.model.max_length)
+        examples = share_prefixes(examples, encoded.passages, max_tokens=2 * cfg.model.max_length)
         log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
     if truncated:
         log.info(
-            "%d of %d training prompts exceed model.max_length=%d: their passages were shortened "
-            "around the answer (the answer span is kept)",
+            "%d of %d training questions exceed model.max_length=%d: their passages were read in windows "
+            "(the windows holding an answer%s)",
             truncated,
-            n_examples,
+            len(train_set),
             cfg.model.max_length,
+            ", and the others as no-answer examples" if cfg.train.negative_windows else "",
         )
     bf16 = train_in_bf16(cfg.train.mixed_precision)
     log.info(
@@ -327,6 +347,7 @@ def train_stage(job: Job) -> None:
         "rows": len(examples),
         "synthetic_examples": len(train_set) - len(job.train_questions),
         "truncated_prompts": truncated,
+        "no_answer_examples": encoded.no_answer,
         "trainable_parameters": trainable,
         "total_parameters": total,
     }

@@ -9,8 +9,9 @@ from typing import Any, Callable, Sequence
 from jsquad_lora.config.load import load_config
 from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.question import Question
+from jsquad_lora.encoding.windows import Window
 from jsquad_lora.errors import InputError
-from jsquad_lora.generate.decoding import decoding_config
+from jsquad_lora.generate.decoding import ScoredAnswer, decoding_config
 from jsquad_lora.model.source import base_model_and_tokenizer, model_source
 from jsquad_lora.prompts.fewshot import make_renderer
 from jsquad_lora.prompts.templates import NL
@@ -109,15 +110,22 @@ class LoadedRun:
     tokenizer: Any
     render: Callable[[Question], str]
 
-    def prompt(self, context: str, question: str) -> tuple[str, str]:
-        """(prompt, the passage it holds): the passage shortened where the prompt would not fit
-        `model.max_length` with room for the answer (as in evaluation)."""
-        from jsquad_lora.evaluate.loop import build_prompts
+    def windows(self, context: str, question: str) -> list[Window]:
+        """The windows the run reads `context` in for `question`, as evaluation does (one where the prompt fits
+        `model.max_length` with room for the answer)."""
+        from jsquad_lora.encoding.windows import passage_windows
 
-        q = Question("ask", "", context, question, ("",), (0,))
+        q = Question("ask", "", context, question, (), ())
         budget = self.cfg.model.max_length - self.cfg.eval.max_new_tokens
-        prompts, passages, _ = build_prompts([q], self.render, self.tokenizer, budget)
-        return prompts[0], passages[0]
+        return passage_windows(q, self.render, self.tokenizer, budget, self.cfg.model.window_overlap)
+
+    def window_prompt(self, window: Window) -> str:
+        return self.render(window.question)
+
+    def prompt(self, context: str, question: str) -> tuple[str, str]:
+        """(prompt, the passage it holds) of the first window: the whole passage where it fits."""
+        first = self.windows(context, question)[0].question
+        return self.render(first), first.context
 
     def generate(self, prompts: list[str], passages: list[str], decoding: str | None = None) -> list[str]:
         """Answers to `prompts` in one batched generation (each equal to its prompt's answer alone),
@@ -126,9 +134,33 @@ class LoadedRun:
 
         return generate_answers(self.model, self.tokenizer, prompts, passages, decoding_config(self.cfg, decoding))
 
-    def answer(self, context: str, question: str, decoding: str | None = None) -> str:
-        prompt, passage = self.prompt(context, question)
-        return self.generate([prompt], [passage], decoding)[0]
+    def answer_windows(self, windows: list[Window], decoding: str | None = None) -> list[ScoredAnswer]:
+        """Every window's answer, as evaluation gives it: a question read in one window by plain generation
+        unless the run abstains, every other window scored (`generate_scored`), one batch each."""
+        from jsquad_lora.generate.greedy import generate_scored
+
+        config = decoding_config(self.cfg, decoding)
+        plain = [k for k, w in enumerate(windows) if w.count == 1 and not config.abstain]
+        scored = [k for k in range(len(windows)) if k not in set(plain)]
+        out: list[ScoredAnswer | None] = [None] * len(windows)
+        if plain:
+            prompts = [self.render(windows[k].question) for k in plain]
+            texts = self.generate(prompts, [windows[k].question.context for k in plain], decoding)
+            for k, text in zip(plain, texts):
+                out[k] = ScoredAnswer(text, None)
+        if scored:
+            prompts = [self.render(windows[k].question) for k in scored]
+            passages = [windows[k].question.context for k in scored]
+            for k, answer in zip(scored, generate_scored(self.model, self.tokenizer, prompts, passages, config)):
+                out[k] = answer
+        return out  # type: ignore[return-value]
+
+    def answer(self, context: str, question: str, decoding: str | None = None) -> str | None:
+        """The run's answer to one question about `context` (None: it abstained)."""
+        from jsquad_lora.tuned.ask import answer_object
+
+        windows = self.windows(context, question)
+        return answer_object(context, windows, self.answer_windows(windows, decoding))["answer"]
 
     # free generation (serve's OpenAI routes): a conversation or a raw prompt, greedy, not extractive
 

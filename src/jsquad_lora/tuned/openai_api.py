@@ -264,7 +264,7 @@ def router(batcher: Batcher, run_name: str, default_decoding: str, created: int)
                 fields = {"question": asked[-1]} if "question" not in data else {}
                 fields |= {k: data[k] for k in ("context", "question", "decoding") if k in data}
                 found = await asyncio.wrap_future(batcher.submit(question_of(fields, default_decoding, True)))
-                text, finish, usage = found["answer"], "stop", found["usage"]
+                text, finish, usage = found["answer"] or "", "stop", found["usage"]  # abstained: no text
             else:
                 if given := [k for k in ("question", "decoding") if k in data]:
                     raise _bad(f"{given[0]} is read only with context (a passage question)", given[0])

@@ -37,8 +37,9 @@ from typing import Any, Protocol
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 
+from jsquad_lora.encoding.windows import Window
 from jsquad_lora.errors import InputError, cut
-from jsquad_lora.generate.decoding import DECODING_MODES
+from jsquad_lora.generate.decoding import DECODING_MODES, ScoredAnswer
 from jsquad_lora.tuned.ask import MAX_ASK_CONTEXT_CHARS, MAX_ASK_QUESTION_CHARS, check_question_text
 
 log = logging.getLogger(__name__)
@@ -72,8 +73,9 @@ class Answerer(Protocol):
     """What the server needs of a run (loaded.LoadedRun; tests pass stand-ins). The OpenAI routes also use
     chat_prompt, complete and usage; every method is called by the worker thread only."""
 
-    def prompt(self, context: str, question: str) -> tuple[str, str]: ...
-    def generate(self, prompts: list[str], passages: list[str], decoding: str | None = None) -> list[str]: ...
+    def windows(self, context: str, question: str) -> list[Window]: ...
+    def answer_windows(self, windows: list[Window], decoding: str | None = None) -> list[ScoredAnswer]: ...
+    def window_prompt(self, window: Window) -> str: ...
     def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
     def complete(self, prompt: str, max_new_tokens: int | None, stop: Sequence[str]) -> tuple[str, str]: ...
     def usage(self, prompt: str, completion: str) -> dict[str, int]: ...
@@ -332,40 +334,41 @@ class Batcher:
                 self._run(job)
 
     def _answer(self, requests: list[Pending], mode: str) -> None:
-        """One generation for the requests of one decoding mode; a request whose prompt cannot be
-        built fails alone, an error in generation fails the batch (and is logged), the thread goes on."""
-        ready, prompts, passages = [], [], []
+        """One generation for the requests of one decoding mode (every window of every request); a request
+        whose windows cannot be built fails alone, an error in generation fails the batch (and is logged),
+        the thread goes on."""
+        from jsquad_lora.tuned.ask import answer_object
+
+        ready, windows = [], []
         for r in requests:
             try:
-                prompt, passage = self.run.prompt(r.context, r.question)
+                found = self.run.windows(r.context, r.question)
             except InputError as err:
                 r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
                 continue
             except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
                 self._fail([r], err)
                 continue
-            ready.append(r)
-            prompts.append(prompt)
-            passages.append(passage)
+            ready.append((r, len(windows), len(windows) + len(found)))
+            windows += found
         if not ready:
             return
         try:
-            answers = self.run.generate(prompts, passages, mode)
-            usages = [self.run.usage(p, a) if r.usage else None for r, p, a in zip(ready, prompts, answers)]
+            answers = self.run.answer_windows(windows, mode)
+            replies = [answer_object(r.context, windows[a:b], answers[a:b]) for r, a, b in ready]
+            usages = [
+                _usage(self.run, windows[a:b], f["answer"]) if r.usage else None for (r, a, b), f in zip(ready, replies)
+            ]
         except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
-            self._fail(ready, err)
+            self._fail([r for r, _, _ in ready], err)
             return
         done = time.perf_counter()
-        for r, answer, passage, usage in zip(ready, answers, passages, usages):
-            start = r.context.find(answer) if answer else -1
+        for (r, _, _), reply, usage in zip(ready, replies, usages):
             r.future.set_result(
                 {
-                    "answer": answer,
-                    # code-point offsets of the answer's first occurrence in `context`, null if it is not in it
-                    "start": start if start >= 0 else None,
-                    "end": start + len(answer) if start >= 0 else None,
+                    **reply,
                     "decoding": mode,
-                    "passage_truncated": passage != r.context,  # the prompt held only part of the passage
+                    "passage_truncated": False,  # a passage too long for one prompt is read in windows, all of it
                     "batch": len(ready),  # questions answered by the same generation call
                     "seconds": round(done - r.received, 4),
                     **({"usage": usage} if r.usage else {}),
@@ -387,6 +390,14 @@ class Batcher:
         log.error("answering %d question(s) failed", len(requests), exc_info=err)
         for r in requests:
             r.future.set_exception(RequestError(500, f"answering failed ({type(err).__name__}: {err})"[:500]))
+
+
+def _usage(run: Answerer, windows: list[Window], answer: str | None) -> dict[str, int]:
+    """OpenAI's token counts of one question: every window's prompt (each was read), and the answer."""
+    counts = [run.usage(run.window_prompt(w), "") for w in windows]
+    prompt_tokens = sum(c["prompt_tokens"] for c in counts)
+    completion = run.usage("", answer or "")["completion_tokens"]
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion, "total_tokens": prompt_tokens + completion}
 
 
 def parse_request(body: bytes, default_decoding: str) -> Pending:
