@@ -90,6 +90,9 @@ class DataConfig:
     #: evaluate a fixed random sample of this many questions (None: all), stratified by article,
     #: the same ids before and after (written to eval_ids.json); its standard error is reported
     eval_sample: int | None = 1000
+    #: evaluate only these questions: a JSON list of ids (another run's eval_ids.json: the same questions, paired),
+    #: read before data.eval_sample; an id the `eval` data lacks is an error
+    eval_ids: str | None = None
     #: train on a fixed random sample of this many questions (None: all), stratified by article, whole
     #: passages: what fits the 20-minute budget on 2 cores with bfloat16 (AVX512-BF16/AMX)
     train_sample: int | None = 2000
@@ -131,6 +134,9 @@ class TrainConfig:
     #: also train on the windows of a long passage that hold no gold answer, as "no answer" examples (EOS at
     #: once): the model learns to abstain where a window does not answer (use with eval.abstain=true)
     negative_windows: bool = False
+    #: share of the training questions (whole articles) held out to tune eval.abstain_threshold after training
+    #: (the threshold with the best EM on them; metrics.json's "abstention"); 0: keep eval.abstain_threshold
+    abstain_holdout: float = 0.0
     #: loss weight of prompt tokens relative to answer + EOS tokens. 0 = answer-only loss (every
     #: pretrained recipe). A from-scratch model needs the prompt's signal to learn the language
     #: and to copy: a question mostly repeats passage words, so predicting it trains the same
@@ -230,6 +236,7 @@ def _validate(cfg: RunConfig) -> None:
         ("train.logging_steps", t.logging_steps > 0, "must be positive"),
         ("train.save_steps", t.save_steps > 0, "must be positive"),
         ("train.synthetic_per_passage", t.synthetic_per_passage >= 0, "must be >= 0"),
+        ("train.abstain_holdout", 0 <= t.abstain_holdout < 0.5, "must be in [0, 0.5)"),
         ("train.report_to", set(t.report_to) <= {"tensorboard"}, "may hold only tensorboard"),
         ("train.fsdp_config", isinstance(t.fsdp_config, dict), "must be a mapping"),
         ("train.fsdp", not t.fsdp or m.load_in_8bit + m.load_in_4bit == 0, "does not combine with 8-/4-bit loading"),

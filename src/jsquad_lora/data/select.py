@@ -28,6 +28,8 @@ def _questions(cfg: RunConfig) -> tuple[list[Question], list[Question], int]:
     """`load_questions`, and the size of the evaluation split the sample was drawn from."""
     train = read_data(cfg, "train").questions
     valid = read_data(cfg, "eval").questions
+    if cfg.data.eval_ids:
+        valid = _with_ids(valid, cfg.data.eval_ids)
     population = len(valid)
     if size := train_sample_size(cfg):
         train = stratified_sample(train, size, cfg.data.sample_seed)
@@ -63,3 +65,26 @@ def train_sample_size(cfg: RunConfig) -> int | None:
         )
         return cfg.data.train_sample_cpu_float32
     return cfg.data.train_sample
+
+
+def _with_ids(questions: list[Question], ids_file: str) -> list[Question]:
+    """The questions whose ids `ids_file` (a JSON list of strings) names, in data order."""
+    from jsquad_lora.errors import InputError, brief
+    from jsquad_lora.util.jsonio import read_json_file
+
+    ids = read_json_file(ids_file, "question ids file")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise InputError(
+            ids_file,
+            "must be a non-empty JSON list of question ids",
+            fix='write ["a1p0q0", ...] (a run\'s eval_ids.json)',
+        )
+    known = {q.id for q in questions}
+    if missing := [i for i in ids if i not in known]:
+        raise InputError(
+            ids_file,
+            f"{len(missing)} of its {len(ids)} ids are not questions of the evaluation data, e.g. {brief(missing[0])}",
+            fix="pass the ids of questions in data.eval (a run's eval_ids.json lists its own), or drop data.eval_ids",
+        )
+    wanted = set(ids)
+    return [q for q in questions if q.id in wanted]

@@ -69,6 +69,7 @@ class Job:
     metrics: dict
     engines: Any = None  # what the evaluation backend holds for the job (vLLM: evaluate.vllm.VllmEngines)
     side_check: dict = field(default_factory=dict)
+    held_out: list[Question] = field(default_factory=list)  # training questions kept to tune the abstention threshold
     base_for_inference: Any = None  # the untouched base in eval.dtype (before tuning), made once
 
     @property
@@ -117,6 +118,8 @@ def main_job(
                 train_stage(job)
             elif job.trained and evaluating:
                 load_trained_stage(job)
+            if job.trained and job.held_out:
+                tune_abstention_stage(job)
             if evaluating and cfg.eval.after and job.trained:
                 evaluate_stage(job, "after")
                 if job.side_check:
@@ -168,9 +171,18 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
         backend.check(cfg.eval.decoding)
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
     metrics["base_model"] = base_model_card(cfg.model, model)
+    held_out: list[Question] = []
+    if cfg.train.abstain_holdout:
+        from jsquad_lora.data.write import split_by_document
+
+        train_questions, held_out = split_by_document(
+            train_questions, cfg.train.abstain_holdout, cfg.data.sample_seed, source="train.abstain_holdout"
+        )
     render = make_renderer(cfg, tokenizer, train_questions)
     _check_prompts_fit(cfg, render, tokenizer, train_questions, eval_questions)
-    return Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
+    job = Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
+    job.held_out = held_out
+    return job
 
 
 def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
@@ -184,8 +196,14 @@ def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_
     for q in train_questions[:8]:
         passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap)
     unanswerable = sum(not q.answerable for q in train_questions)
-    if (unanswerable or cfg.train.negative_windows) and not cfg.eval.abstain:
-        why = f"{unanswerable} training questions have no answer" if unanswerable else "train.negative_windows=true"
+    if (unanswerable or cfg.train.negative_windows or cfg.train.abstain_holdout) and not cfg.eval.abstain:
+        why = (
+            f"{unanswerable} training questions have no answer"
+            if unanswerable
+            else "train.negative_windows=true"
+            if cfg.train.negative_windows
+            else "train.abstain_holdout is set"
+        )
         raise InputError(
             "eval.abstain",
             f"{why}: the model learns to abstain, but eval.abstain=false never lets it",
@@ -352,6 +370,36 @@ def train_stage(job: Job) -> None:
         "total_parameters": total,
     }
     job.save_metrics()
+
+
+def tune_abstention_stage(job: Job) -> None:
+    """eval.abstain_threshold tuned on the held-out training questions (`evaluate.abstention`), once per run:
+    metrics.json's "abstention" keeps it, and the evaluation after tuning, `ask` and `serve` use it."""
+    import dataclasses
+
+    from jsquad_lora.evaluate.abstention import tune_threshold
+
+    found = job.metrics.get("abstention")
+    if not (isinstance(found, dict) and isinstance(found.get("threshold"), (int, float))):
+        log.info("tuning the abstention threshold on %d held-out training questions", len(job.held_out))
+        found = tune_threshold(
+            _inference_model(job, "after"),
+            job.tokenizer,
+            job.held_out,
+            job.render,
+            decoding_config(job.cfg),
+            job.cfg.model.max_length,
+            job.cfg.model.window_overlap,
+        )
+        log.info(
+            "abstention threshold %.3f: held-out EM %.2f (%.2f at 0)",
+            found["threshold"],
+            found["em_at_threshold"],
+            found["em_at_zero"],
+        )
+        job.metrics["abstention"] = found
+        job.save_metrics()
+    job.cfg = dataclasses.replace(job.cfg, eval=dataclasses.replace(job.cfg.eval, abstain_threshold=found["threshold"]))
 
 
 def load_trained_stage(job: Job) -> None:

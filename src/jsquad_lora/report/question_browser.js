@@ -5,6 +5,11 @@
 (function () {
   const STAGE_NAMES = { b: "before", a: "after" };
 
+  // a prediction as shown: quoted, or the abstention it is when empty (the model said the passage has no answer)
+  const said = (text) => (text === "" ? "no answer (abstained)" : `«${text}»`);
+  // the gold answers as shown: none for a question its passage does not answer (SQuAD v2)
+  const golds = (r) => (r.g.length ? r.g.join(" / ") : "none (no answer in the passage)");
+
   function el(tag, props, ...children) {
     const node = document.createElement(tag);
     Object.assign(node, props || {});
@@ -40,6 +45,10 @@
       filters.push(["fixed", "fixed by tuning", (r) => r.be === false && r.ae === true],
         ["broken", "broken by tuning", (r) => r.be === true && r.ae === false],
         ["changed", "answer changed by tuning", (r) => "b" in r && "a" in r && r.b !== r.a]);
+    }
+    if (data.rows.some((r) => r[last] === "" || r.g.length === 0)) {
+      filters.push(["abstained", "abstained", (r) => r[last] === ""],
+        ["unanswerable", "no answer in the passage", (r) => r.g.length === 0]);
     }
     const state = { filter: "all", query: "", page: 0, shown: data.rows };
     const haystack = (r) => r._text || (r._text = [r.id, r.q, ...r.g, r.b || "", r.a || "",
@@ -80,19 +89,19 @@
     function details(r) {
       const passage = r.p >= 0 ? data.passages[r.p] : null;
       const columns = stages.filter((s) => s in r).map((s) => el("div", { className: "qb-col" },
-        el("h4", { textContent: `${STAGE_NAMES[s]} tuning: ` }, el("q", { textContent: r[s] }),
+        el("h4", { textContent: `${STAGE_NAMES[s]} tuning: ` }, el("span", { className: r[s] === "" ? "qb-abstained" : "", textContent: said(r[s]) }),
           ` (${r[s + "e"] ? "right" : "wrong"}, F1 ${r[s + "f"] === null ? "—" : r[s + "f"]})`),
         passage === null ? el("p", { textContent: "(passage not available)" })
           : highlighted(passage, r.gs || [], r[s])));
-      return el("div", {}, el("p", { textContent: `gold: ${r.g.join(" / ")}` }),
+      return el("div", {}, el("p", { textContent: `gold: ${golds(r)}` }),
         el("div", { className: "qb-cols" }, ...columns));
     }
 
     function rowNode(r) {
-      const answers = stages.filter((s) => s in r).map((s) => `${STAGE_NAMES[s]}: «${r[s]}»`).join(" → ");
+      const answers = stages.filter((s) => s in r).map((s) => `${STAGE_NAMES[s]}: ${said(r[s])}`).join(" → ");
       const summary = el("summary", {}, el("span", { className: "qb-tag " + tag(r), textContent: tag(r) }),
         el("code", { textContent: r.id }), " ", r.q,
-        el("div", { className: "qb-answers", textContent: `${answers}   gold: ${r.g.join(" / ")}` }));
+        el("div", { className: "qb-answers", textContent: `${answers}   gold: ${golds(r)}` }));
       const node = el("details", { className: "qb-row" }, summary);
       node.dataset.id = r.id;
       node.addEventListener("toggle", () => {

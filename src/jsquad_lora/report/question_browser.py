@@ -30,7 +30,7 @@ CSS = (
     ".qb-row{border-bottom:1px solid #ddd;padding:.3em 0}.qb-row summary{cursor:pointer}"
     ".qb-tag{display:inline-block;min-width:4.5em;font-size:.8em;padding:0 .3em;margin-right:.4em;border-radius:3px;"
     "text-align:center}.qb-tag.right,.qb-tag.fixed{background:#c8e6c9}.qb-tag.wrong,.qb-tag.broken{background:#ffcdd2}"
-    ".qb-answers{color:#444;font-size:.9em;margin-left:5.5em}"
+    ".qb-answers{color:#444;font-size:.9em;margin-left:5.5em}.qb-abstained{font-style:italic;color:#555}"
     ".qb-cols{display:flex;gap:1em;margin:.5em 0}.qb-col{flex:1;min-width:0}"
     ".qb-passage{white-space:pre-wrap;background:#f6f6f6;padding:.5em;line-height:1.6}"
     "mark.gold{background:#a5d6a7}mark.pred{background:#fff176}mark.gold.pred{background:#ffb74d}"

@@ -66,6 +66,71 @@ def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]
     return head, rows
 
 
+def _answerability_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]] | None:
+    """SQuAD v2's split (jglue scorer) for the runs evaluated on questions without answers: HasAns EM/F1, and
+    NoAns EM = the share of those questions the model abstained on; None where no run has one."""
+    head = ["run", "stage", "HasAns EM", "HasAns F1", "HasAns questions", "NoAns EM (abstained)", "NoAns questions"]
+    rows = []
+    for run in runs:
+        for stage in STAGES:
+            if not isinstance(_dig(run.metrics, stage, "no_ans"), dict):
+                continue
+            count = _dig(run.metrics, stage, "has_ans", "count")
+            rows.append(
+                [
+                    run.name,
+                    stage,
+                    _f(run.score(stage, "has_ans", "exact_match")),
+                    _f(run.score(stage, "has_ans", "f1")),
+                    "—" if count is None else str(count),
+                    _f(run.score(stage, "no_ans", "exact_match")),
+                    str(_dig(run.metrics, stage, "no_ans", "count")),
+                ]
+            )
+    return (head, rows) if rows else None
+
+
+def _paired_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]] | None:
+    """Paired comparisons on the same question ids (`report.paired`): each run before → after tuning, and
+    each two runs (after tuning, else before) on the questions both evaluated; None where there is none."""
+    from jsquad_lora.report.paired import em_by_id, paired_comparison
+
+    head = ["A", "B", "questions (passages)", "EM A", "EM B", "ΔEM (B − A)", "95% interval", "right only in A"]
+    head += ["right only in B", "McNemar p"]
+    pairs = []
+    for run in runs:
+        if "before" in run.predictions and "after" in run.predictions:
+            pairs.append((run, "before", run, "after"))
+    for i, a in enumerate(runs):
+        for b in runs[i + 1 :]:
+            stage_a = "after" if "after" in a.predictions else "before"
+            stage_b = "after" if "after" in b.predictions else "before"
+            if stage_a in a.predictions and stage_b in b.predictions:
+                pairs.append((a, stage_a, b, stage_b))
+    rows = []
+    for a, stage_a, b, stage_b in pairs:
+        passages = {qid: q.context for run in (a, b) for qid, q in run.questions.items()}
+        found = paired_comparison(em_by_id(a.predictions[stage_a]), em_by_id(b.predictions[stage_b]), passages)
+        if found is None:
+            continue
+        low, high = found["ci95"]
+        rows.append(
+            [
+                f"{a.name} ({stage_a})",
+                f"{b.name} ({stage_b})",
+                f"{found['questions']} ({found['passages']})",
+                _f(found["em_a"]),
+                _f(found["em_b"]),
+                f"{found['delta']:+.2f}",
+                f"[{low:+.2f}, {high:+.2f}]",
+                str(found["only_a"]),
+                str(found["only_b"]),
+                f"{found['mcnemar_p']:.3g}",
+            ]
+        )
+    return (head, rows) if rows else None
+
+
 def _reference_table() -> tuple[list[str], list[list[str]]]:
     head = ["system", "setting", "EM", "F1", "scorer", "source"]
     return head, [
@@ -81,8 +146,10 @@ def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
             "right" if _is_right(r) else "wrong",
             str(r.get("id", "")),
             str(r.get("question", "")),
-            str(r.get("prediction", "")),
-            " / ".join(map(str, golds)) if isinstance(golds := r.get("golds"), list) else str(golds or ""),
+            str(r.get("prediction", "")) or "(no answer: abstained)",
+            (" / ".join(map(str, golds)) or "(none: no answer in the passage)")
+            if isinstance(golds := r.get("golds"), list)
+            else str(golds or ""),
             _f(r.get("f1")),
         ]
         for r in run.examples
@@ -130,6 +197,24 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     if tiny := [v(r.name) for r in runs if r.is_tiny]:
         out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
     out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
+    if paired := _paired_table(runs):
+        out += [
+            h(2, "Paired comparisons (the same questions)"),
+            p(
+                "ΔEM in points (jglue exact match) on the questions both evaluations answered, with a 95% bootstrap "
+                "interval that resamples whole passages, and McNemar's exact test on the questions right in only one."
+            ),
+            table(*paired),
+        ]
+    if split := _answerability_table(runs):
+        out += [
+            h(2, "Questions without an answer (SQuAD v2's split, jglue scorer, percent)"),
+            p(
+                "HasAns: the questions whose passage holds an answer. NoAns: those whose passage does not; "
+                "right means the model abstained (answered nothing)."
+            ),
+            table(*split),
+        ]
     out += [
         h(2, "Published reference scores (JSQuAD dev)"),
         p(

@@ -223,11 +223,27 @@ class LoadedRun:
         return {"prompt_tokens": counts[0], "completion_tokens": counts[1], "total_tokens": sum(counts)}
 
 
+def _with_tuned_threshold(run_dir: Path, cfg: RunConfig) -> RunConfig:
+    """`cfg` with the abstention threshold the run tuned on held-out training questions (metrics.json's
+    "abstention", written with train.abstain_holdout), where it has one."""
+    import dataclasses
+    import json
+
+    try:
+        tuned = json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")).get("abstention")
+    except (OSError, ValueError, AttributeError):
+        return cfg
+    threshold = tuned.get("threshold") if isinstance(tuned, dict) else None
+    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool):
+        return cfg
+    return dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, abstain_threshold=float(threshold)))
+
+
 def load_run_model(run_dir: Path) -> LoadedRun:
     """A finished run, checked and loaded once, generating in `model.dtype`. Not in the evaluation's
     `eval.dtype`: in bfloat16 a batch's answers can differ from the same prompts' answers alone (measured on
     Gemma 3 270M: 2 of 24 in batches of 4), and `serve` promises the answer a question gets alone."""
     run_dir = Path(run_dir)
-    cfg = check_run(run_dir)
+    cfg = _with_tuned_threshold(run_dir, check_run(run_dir))
     model, tokenizer = load_model(run_dir, cfg)
     return LoadedRun(run_dir, cfg, model, tokenizer, make_renderer(cfg, tokenizer, ()))
