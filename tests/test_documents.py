@@ -180,6 +180,22 @@ def test_squad_v2_files_and_empty_answer_cells_are_questions_without_an_answer(t
     from jsquad_lora.data.formats import read_split
 
     assert [q.answers for q in read_split(table, "train").questions] == [("東アジア",), ()]
+    predictions = tmp_path / "predictions.json"
+    predictions.write_text(json.dumps({"a": "東アジア", "b": "", "c": "梅雨"}, ensure_ascii=False), encoding="utf-8")
+
+
+def test_score_and_stats_with_questions_without_an_answer(tmp_path, capsys):
+    test_squad_v2_files_and_empty_answer_cells_are_questions_without_an_answer(tmp_path)
+    assert main(["score", str(tmp_path / "v2.json"), str(tmp_path / "predictions.json")]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["count"] == 3 and scores["exact_match"] == pytest.approx(200 / 3)
+    assert scores["has_ans"]["exact_match"] == 100.0 and scores["no_ans"] == {
+        "exact_match": 50.0,
+        "f1": 50.0,
+        "count": 2,
+    }
+    assert main(["stats", str(tmp_path / "v2.json")]) == 0
+    assert "2 questions without an answer" in capsys.readouterr().out
 
 
 def test_a_windowed_evaluation_resumes_only_complete_questions(tmp_path):

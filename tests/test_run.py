@@ -85,3 +85,20 @@ def test_ask_answers_from_a_run(run_dir, capsys):
     answer = capsys.readouterr().out.strip()
     assert answer in "梅雨は東アジアの気象現象である。"
     assert main(["ask", "--run", str(run_dir), "--context", "x" * 30_000, "--question", "?"]) == 2
+
+
+@needs_data()
+def test_side_check_in_the_runs_format_and_the_perplexity_tuning_cost(run_dir):
+    import math
+
+    from jsquad_lora.config.load import load_config
+    from jsquad_lora.prompts.templates import side_check_prompt
+
+    cfg = load_config(str(run_dir / "config.yaml"), [])
+    side = json.loads((run_dir / "side_check.json").read_text())
+    assert side["prompt"] == side_check_prompt(cfg.prompt.template) and {"before", "after"} <= set(side)
+    modelling = json.loads((run_dir / "metrics.json").read_text())["language_modelling"]
+    assert modelling["passages"] > 0 and modelling["tokens"] > 100
+    for stage in ("before", "after"):
+        assert math.isfinite(modelling[stage]) and modelling[stage] > 1.0
+    assert "What tuning cost general language modelling" in (run_dir / "report.md").read_text()

@@ -41,7 +41,7 @@ def _data_options(p: argparse.ArgumentParser) -> None:
 
 def cmd_score(args: argparse.Namespace) -> int:
     from jsquad_lora.evaluate.predictions import load_predictions
-    from jsquad_lora.evaluate.scorers import score_predictions
+    from jsquad_lora.evaluate.scorers import answerability_scores, score_predictions
 
     questions = _load(args, args.data).questions
     if args.ids:
@@ -51,7 +51,9 @@ def cmd_score(args: argparse.Namespace) -> int:
     predictions = load_predictions(
         args.predictions, questions, allow_unknown_ids=args.ignore_unknown_ids or bool(args.ids)
     )
-    print(json.dumps(score_predictions(questions, predictions, args.metric).as_dict()))
+    scores = score_predictions(questions, predictions, args.metric).as_dict()
+    # SQuAD v2's split (jglue scorer) beside, where DATA has questions without an answer
+    print(json.dumps({**scores, **answerability_scores(questions, predictions)}))
     return 0
 
 
@@ -104,10 +106,12 @@ def cmd_stats(args: argparse.Namespace) -> int:
     print(
         f"{stats['file']}: {stats['questions']} questions, {stats['paragraphs']} paragraphs, "
         f"{stats['articles']} articles, {stats['gold_answers']} gold answers"
+        + (f", {stats['unanswerable']} questions without an answer" if stats["unanswerable"] else "")
     )
     rows = [["chars", "min", "p50", "p90", "p99", "max", "mean"]]
     for key in ("context_chars", "question_chars", "answer_chars"):
-        s = stats[key]
+        if (s := stats[key]) is None:
+            continue
         rows.append(
             [key.split("_")[0], f"{s['min']:,}", *(f"{s[p]:,.1f}" for p in ("p50", "p90", "p99"))]
             + [f"{s['max']:,}", f"{s['mean']:,.2f}"]

@@ -34,7 +34,8 @@ def split_stats(split: Split) -> dict[str, Any]:
         "unanswerable": sum(not q.answers for q in qs),
         "context_chars": _percentiles([len(q.context) for q in qs]),
         "question_chars": _percentiles([len(q.question) for q in qs]),
-        "answer_chars": _percentiles([len(q.answers[0]) for q in qs if q.answers]),
+        # of the questions with an answer (None where none has one)
+        "answer_chars": _percentiles(lengths) if (lengths := [len(q.answers[0]) for q in qs if q.answers]) else None,
         "answer_start_mismatches": len(split.start_mismatches),
         "answer_start_mismatch_examples": list(split.start_mismatches[:10]),
         # rows given without answer_start whose answer occurs several times in the context (the first is taken)

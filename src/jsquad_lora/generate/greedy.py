@@ -74,29 +74,49 @@ class _AnswerScores(LogitsProcessor):
     decoding takes (the arg-max of the scores it returns), and where abstaining is allowed, the first step's
     abstention margin (best end token minus best other, before any threshold lowered the end tokens)."""
 
-    def __init__(self, prompt_length: int, end_ids: set[int], abstain: bool, threshold: float) -> None:
+    def __init__(
+        self, prompt_length: int, end_ids: set[int], abstain: bool, threshold: float, only: list[int] | None
+    ) -> None:
         self.prompt_length, self.end_ids = prompt_length, sorted(end_ids)
         self.abstain, self.threshold = abstain, threshold
+        # the only tokens the mode's processor can leave finite (extractive: the passages' pieces and the end
+        # tokens): the scores are read there alone, the same numbers at a fraction of a 262k vocabulary's cost
+        self.only = None if only is None else torch.tensor(only)
         self.steps: list[torch.Tensor] = []
         self.margins: list[float | None] = []
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        read = scores if self.only is None else scores[:, self.only.to(scores.device)]
         if input_ids.shape[1] == self.prompt_length and self.abstain:
-            ends = [i for i in self.end_ids if i < scores.shape[1]]
+            ends = torch.tensor([i for i in self.end_ids if i < scores.shape[1]], device=scores.device)
             best_end = scores[:, ends].amax(dim=-1)
-            others = scores.clone()
-            others[:, ends] = float("-inf")
+            others = read.clone()
+            if self.only is None:
+                others[:, ends] = float("-inf")
+            else:
+                others[:, torch.isin(self.only.to(scores.device), ends)] = float("-inf")
             margin = (best_end - others.amax(dim=-1)).float().tolist()
             self.margins = [m + self.threshold if math.isfinite(m) else None for m in margin]
-        chosen = scores.amax(dim=-1).float() - torch.logsumexp(scores.float(), dim=-1)
+        chosen = read.amax(dim=-1).float() - torch.logsumexp(read.float(), dim=-1)
         self.steps.append(torch.nan_to_num(chosen, nan=float("-inf")))
         return scores
 
-    def row(self, r: int, generated: list[int], end_ids: set[int]) -> tuple[float, float | None]:
-        """(score, abstention margin) of batch row `r`, whose generated ids are `generated`."""
-        last = next((k for k, i in enumerate(generated) if i in end_ids), len(generated) - 1)
-        total = sum(float(step[r]) for step in self.steps[: last + 1])
-        return total, self.margins[r] if self.margins else None
+    def row(self, r: int, length: int) -> tuple[float, float | None]:
+        """(score, abstention margin) of batch row `r`, whose answer took its first `length` generated tokens."""
+        total = sum(float(step[r]) for step in self.steps[:length])
+        # a token with no probability at all (only where a processor forced it): the lowest score JSON can hold
+        return total if math.isfinite(total) else -1e300, self.margins[r] if self.margins else None
+
+
+def answer_length(tokenizer, ids: list[int], end_ids: set[int], stop_strings: Sequence[str]) -> int:
+    """How many generated tokens an answer took: up to and including its first end token, or the token that
+    completed a stop string, else all of them (max_new_tokens ran out)."""
+    end = next((k + 1 for k, i in enumerate(ids) if i in end_ids), len(ids))
+    stops = [s for s in stop_strings if s]
+    for k in range(1, end):
+        if stops and any(s in decode(tokenizer, ids[:k]) for s in stops):
+            return k
+    return end
 
 
 def special_ids(model, tokenizer) -> tuple[list[int], int]:
@@ -252,7 +272,8 @@ def _generate(
                 processors.append(processor)
                 if config.candidate_head and hasattr(processor, "candidates"):
                     candidates = processor.candidates()
-            recorder = _AnswerScores(width, end_ids, config.abstain, config.abstain_threshold) if scored else None
+            only = processor.candidates() if mode.processor is not None and hasattr(processor, "candidates") else None
+            recorder = _AnswerScores(width, end_ids, config.abstain, config.abstain_threshold, only) if scored else None
             if recorder is not None:
                 processors.append(recorder)
             criteria = StoppingCriteriaList([_StopOnText(tokenizer, width, config.stop_strings, stop_ids)])
@@ -261,7 +282,11 @@ def _generate(
             batch_answers = []
             for r, ids in enumerate(output[:, width:].tolist()):
                 text = cut_answer(tokenizer, ids, end_ids, config.stop_strings, mode.trims_partial_character)
-                score, margin = recorder.row(r, ids, end_ids) if recorder is not None else (0.0, None)
+                score, margin = (
+                    recorder.row(r, answer_length(tokenizer, ids, end_ids, config.stop_strings))
+                    if recorder is not None
+                    else (None, None)
+                )
                 batch_answers.append(ScoredAnswer(text, score, margin))
             for i, answer in zip(batch, batch_answers):
                 answers[i] = answer

@@ -109,6 +109,22 @@ def chat(question: Question, examples: Sequence[Question], tokenizer: Any) -> st
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+#: the side check's request, said in each template's own dialogue format (`side_check_prompt`)
+SIDE_CHECK_REQUEST = "自然言語処理について教えて下さい。"
+
+
+def side_check_prompt(template: str, tokenizer: Any = None) -> str:
+    """The side check's free-generation prompt in the run's own format: rinna's dialogue for the templates in
+    it (seed, harness), with real newlines for newline and fintan, the tokenizer's chat template for chat.
+    A prompt in a format the model was not tuned on shows nothing (Gemma answered rinna's with digits)."""
+    if template == "chat":
+        messages = [{"role": "user", "content": SIDE_CHECK_REQUEST}]
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    if template in ("newline", "fintan"):
+        return SIDE_CHECK_PROMPT.replace(NL, "\n") + " "
+    return SIDE_CHECK_PROMPT
+
+
 def render_prompt(
     question: Question,
     template: str = "seed",

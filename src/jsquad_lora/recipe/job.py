@@ -169,6 +169,12 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
                 fix=backend.single_process[1],
             )
         backend.check(cfg.eval.decoding)
+        if cfg.eval.abstain and backend.name != "hf":
+            raise InputError(
+                f"eval.backend={backend.name}",
+                "eval.abstain needs each answer's scores, which only the hf backend gives",
+                fix="evaluate with eval.backend=hf, or set eval.abstain=false",
+            )
     model, tokenizer = base_model_and_tokenizer(cfg, run_dir, train_questions)
     metrics["base_model"] = base_model_card(cfg.model, model)
     held_out: list[Question] = []
@@ -267,15 +273,22 @@ def _evaluated(job: Job, stage: Stage, predictions: Path) -> bool:
 
 def side_check_stage(job: Job, stage: Stage) -> None:
     """The reference experiment's free-generation side check (a prompt outside the task)."""
+    from jsquad_lora.evaluate.perplexity import passage_perplexity
     from jsquad_lora.generate.greedy import generate_free
-    from jsquad_lora.prompts.templates import SIDE_CHECK_PROMPT
+    from jsquad_lora.prompts.templates import side_check_prompt
 
     if not distributed.is_main():
         return  # one free generation, on the main process
-    job.side_check["prompt"] = SIDE_CHECK_PROMPT
-    job.side_check[stage] = generate_free(
-        _inference_model(job, stage), job.tokenizer, SIDE_CHECK_PROMPT, max_new_tokens=64
-    )
+    prompt = side_check_prompt(job.cfg.prompt.template, job.tokenizer)
+    model = _inference_model(job, stage)
+    job.side_check["prompt"] = prompt
+    job.side_check[stage] = generate_free(model, job.tokenizer, prompt, max_new_tokens=64)
+    # what the QA tuning cost general language modelling: perplexity on the evaluation passages, no questions
+    found = passage_perplexity(model, job.tokenizer, job.eval_questions, job.cfg.model.max_length)
+    modelling = job.metrics.setdefault("language_modelling", {})
+    modelling.update({k: v for k, v in found.items() if k != "perplexity"})
+    modelling[stage] = found["perplexity"]
+    job.save_metrics()
 
 
 def train_stage(job: Job) -> None:

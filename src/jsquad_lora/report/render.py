@@ -239,6 +239,15 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
                 )
             )
         out.append(p(_evaluated_questions(run.metrics, v)))
+        if isinstance(modelling := run.metrics.get("language_modelling"), dict):
+            out.append(
+                p(
+                    "What tuning cost general language modelling: perplexity per token on "
+                    f"{v(modelling.get('passages'))} evaluation passages without their questions "
+                    f"({v(modelling.get('tokens'))} tokens), before {_f(modelling.get('before'))} "
+                    f"→ after {_f(modelling.get('after'))} (lower is better)."
+                )
+            )
         if run.side_check:
             out.append(h(3, "Side check: free generation"))
             out += [p("Prompt:"), pre(run.side_check.get("prompt", ""))]

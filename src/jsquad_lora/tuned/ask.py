@@ -4,12 +4,9 @@ passage and question text (also `serve`'s)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
 
-from jsquad_lora.encoding.windows import Window
 from jsquad_lora.errors import InputError
-from jsquad_lora.generate.decoding import ScoredAnswer, best_window
-from jsquad_lora.tuned.loaded import load_run_model
+from jsquad_lora.tuned.loaded import answer_object, load_run_model
 
 MAX_ASK_CONTEXT_CHARS = 20_000
 MAX_ASK_QUESTION_CHARS = 2_000
@@ -51,39 +48,6 @@ def check_question_text(context: str, question: str, names: tuple[str, str] = ("
         )
     if not context.strip() or not question.strip():
         raise InputError(both, "empty passage or question", fix="pass both a passage and a question")
-
-
-def answer_object(context: str, windows: Sequence[Window], answers: Sequence[ScoredAnswer]) -> dict:
-    """What `ask --json` and `serve` say of one question, from its windows' answers: "answer" (null where the
-    model abstained, with a "reason"), its code-point offsets in `context` ("start", "end": its first occurrence
-    in the chosen window), "windows" read, the chosen "window" and its "score" (null when not scored)."""
-    k = best_window(answers)
-    if k is None:
-        where = f"none of its {len(windows)} windows" if len(windows) > 1 else "the passage"
-        return {
-            "answer": None,
-            "start": None,
-            "end": None,
-            "abstained": True,
-            "reason": f"the model found no answer to the question in {where}",
-            "windows": len(windows),
-            "window": None,
-            "score": None,
-        }
-    text, window = answers[k].text, windows[k]
-    inside = window.question.context.find(text)
-    start = window.start + inside if inside >= 0 else context.find(text)
-    return {
-        "answer": text,
-        # code-point offsets of the answer in `context`, null if it is not in it (greedy decoding may invent)
-        "start": start if start >= 0 else None,
-        "end": start + len(text) if start >= 0 else None,
-        "abstained": False,
-        "reason": None,
-        "windows": len(windows),
-        "window": k,
-        "score": answers[k].score,
-    }
 
 
 def ask(run_dir: Path, context: str, question: str, decoding: str | None = None) -> dict:

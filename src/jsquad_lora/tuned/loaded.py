@@ -11,7 +11,7 @@ from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.question import Question
 from jsquad_lora.encoding.windows import Window
 from jsquad_lora.errors import InputError
-from jsquad_lora.generate.decoding import ScoredAnswer, decoding_config
+from jsquad_lora.generate.decoding import ScoredAnswer, best_window, decoding_config
 from jsquad_lora.model.source import base_model_and_tokenizer, model_source
 from jsquad_lora.prompts.fewshot import make_renderer
 from jsquad_lora.prompts.templates import NL
@@ -99,6 +99,39 @@ def load_model(run_dir: Path, cfg: RunConfig):
         ) from None
 
 
+def answer_object(context: str, windows: Sequence[Window], answers: Sequence[ScoredAnswer]) -> dict:
+    """What `ask --json` and `serve` say of one question, from its windows' answers: "answer" (null where the
+    model abstained, with a "reason"), its code-point offsets in `context` ("start", "end": its first occurrence
+    in the chosen window), "windows" read, the chosen "window" and its "score" (null when not scored)."""
+    k = best_window(answers)
+    if k is None:
+        where = f"none of its {len(windows)} windows" if len(windows) > 1 else "the passage"
+        return {
+            "answer": None,
+            "start": None,
+            "end": None,
+            "abstained": True,
+            "reason": f"the model found no answer to the question in {where}",
+            "windows": len(windows),
+            "window": None,
+            "score": None,
+        }
+    text, window = answers[k].text, windows[k]
+    inside = window.question.context.find(text)
+    start = window.start + inside if inside >= 0 else context.find(text)
+    return {
+        "answer": text,
+        # code-point offsets of the answer in `context`, null if it is not in it (greedy decoding may invent)
+        "start": start if start >= 0 else None,
+        "end": start + len(text) if start >= 0 else None,
+        "abstained": False,
+        "reason": None,
+        "windows": len(windows),
+        "window": k,
+        "score": answers[k].score,
+    }
+
+
 @dataclass
 class LoadedRun:
     """A finished run's trained model, tokenizer and prompt format, loaded once (`load_run_model`)
@@ -157,8 +190,6 @@ class LoadedRun:
 
     def answer(self, context: str, question: str, decoding: str | None = None) -> str | None:
         """The run's answer to one question about `context` (None: it abstained)."""
-        from jsquad_lora.tuned.ask import answer_object
-
         windows = self.windows(context, question)
         return answer_object(context, windows, self.answer_windows(windows, decoding))["answer"]
 

@@ -337,7 +337,7 @@ class Batcher:
         """One generation for the requests of one decoding mode (every window of every request); a request
         whose windows cannot be built fails alone, an error in generation fails the batch (and is logged),
         the thread goes on."""
-        from jsquad_lora.tuned.ask import answer_object
+        from jsquad_lora.tuned.loaded import answer_object
 
         ready, windows = [], []
         for r in requests:
