@@ -75,6 +75,7 @@ def main() -> None:
         "--config",
         str(run_dir / "config.yaml"),
         f"model.name={merged}",
+        "eval.before=true",
         "eval.after=false",
         "eval.side_check=false",
         "data.eval_sample=null",

@@ -65,6 +65,14 @@ def test_windows_cover_the_document_overlap_and_fit():
     assert sum(w.answerable for w in windows) in (1, 2)  # inside the overlap of two windows, or one
 
 
+def test_window_tokens_bound_each_window():
+    q = asked("番号030の品目")
+    wide = passage_windows(q, render, TOKENIZER, 400, 48)
+    narrow = passage_windows(q, render, TOKENIZER, 400, 48, tokens=128)
+    assert len(narrow) > len(wide) and {len(w.question.context) for w in narrow[:-1]} == {128}
+    assert narrow[-1].start + len(narrow[-1].question.context) == len(DOCUMENT)
+
+
 def test_an_answer_straddling_a_cut_is_whole_in_the_next_window_only():
     budget, overlap = 400, 48
     probe = asked("番号030の品目")

@@ -45,6 +45,7 @@ def test_a_built_wheel_ships_and_finds_its_presets_and_assets(tmp_path):
     done = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
+        "gemma-3-270m-documents",
         "gemma-3-270m",
         "qwen2.5-3b-chat",
         "qwen2.5-7b-fsdp",

@@ -45,6 +45,9 @@ class ModelConfig:
     #: tokens shared by consecutive windows of a passage too long for one prompt (SQuAD's doc_stride):
     #: an answer shorter than this lies wholly inside some window
     window_overlap: int = 128
+    #: at most this many passage tokens a window (None: as many as the prompt has room for). Smaller windows
+    #: hold fewer passages that do not answer: for a model that abstains where a window holds no answer
+    window_tokens: int | None = None
     gradient_checkpointing: bool = False
     # shape of the offline "tiny" model
     tiny_layers: int = 4
@@ -254,6 +257,11 @@ def _validate(cfg: RunConfig) -> None:
         ("data.sample_seed", 0 <= d.sample_seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
         ("model.max_length", 64 <= m.max_length <= 1_048_576, "must be in [64, 1048576]"),
         ("model.window_overlap", 0 <= m.window_overlap < m.max_length, "must be in [0, model.max_length)"),
+        (
+            "model.window_tokens",
+            m.window_tokens is None or m.window_overlap < m.window_tokens,
+            "must be more than model.window_overlap (or null)",
+        ),
         ("prompt.fewshot", 0 <= cfg.prompt.fewshot <= 64, "must be in [0, 64]"),
         ("prompt.seed", 0 <= cfg.prompt.seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
         ("model.load_in_8bit", not (m.load_in_8bit and m.load_in_4bit), "8-bit and 4-bit are exclusive"),

@@ -4,9 +4,10 @@ Policy, stated once (training, evaluation, `ask` and `serve` all call `passage_w
 - A question whose prompt fits the budget is one window: the question itself, unchanged.
 - Otherwise its passage is cut into windows at token boundaries of the passage tokenised alone. A window
   holds `room` passage tokens: the budget minus the prompt's other tokens, rounded down to a multiple of
-  `ROOM_STEP`, so that questions of similar length cut a document the same way and share each window's
-  prompt prefix in generation. Consecutive windows share `overlap` tokens. Each window's real prompt is
-  checked with the tokenizer and shortened by the overflow while it does not fit (a merge across the cut).
+  `ROOM_STEP` (at most `model.window_tokens` where set), so that questions of similar length cut a document
+  the same way and share each window's prompt prefix in generation. Consecutive windows share `overlap`
+  tokens. Each window's real prompt is checked with the tokenizer and shortened by the overflow while it
+  does not fit (a merge across the cut).
 - A window holds the gold answers that lie wholly inside it, offsets shifted; a window without any is a
   "no answer" window (training uses it as one when `train.negative_windows`; evaluation lets it abstain).
 
@@ -77,9 +78,15 @@ def _inside(question: Question, start: int, end: int) -> Question:
 
 
 def passage_windows(
-    question: Question, render: Callable[[Question], str], tokenizer, budget: int, overlap: int
+    question: Question,
+    render: Callable[[Question], str],
+    tokenizer,
+    budget: int,
+    overlap: int,
+    tokens: int | None = None,
 ) -> list[Window]:
-    """The windows `question`'s prompt is read in, each prompt at most `budget` tokens (see the module)."""
+    """The windows `question`'s prompt is read in, each prompt at most `budget` tokens and each window at most
+    `tokens` passage tokens where given (see the module)."""
     if len(prompt_ids(tokenizer, render(question))) <= budget:
         return [Window(question, 0, 0, 1)]
     bare = len(prompt_ids(tokenizer, render(_inside(question, 0, 0))))
@@ -91,12 +98,15 @@ def passage_windows(
             fix="raise model.max_length, or lower eval.max_new_tokens or prompt.fewshot",
         )
     room = (budget - bare) // ROOM_STEP * ROOM_STEP or budget - bare
+    if tokens is not None:
+        room = min(room, tokens)
     if overlap >= room:
         raise InputError(
             "model.window_overlap",
             f"question {question.id}: windows overlap by {overlap} tokens, but one holds only {room} passage tokens "
             f"(model.max_length={budget} tokens for the prompt, {bare} of them not the passage)",
-            fix=f"lower model.window_overlap below {room} (e.g. {room // 4}), or raise model.max_length",
+            fix=f"lower model.window_overlap below {room} (e.g. {room // 4}), or raise model.max_length "
+            "(or model.window_tokens)",
         )
     context = question.context
     starts = _token_starts(tokenizer, context)
@@ -136,7 +146,13 @@ class TrainSet:
 
 
 def encode_train_windows(
-    questions, render: Callable[[Question], str], tokenizer, max_length: int, overlap: int, negative_windows: bool
+    questions,
+    render: Callable[[Question], str],
+    tokenizer,
+    max_length: int,
+    overlap: int,
+    negative_windows: bool,
+    window_tokens: int | None = None,
 ) -> TrainSet:
     """One example per question whose prompt fits (exactly `encode_train_example`'s); for a longer passage, one
     per window holding a gold answer (its first), and with `negative_windows` one per window without an
@@ -149,7 +165,7 @@ def encode_train_windows(
             out.no_answer += not q.answerable
             continue
         longest = max((len(answer_ids(tokenizer, a)) for a in q.answers), default=0) + 1
-        windows = passage_windows(q, render, tokenizer, max_length - longest, overlap)
+        windows = passage_windows(q, render, tokenizer, max_length - longest, overlap, window_tokens)
         out.windowed += 1
         for w in windows:
             if w.answerable or negative_windows or not q.answerable:

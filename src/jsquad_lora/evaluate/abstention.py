@@ -48,12 +48,13 @@ def tune_threshold(
     decoding: DecodingConfig,
     max_length: int,
     overlap: int,
+    window_tokens: int | None = None,
 ) -> dict:
     """The threshold with the best EM on `questions`, and what it was measured on (metrics.json's `abstention`)."""
     from jsquad_lora.generate.greedy import generate_scored
 
     budget = max_length - decoding.max_new_tokens
-    windows = [passage_windows(q, render, tokenizer, budget, overlap) for q in questions]
+    windows = [passage_windows(q, render, tokenizer, budget, overlap, window_tokens) for q in questions]
     flat = [w for ws in windows for w in ws]
     prompts, passages = [render(w.question) for w in flat], [w.question.context for w in flat]
     allowed = dataclasses.replace(decoding, abstain=True, abstain_threshold=0.0)

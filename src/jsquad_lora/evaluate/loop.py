@@ -112,6 +112,7 @@ def evaluate(
     progress: bool = True,
     generator: Callable | None = None,
     overlap: int = 128,
+    window_tokens: int | None = None,
 ) -> EvalResult:
     """Answer every question (resuming from `out_path`'s partial logs) and score them with every scorer.
 
@@ -126,7 +127,7 @@ def evaluate(
     barrier()  # every rank has read (and repaired) the logs before any rank appends to its own
     todo = _share([q for q in questions if q.id not in done])
     budget = max_length - decoding.max_new_tokens
-    windows = [passage_windows(q, render, tokenizer, budget, overlap) for q in todo]
+    windows = [passage_windows(q, render, tokenizer, budget, overlap, window_tokens) for q in todo]
     whole = [(q, w[0].question) for q, w in zip(todo, windows) if not read_in_windows(q, w, decoding)]
     parts = [(q, x) for q, w in zip(todo, windows) if read_in_windows(q, w, decoding) for x in w]
     if parts and generator is not None:

@@ -21,8 +21,8 @@ class DecodingMode:
     name: str
     help: str
     #: the batch's logits processor, built as processor(tokenizer, passages, prompt_length, end_ids, eos_id,
-    #: stop_strings, allow_empty=...) (allow_empty: an end token may come first, an abstention); None: plain
-    #: greedy. A processor with `candidates()` lets the output layer compute
+    #: stop_strings), with allow_empty=True added where abstaining is allowed (an end token may then come
+    #: first); None: plain greedy. A processor with `candidates()` lets the output layer compute
     #: only those tokens (`extractive.head_restricted_to`).
     processor: Callable[..., Any] | None = None
     #: evaluation backends that implement the mode ("hf", "vllm")

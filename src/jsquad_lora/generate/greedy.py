@@ -266,9 +266,9 @@ def _generate(
             candidates = None
             if mode.processor is not None:
                 rows = [passages[i] for i in batch] if passages is not None else None
-                processor = mode.processor(
-                    tokenizer, rows, width, end_ids, eos_ids[0], config.stop_strings, allow_empty=config.abstain
-                )
+                # allow_empty only where abstaining: a mode registered before abstention still builds as it did
+                extra = {"allow_empty": True} if config.abstain else {}
+                processor = mode.processor(tokenizer, rows, width, end_ids, eos_ids[0], config.stop_strings, **extra)
                 processors.append(processor)
                 if config.candidate_head and hasattr(processor, "candidates"):
                     candidates = processor.candidates()

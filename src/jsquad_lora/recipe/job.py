@@ -198,9 +198,9 @@ def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_
 
     budget = cfg.model.max_length - cfg.eval.max_new_tokens
     for q in eval_questions[:8]:
-        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap)
+        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap, cfg.model.window_tokens)
     for q in train_questions[:8]:
-        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap)
+        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap, cfg.model.window_tokens)
     unanswerable = sum(not q.answerable for q in train_questions)
     if (unanswerable or cfg.train.negative_windows or cfg.train.abstain_holdout) and not cfg.eval.abstain:
         why = (
@@ -241,6 +241,7 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
         predictions,
         generator=generator,
         overlap=job.cfg.model.window_overlap,
+        window_tokens=job.cfg.model.window_tokens,
     )
     if not distributed.is_main():
         return  # the main process merged every rank's answers and scores them
@@ -325,6 +326,7 @@ def train_stage(job: Job) -> None:
         cfg.model.max_length,
         cfg.model.window_overlap,
         cfg.train.negative_windows,
+        cfg.model.window_tokens,
     )
     examples, truncated = encoded.examples, encoded.windowed
     n_examples = len(examples)
@@ -403,6 +405,7 @@ def tune_abstention_stage(job: Job) -> None:
             decoding_config(job.cfg),
             job.cfg.model.max_length,
             job.cfg.model.window_overlap,
+            job.cfg.model.window_tokens,
         )
         log.info(
             "abstention threshold %.3f: held-out EM %.2f (%.2f at 0)",

@@ -150,7 +150,8 @@ class LoadedRun:
 
         q = Question("ask", "", context, question, (), ())
         budget = self.cfg.model.max_length - self.cfg.eval.max_new_tokens
-        return passage_windows(q, self.render, self.tokenizer, budget, self.cfg.model.window_overlap)
+        model = self.cfg.model
+        return passage_windows(q, self.render, self.tokenizer, budget, model.window_overlap, model.window_tokens)
 
     def window_prompt(self, window: Window) -> str:
         return self.render(window.question)
