@@ -254,3 +254,21 @@ def test_a_full_disk_while_training_is_a_clear_error_and_the_run_resumes(small_d
     assert (out / "adapter").is_dir()
     steps = [json.loads(line)["step"] for line in (out / "loss.jsonl").read_text().splitlines()]
     assert steps[-1] == 4, (out / "loss.jsonl").read_text()  # trained to the end
+
+
+def test_a_run_from_before_a_new_config_key_is_the_same_config(tmp_path):
+    """An unfinished run whose config.yaml predates a key (added since, at its default) still resumes; a changed
+    value, or a key this version does not know, is another config."""
+    from jsquad_lora.config.load import config_to_yaml, load_config
+    from jsquad_lora.recipe.rundir import _same_config
+
+    cfg = load_config("tiny-cpu", [])
+    text = config_to_yaml(cfg)
+    assert "  window_tokens: null\n" in text
+    previous = tmp_path / "config.yaml"
+    previous.write_text(text.replace("  window_tokens: null\n", ""), encoding="utf-8")
+    assert _same_config(previous, cfg)
+    previous.write_text(text.replace("window_overlap: 128", "window_overlap: 64"), encoding="utf-8")
+    assert not _same_config(previous, cfg)
+    previous.write_text(text.replace("  window_tokens: null\n", "  window_size: 3\n"), encoding="utf-8")
+    assert not _same_config(previous, cfg)

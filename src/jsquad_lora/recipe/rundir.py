@@ -140,7 +140,7 @@ def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fr
     elif not fresh and not resume and (run_dir / "config.yaml").exists():
         log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
     previous = run_dir / "config.yaml"
-    if previous.exists() and previous.read_text(encoding="utf-8") != config_to_yaml(cfg):
+    if previous.exists() and not _same_config(previous, cfg):
         raise InputError(
             run_dir,
             "an unfinished run with a different config is here",
@@ -148,6 +148,20 @@ def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fr
             "--output (--overwrite would throw its work away)",
         )
     write_text(previous, config_to_yaml(cfg))
+
+
+def _same_config(previous: Path, cfg: RunConfig) -> bool:
+    """Whether the run's config.yaml is `cfg`: the same text, or the same config once read with this version's
+    defaults (a key added since, at its default, does not make a run another one)."""
+    wanted = config_to_yaml(cfg)
+    if previous.read_text(encoding="utf-8") == wanted:
+        return True
+    from jsquad_lora.config.load import load_config
+
+    try:
+        return config_to_yaml(load_config(previous, [])) == wanted
+    except InputError:  # a key this version no longer has, or a value it refuses: another config
+        return False
 
 
 def run_artefacts(cfg: RunConfig) -> list[str]:
