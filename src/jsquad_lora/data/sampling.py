@@ -61,21 +61,28 @@ def sample_standard_error(values: Sequence[float], clusters: Sequence[str], popu
     return variance**0.5
 
 
-def select_ids(questions: Sequence[Question], ids_file: Path | str) -> list[Question]:
-    """The questions whose ids a JSON list file names (a run's eval_ids.json), in data order."""
+def select_ids(
+    questions: Sequence[Question],
+    ids_file: Path | str,
+    *,
+    purpose: str = "score",
+    fix: str = "pass the data file the run evaluated (its eval split)",
+) -> list[Question]:
+    """The questions whose ids a JSON list file names (a run's eval_ids.json), in data order. `purpose` and `fix`
+    word the errors for the caller (`score --ids`, `data.eval_ids`)."""
     ids = read_json_file(Path(ids_file), "ids file")
     if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
         raise InputError(ids_file, "expected a JSON list of question ids (strings)", fix="pass a run's eval_ids.json")
     if not ids:
         raise InputError(
-            ids_file, "the list of ids is empty: there is nothing to score", fix="pass a run's eval_ids.json"
+            ids_file, f"the list of ids is empty: there is nothing to {purpose}", fix="pass a run's eval_ids.json"
         )
     known = {q.id for q in questions}
     if missing := [i for i in ids if i not in known]:
         raise InputError(
             ids_file,
             f"{len(missing)} of its {len(ids)} ids are not in the data file (first: {brief(missing[0])})",
-            fix="pass the data file the run evaluated (its eval split)",
+            fix=fix,
         )
     wanted = set(ids)
     return [q for q in questions if q.id in wanted]

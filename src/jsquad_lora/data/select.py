@@ -12,7 +12,7 @@ import logging
 from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.formats import read_split
 from jsquad_lora.data.question import Question
-from jsquad_lora.data.sampling import stratified_sample
+from jsquad_lora.data.sampling import select_ids, stratified_sample
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +29,12 @@ def _questions(cfg: RunConfig) -> tuple[list[Question], list[Question], int]:
     train = read_data(cfg, "train").questions
     valid = read_data(cfg, "eval").questions
     if cfg.data.eval_ids:
-        valid = _with_ids(valid, cfg.data.eval_ids)
+        valid = select_ids(
+            valid,
+            cfg.data.eval_ids,
+            purpose="evaluate",
+            fix="pass the ids of questions in data.eval (a run's eval_ids.json lists its own), or drop data.eval_ids",
+        )
     population = len(valid)
     if size := train_sample_size(cfg):
         train = stratified_sample(train, size, cfg.data.sample_seed)
@@ -65,26 +70,3 @@ def train_sample_size(cfg: RunConfig) -> int | None:
         )
         return cfg.data.train_sample_cpu_float32
     return cfg.data.train_sample
-
-
-def _with_ids(questions: list[Question], ids_file: str) -> list[Question]:
-    """The questions whose ids `ids_file` (a JSON list of strings) names, in data order."""
-    from jsquad_lora.errors import InputError, brief
-    from jsquad_lora.util.jsonio import read_json_file
-
-    ids = read_json_file(ids_file, "question ids file")
-    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
-        raise InputError(
-            ids_file,
-            "must be a non-empty JSON list of question ids",
-            fix='write ["a1p0q0", ...] (a run\'s eval_ids.json)',
-        )
-    known = {q.id for q in questions}
-    if missing := [i for i in ids if i not in known]:
-        raise InputError(
-            ids_file,
-            f"{len(missing)} of its {len(ids)} ids are not questions of the evaluation data, e.g. {brief(missing[0])}",
-            fix="pass the ids of questions in data.eval (a run's eval_ids.json lists its own), or drop data.eval_ids",
-        )
-    wanted = set(ids)
-    return [q for q in questions if q.id in wanted]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.encoding.tokens import Encoded, answer_ids, encode_train_example, prompt_ids, target_ids
+from jsquad_lora.encoding.tokens import Encoded, answer_ids, prompt_ids, target_ids
 from jsquad_lora.errors import InputError
 
 #: a window's passage tokens are a multiple of this: questions whose other prompt tokens differ by less
@@ -159,8 +159,9 @@ def encode_train_windows(
     answer, teaching the model to abstain there. A question without any answer: every window abstains."""
     out = TrainSet([], [])
     for q in questions:
-        if len(prompt_ids(tokenizer, render(q))) + len(target_ids(tokenizer, q)) <= max_length:
-            out.examples.append(encode_train_example(q, render, tokenizer, max_length)[0])
+        ids, target = prompt_ids(tokenizer, render(q)), target_ids(tokenizer, q)
+        if len(ids) + len(target) <= max_length:  # what encode_train_example gives a prompt that fits
+            out.examples.append(Encoded(ids + target, [-100] * len(ids) + target))
             out.passages.append(q.context)
             out.no_answer += not q.answerable
             continue

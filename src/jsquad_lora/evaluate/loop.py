@@ -79,7 +79,7 @@ def prediction_row(q: Question, prediction: str, detail: dict | None = None) -> 
     return {**row, **detail} if detail else row
 
 
-def read_in_windows(question: Question, windows: list[Window], decoding: DecodingConfig) -> bool:
+def read_in_windows(windows: list[Window], decoding: DecodingConfig) -> bool:
     """Whether a question is answered window by window with scores (several windows, or abstaining allowed)."""
     return len(windows) > 1 or decoding.abstain
 
@@ -128,8 +128,8 @@ def evaluate(
     todo = _share([q for q in questions if q.id not in done])
     budget = max_length - decoding.max_new_tokens
     windows = [passage_windows(q, render, tokenizer, budget, overlap, window_tokens) for q in todo]
-    whole = [(q, w[0].question) for q, w in zip(todo, windows) if not read_in_windows(q, w, decoding)]
-    parts = [(q, x) for q, w in zip(todo, windows) if read_in_windows(q, w, decoding) for x in w]
+    whole = [(q, w[0].question) for q, w in zip(todo, windows) if not read_in_windows(w, decoding)]
+    parts = [(q, x) for q, w in zip(todo, windows) if read_in_windows(w, decoding) for x in w]
     if parts and generator is not None:
         raise InputError(
             "eval.backend",
