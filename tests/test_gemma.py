@@ -9,6 +9,7 @@ measured it in row indices instead of positions) would change the numbers.
 
 import contextlib
 import json
+import unittest.mock
 from pathlib import Path
 
 import pytest
@@ -265,6 +266,52 @@ def test_answer_only_loss_gradient_matches_on_lora(kind):
         torch.testing.assert_close(ours[name], reference[name], atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
+def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_loss_and_gradients():
+    """Under bf16 autocast the frozen output layer's bfloat16 copy is made once and reused (autocast itself casts a
+    frozen weight again at every call): the same loss and LoRA gradients as autocast's own head, bit for bit; a
+    changed weight is cast again; a trainable head (full fine-tuning) is left to autocast."""
+    from jsquad_lora.model.lora import attach_lora
+    from jsquad_lora.train.losses import answer_only_loss, head_logits
+
+    model = tiny_gemma(TOKENIZER, softcap=3.0)
+    batch = gemma_batch(model)
+    model = attach_lora(model, LoraSettings(target_modules=["all-linear"], dropout=0.0))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.1)
+    head = model.get_base_model().get_output_embeddings()
+    assert not head.weight.requires_grad
+    hidden = torch.randn(5, head.weight.shape[1])
+
+    def loss_and_grads(plain_head: bool):
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            if plain_head:
+                with unittest.mock.patch("jsquad_lora.train.losses.head_logits", lambda h, x: h(x)):
+                    loss = answer_only_loss(model, batch)
+            else:
+                loss = answer_only_loss(model, batch)
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(True), loss_and_grads(False)
+    assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
+    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        first = head_logits(head, hidden)
+        cached = head._autocast_weight[1]
+        assert torch.equal(first, head(hidden)) and head_logits(head, hidden).dtype == torch.bfloat16
+        assert head._autocast_weight[1] is cached  # not cast again
+        with torch.no_grad():
+            head.weight.mul_(2)  # a changed weight (its version counter moves): cast again
+        assert torch.equal(head_logits(head, hidden), head(hidden)) and head._autocast_weight[1] is not cached
+    assert torch.equal(head_logits(head, hidden), head(hidden))  # outside autocast: the head itself
+    trainable, x = torch.nn.Linear(4, 3, bias=False), torch.randn(2, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(head_logits(trainable, x), trainable(x)) and not hasattr(trainable, "_autocast_weight")
+
+
 # ---------------------------------------------------------------- 3. GGUF file → cached model directory
 
 #: a sentencepiece-style vocabulary (the control tokens first, then `▁` and characters)
@@ -515,31 +562,22 @@ def test_lora_run_on_a_gemma_model_directory(tmp_path):
     tokenizer.save_pretrained(model_dir)
 
     out = tmp_path / "run"
-    assert (
-        main(
-            [
-                "run",
-                "--config",
-                "tiny-cpu",
-                "--output",
-                str(out),
-                f"model.name={model_dir}",
-                "lora.enabled=true",
-                "lora.target_modules=[all-linear]",
-                "train.synthetic_per_passage=0",
-                "train.prompt_loss_weight=0",
-                "data.train_limit=48",
-                "data.eval_limit=12",
-                "train.epochs=1",
-                "train.batch_size=4",
-                "eval.batch_size=8",
-                "eval.max_new_tokens=8",
-                "model.max_length=640",
-                "train.save_steps=4",
-            ]
-        )
-        == 0
-    )
+    overrides = [
+        f"model.name={model_dir}",
+        "lora.enabled=true",
+        "lora.target_modules=[all-linear]",
+        "train.synthetic_per_passage=0",
+        "train.prompt_loss_weight=0",
+        "data.train_limit=48",
+        "data.eval_limit=12",
+        "train.epochs=1",
+        "train.batch_size=4",
+        "eval.batch_size=8",
+        "eval.max_new_tokens=8",
+        "model.max_length=640",
+        "train.save_steps=4",
+    ]
+    assert main(["run", "--config", "tiny-cpu", "--output", str(out), *overrides]) == 0
 
     assert (out / "adapter" / "adapter_model.safetensors").is_file() and (out / "report.md").is_file()
     adapter = json.loads((out / "adapter" / "adapter_config.json").read_text())
@@ -551,3 +589,12 @@ def test_lora_run_on_a_gemma_model_directory(tmp_path):
     assert metrics["after"]["jglue"]["count"] == 12
     assert metrics["train"]["examples"] == 48 and metrics["train"]["rows"] < 48  # a passage's questions shared rows
     assert metrics["train"]["steps"] >= 1
+
+    # the same config trains the same adapter: LoRA's initial weights come from train.seed (a pretrained base
+    # has no seeded construction of its own), and the Trainer seeds the rest
+    from safetensors.torch import load_file
+
+    again = tmp_path / "again"
+    assert main(["train", "--config", "tiny-cpu", "--output", str(again), *overrides]) == 0
+    first, second = (load_file(d / "adapter" / "adapter_model.safetensors") for d in (out, again))
+    assert first.keys() == second.keys() and all(torch.equal(first[k], second[k]) for k in first)

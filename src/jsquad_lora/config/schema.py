@@ -165,8 +165,9 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    #: a name registered in registry.DECODING_MODES (greedy, extractive); extractive: answers are passage
-    #: spans, and the LM head scores only the passage's tokens
+    #: a name registered in registry.DECODING_MODES (greedy, extractive, span); extractive: answers are passage
+    #: spans, and the LM head scores only the passage's tokens; span: extractive, then the spans around its
+    #: answer ranked by log-probability (generate/span_scoring.py)
     decoding: str = field(default="extractive", metadata={"choices": DECODING_MODES})
     batch_size: int = 32
     #: the longest dev answer is 17 Gemma tokens

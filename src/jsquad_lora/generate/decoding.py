@@ -31,6 +31,9 @@ class DecodingMode:
     needs_passages: bool = False
     #: an answer cut by max_new_tokens may end inside a character: drop that partial character
     trims_partial_character: bool = False
+    #: after greedy decoding, rescore(model, tokenizer, prompt_ids, passages, answers, config) -> answers: a mode that
+    #: reranks (span: the spans around the greedy answer); None: the greedy answers as they are
+    rescore: Callable[..., Any] | None = None
 
 
 def register_decoding(mode: DecodingMode) -> DecodingMode:
@@ -57,6 +60,25 @@ register_decoding(
         processor=_extractive_processor,
         needs_passages=True,
         trims_partial_character=True,
+    )
+)
+
+
+def _span_rescore(*args: Any, **kwargs: Any) -> Any:
+    from jsquad_lora.generate.span_scoring import rescore_spans
+
+    return rescore_spans(*args, **kwargs)
+
+
+register_decoding(
+    DecodingMode(
+        "span",
+        "extractive, then the passage spans around its answer (ends moved to nearby word boundaries) ranked by "
+        "log-probability, end of the answer included (fixes answers of the wrong length)",
+        processor=_extractive_processor,
+        needs_passages=True,
+        trims_partial_character=True,
+        rescore=_span_rescore,
     )
 )
 

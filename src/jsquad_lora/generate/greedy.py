@@ -288,6 +288,9 @@ def _generate(
                     else (None, None)
                 )
                 batch_answers.append(ScoredAnswer(text, score, margin))
+            if mode.rescore is not None:
+                rows = [passages[i] for i in batch] if passages is not None else [""] * len(batch)
+                batch_answers = mode.rescore(model, tokenizer, [encoded[i] for i in batch], rows, batch_answers, config)
             for i, answer in zip(batch, batch_answers):
                 answers[i] = answer
             if on_batch is not None:

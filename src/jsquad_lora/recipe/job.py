@@ -294,6 +294,8 @@ def side_check_stage(job: Job, stage: Stage) -> None:
 
 def train_stage(job: Job) -> None:
     """LoRA (or every weight) trained on the training questions; the adapter saved; the model merged."""
+    import torch
+
     from jsquad_lora.encoding.windows import encode_train_windows
     from jsquad_lora.model.lora import attach_lora, count_parameters, merged
     from jsquad_lora.train.checkpoints import newest_checkpoint_size, remove_incomplete_checkpoints
@@ -309,6 +311,7 @@ def train_stage(job: Job) -> None:
         for key in ("after", EVAL_SUMMARY_KEY["after"]):
             job.metrics.pop(key, None)
     quantized = cfg.model.load_in_8bit or cfg.model.load_in_4bit
+    torch.manual_seed(cfg.train.seed)  # LoRA's initial A matrices: the same run, the same adapter
     model = attach_lora(
         job.model, cfg.lora, quantized=quantized, gradient_checkpointing=cfg.model.gradient_checkpointing
     )

@@ -50,12 +50,40 @@ def answer_only_loss(model, inputs: dict, num_items: int | torch.Tensor | None =
     hidden = base.get_decoder()(**inputs, use_cache=False).last_hidden_state
     targets = labels[:, 1:]
     keep = targets != -100
-    logits = base.get_output_embeddings()(hidden[:, :-1][keep])
+    logits = head_logits(base.get_output_embeddings(), hidden[:, :-1][keep])
     softcap = getattr(base.config, "final_logit_softcapping", None)
     if softcap:
         logits = torch.tanh(logits / softcap) * softcap
     loss = F.cross_entropy(logits.float(), targets[keep], reduction="sum")
     return _divided(loss, keep.sum(), num_items)
+
+
+def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
+    """`head(hidden)`, with a frozen head's weight cast to the autocast dtype once, not at every call.
+
+    Autocast caches its casts of trainable leaf weights only, so a frozen output layer (Gemma 3's
+    262k-word head, tied to the frozen embeddings) was copied to bfloat16 at every step: 168M
+    weights, ~9 % of a default training step (BENCHMARKS.md, issue 24). The cached copy is made again
+    when the weight changes (its version counter) or moves."""
+    import torch.nn.functional as F
+
+    device = hidden.device.type
+    weight = getattr(head, "weight", None)
+    if (
+        not torch.is_autocast_enabled(device)
+        or weight is None
+        or weight.requires_grad
+        or getattr(head, "bias", None) is not None
+    ):
+        return head(hidden)
+    dtype = torch.get_autocast_dtype(device)
+    key = (weight.data_ptr(), weight._version, weight.device, dtype)
+    cached = getattr(head, "_autocast_weight", None)
+    if cached is None or cached[0] != key:
+        with torch.no_grad():
+            cached = (key, weight.detach().to(dtype))
+        head._autocast_weight = cached  # an attribute, not a buffer: never saved, never moved
+    return F.linear(hidden.to(dtype), cached[1])
 
 
 def _divided(loss_sum: torch.Tensor, labelled: torch.Tensor, num_items: int | torch.Tensor | None) -> torch.Tensor:
