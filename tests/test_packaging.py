@@ -46,6 +46,7 @@ def test_a_built_wheel_ships_and_finds_its_presets_and_assets(tmp_path):
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == [
         "gemma-3-270m-documents",
+        "gemma-3-270m-full",
         "gemma-3-270m",
         "qwen2.5-3b-chat",
         "qwen2.5-7b-fsdp",
