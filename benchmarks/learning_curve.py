@@ -20,6 +20,8 @@ from jsquad_lora.config.load import load_config
 
 #: config keys a learning curve varies; any other difference between the runs is printed
 VARIED = ("data.train_sample", "train.epochs")
+#: config keys that make another recipe: runs that differ in them are separate curves
+RECIPE = ("lora.r", "lora.alpha", "lora.dropout", "lora.target_modules", "train.learning_rate", "prompt.template")
 
 
 def point(run: Path) -> dict:
@@ -56,16 +58,16 @@ def plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for epochs in sorted({r["epochs"] for r in rows}):
-        series = sorted((r for r in rows if r["epochs"] == epochs), key=lambda r: r["training_questions"])
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for label in dict.fromkeys(r["recipe"] for r in rows):
+        series = sorted((r for r in rows if r["recipe"] == label), key=lambda r: r["training_questions"])
         ax.errorbar(
             [r["training_questions"] for r in series],
             [r["em"] for r in series],
             yerr=[r["em_se"] or 0 for r in series],
             marker="o",
             capsize=3,
-            label=f"{epochs:g} epoch{'s' if epochs != 1 else ''}",
+            label=label,
         )
     ax.set_xscale("log")
     ax.set_xlabel("training questions (JSQuAD test split)")
@@ -92,10 +94,12 @@ def main() -> None:
     )
     if differing:
         print("note: the runs also differ in " + ", ".join(differing))
+    recipe_keys = [k for k in RECIPE if len({json.dumps(r["_config"].get(k)) for r in rows}) > 1] + ["train.epochs"]
     for r in rows:
+        r["recipe"] = ", ".join(f"{k.split('.')[-1]} {r['_config'].get(k)}" for k in recipe_keys)
         r.pop("_eval_ids")
         r.pop("_config")
-    rows.sort(key=lambda r: (r["epochs"], r["training_questions"]))
+    rows.sort(key=lambda r: (r["recipe"], r["training_questions"]))
     harness.print_table(
         rows,
         [
@@ -105,6 +109,7 @@ def main() -> None:
             ("± SE", "em_se", ".2f"),
             ("F1", "f1", ".2f"),
             ("training s", "train_seconds", ".0f"),
+            ("recipe", "recipe", ""),
             ("run", "run", ""),
         ],
     )

@@ -78,7 +78,8 @@ def test_adapter_export_loads_with_peft_and_answers_as_the_run(run_dir, tmp_path
     metrics = json.loads((run_dir / "metrics.json").read_text())
     after = metrics["after"]["jglue"]
     assert f"| after tuning | {after['exact_match']:.2f} | {after['f1']:.2f} |" in card
-    assert "license: none (random weights)" in card and "LoRA r=8, alpha=16" in card
+    lora = load_config(run_dir / "config.yaml").lora
+    assert "license: none (random weights)" in card and f"LoRA r={lora.r}, alpha={lora.alpha}" in card
     assert "質問:梅雨がみられるのはどこか。" in card  # a sample prompt, in the run's template
     assert (out / CONFIG_NAME).read_bytes() == (run_dir / "config.yaml").read_bytes()
 

@@ -45,6 +45,10 @@ def test_start_candidates_stay_in_the_sentence_and_reach_the_gold_span():
     assert sorted({a for a, _ in start_candidates(twice, "猫")}) == [0, 1, 2, 4, 5, 6]  # 犬|と|猫, not the third
 
 
+def ends(model, tokenizer, config: DecodingConfig) -> set[int]:
+    return end_token_ids(model, tokenizer, config.stop_strings)[2]
+
+
 def oracle(model, tokenizer, prompt: list[int], passage: str, answer: str, config: DecodingConfig):
     """The best (score, text) over every candidate prefix, each scored by its own plain forward pass."""
     _, _, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
@@ -90,7 +94,15 @@ def test_each_rescored_answer_is_the_best_prefix_of_the_oracle(setup):
     given = [passage[3:6] for passage in PASSAGES[:-1]] + [""]
     prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
     with torch.inference_mode():
-        rescored = rescore_spans(model, tokenizer, prompts, PASSAGES, [ScoredAnswer(a, None) for a in given], config)
+        rescored = rescore_spans(
+            model,
+            tokenizer,
+            prompts,
+            PASSAGES,
+            [ScoredAnswer(a, None) for a in given],
+            config,
+            ends(model, tokenizer, config),
+        )
     assert rescored[-1] == ScoredAnswer("", None)
     for prompt, passage, before, after in zip(prompts[:-1], PASSAGES, given, rescored):
         score, text = oracle(model, tokenizer, prompt, passage, before, config)
@@ -106,7 +118,15 @@ def test_span_mode_through_generation_equals_rescoring_the_extractive_answers(se
     greedy = generate_answers(model, tokenizer, PROMPTS, PASSAGES, extractive)
     prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
     with torch.inference_mode():
-        expected = rescore_spans(model, tokenizer, prompts, PASSAGES, [ScoredAnswer(a, None) for a in greedy], span)
+        expected = rescore_spans(
+            model,
+            tokenizer,
+            prompts,
+            PASSAGES,
+            [ScoredAnswer(a, None) for a in greedy],
+            span,
+            ends(model, tokenizer, span),
+        )
     assert generate_answers(model, tokenizer, PROMPTS, PASSAGES, span) == [a.text for a in expected]
     scored = generate_scored(model, tokenizer, PROMPTS, PASSAGES, span)
     assert [a.text for a in scored] == [a.text for a in expected]
@@ -124,7 +144,15 @@ def test_gemma_rows_with_sliding_windows_score_as_plain_forward_passes(softcap):
     given = ["8,000m", "呼吸", "血液組成", "東アジア"]
     config = DecodingConfig(max_new_tokens=10, mode="span")
     with torch.inference_mode():
-        rescored = rescore_spans(model, tokenizer, prompts, passages, [ScoredAnswer(a, -1.0) for a in given], config)
+        rescored = rescore_spans(
+            model,
+            tokenizer,
+            prompts,
+            passages,
+            [ScoredAnswer(a, -1.0) for a in given],
+            config,
+            ends(model, tokenizer, config),
+        )
     for prompt, passage, answer, after in zip(prompts, passages, given, rescored):
         score, best = oracle(model, tokenizer, prompt, passage, answer, config)
         assert after.text == best
@@ -139,7 +167,8 @@ def test_questions_of_one_passage_in_one_row_score_as_alone(setup):
     given = [ScoredAnswer(a, None) for a in ("3776", "静岡県", "日本", "活火山")]
     config = DecodingConfig(max_new_tokens=12, mode="span")
     with torch.inference_mode():
-        together = rescore_spans(model, tokenizer, prompts, [passage] * 4, given, config)
-        alone = [rescore_spans(model, tokenizer, [p], [passage], [g], config)[0] for p, g in zip(prompts, given)]
+        end = ends(model, tokenizer, config)
+        together = rescore_spans(model, tokenizer, prompts, [passage] * 4, given, config, end)
+        alone = [rescore_spans(model, tokenizer, [p], [passage], [g], config, end)[0] for p, g in zip(prompts, given)]
     assert [a.text for a in together] == [a.text for a in alone]
     assert all(math.isclose(a.score, b.score, rel_tol=1e-4, abs_tol=1e-4) for a, b in zip(together, alone))

@@ -101,7 +101,7 @@ class DataConfig:
     eval_ids: str | None = None
     #: train on a fixed random sample of this many questions (None: all), stratified by article, whole
     #: passages: what fits the 20-minute budget on 2 cores with bfloat16 (AVX512-BF16/AMX)
-    train_sample: int | None = 2600
+    train_sample: int | None = 2000
     #: the sample size instead, when training runs in float32 on a CPU (no AVX512-BF16/AMX, or
     #: train.mixed_precision=float32): the same time budget at float32 speed (None: train_sample)
     train_sample_cpu_float32: int | None = 700

@@ -31,8 +31,8 @@ class DecodingMode:
     needs_passages: bool = False
     #: an answer cut by max_new_tokens may end inside a character: drop that partial character
     trims_partial_character: bool = False
-    #: after greedy decoding, rescore(model, tokenizer, prompt_ids, passages, answers, config) -> answers: a mode that
-    #: reranks (span: the spans around the greedy answer); None: the greedy answers as they are
+    #: after greedy decoding, rescore(model, tokenizer, prompt_ids, passages, answers, config, end_ids) -> answers:
+    #: a mode that reranks (span: the spans around the greedy answer); None: the greedy answers as they are
     rescore: Callable[..., Any] | None = None
 
 

@@ -290,7 +290,8 @@ def _generate(
                 batch_answers.append(ScoredAnswer(text, score, margin))
             if mode.rescore is not None:
                 rows = [passages[i] for i in batch] if passages is not None else [""] * len(batch)
-                batch_answers = mode.rescore(model, tokenizer, [encoded[i] for i in batch], rows, batch_answers, config)
+                prompts_ids = [encoded[i] for i in batch]
+                batch_answers = mode.rescore(model, tokenizer, prompts_ids, rows, batch_answers, config, end_ids)
             for i, answer in zip(batch, batch_answers):
                 answers[i] = answer
             if on_batch is not None:

@@ -27,6 +27,7 @@ causal LM's likelihood.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import unicodedata
 from dataclasses import dataclass, field
@@ -36,7 +37,6 @@ import torch
 
 from jsquad_lora.encoding.collators import sliding_window
 from jsquad_lora.encoding.tokens import answer_ids
-from jsquad_lora.generate.decoding import DecodingConfig, ScoredAnswer
 from jsquad_lora.generate.vocab import decode, token_vocab
 from jsquad_lora.model.layers import unwrapped
 
@@ -106,20 +106,12 @@ def start_candidates(passage: str, answer: str) -> list[tuple[int, int]]:
     return out
 
 
-def rescore_spans(
-    model,
-    tokenizer,
-    prompts: Sequence[list[int]],
-    passages: Sequence[str],
-    answers: Sequence[ScoredAnswer],
-    config: DecodingConfig,
-) -> list[ScoredAnswer]:
-    """Each answer replaced by its most probable span (see the module; ties: the greedy answer's own tokens,
-    then the earlier start and the shorter span), scored by that log-probability. An empty answer (an
-    abstention), or one not in its passage, is kept as it is. `prompts[i]`: the prompt token ids of answer i."""
-    from jsquad_lora.generate.greedy import end_token_ids
-
-    _, _, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
+def rescore_spans(model, tokenizer, prompts: Sequence[list[int]], passages: Sequence[str], answers, config, end_ids):
+    """Each answer (a `decoding.ScoredAnswer`) replaced by its most probable span (see the module; ties: the greedy
+    answer's own tokens, then the earlier start and the shorter span), scored by that log-probability. An empty
+    answer (an abstention), or one not in its passage, is kept as it is. `prompts[i]`: the prompt token ids of
+    answer i; `config`: the `decoding.DecodingConfig` (its stop strings and max_new_tokens); `end_ids`: the tokens
+    that end an answer (`greedy.end_token_ids`). Nothing here imports the decoding registry that calls it."""
     vocab = token_vocab(tokenizer)
     by_passage: dict[str, list[_Job]] = {}
     for i, (prompt, passage, answer) in enumerate(zip(prompts, passages, answers)):
@@ -138,7 +130,7 @@ def rescore_spans(
     for k in range(0, len(groups), ROWS_AT_ONCE):
         for job, best in _best_prefixes(model, tokenizer, groups[k : k + ROWS_AT_ONCE], end_ids, config):
             if best is not None:
-                out[job.index] = ScoredAnswer(best[1], best[0], answers[job.index].abstain_margin)
+                out[job.index] = dataclasses.replace(answers[job.index], text=best[1], score=best[0])
     return out
 
 
@@ -156,7 +148,7 @@ class _Job:
     branch_at: list[int] = field(default_factory=list)
 
 
-def _best_prefixes(model, tokenizer, groups: list[list[_Job]], end_ids: set[int], config: DecodingConfig):
+def _best_prefixes(model, tokenizer, groups: list[list[_Job]], end_ids: set[int], config):
     """(job, best (score, text) or None) for every job: the best over every branch prefix whose text is whole
     characters, occurs in the passage, and holds no stop string. Each group (questions of one passage) is one row."""
     import torch.nn.functional as F
