@@ -49,6 +49,13 @@ def ends(model, tokenizer, config: DecodingConfig) -> set[int]:
     return end_token_ids(model, tokenizer, config.stop_strings)[2]
 
 
+def rescored(model, tokenizer, prompts, passages, texts, config: DecodingConfig, score=None) -> list[ScoredAnswer]:
+    """`rescore_spans` of answers `texts` (each scored `score`), as greedy decoding calls it."""
+    given = [ScoredAnswer(t, score) for t in texts]
+    with torch.inference_mode():
+        return rescore_spans(model, tokenizer, prompts, passages, given, config, ends(model, tokenizer, config))
+
+
 def oracle(model, tokenizer, prompt: list[int], passage: str, answer: str, config: DecodingConfig):
     """The best (score, text) over every candidate prefix, each scored by its own plain forward pass."""
     _, _, end_ids = end_token_ids(model, tokenizer, config.stop_strings)
@@ -93,22 +100,13 @@ def test_each_rescored_answer_is_the_best_prefix_of_the_oracle(setup):
     # and one empty answer (an abstention)
     given = [passage[3:6] for passage in PASSAGES[:-1]] + [""]
     prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
-    with torch.inference_mode():
-        rescored = rescore_spans(
-            model,
-            tokenizer,
-            prompts,
-            PASSAGES,
-            [ScoredAnswer(a, None) for a in given],
-            config,
-            ends(model, tokenizer, config),
-        )
-    assert rescored[-1] == ScoredAnswer("", None)
-    for prompt, passage, before, after in zip(prompts[:-1], PASSAGES, given, rescored):
+    answers = rescored(model, tokenizer, prompts, PASSAGES, given, config)
+    assert answers[-1] == ScoredAnswer("", None)
+    for prompt, passage, before, after in zip(prompts[:-1], PASSAGES, given, answers):
         score, text = oracle(model, tokenizer, prompt, passage, before, config)
         assert after.text == text and after.text in passage
         assert math.isclose(after.score, score, rel_tol=1e-4, abs_tol=1e-4)
-    assert sum(a.text != b for a, b in zip(rescored, given)) >= 3, "a random model should move some answers"
+    assert sum(a.text != b for a, b in zip(answers, given)) >= 3, "a random model should move some answers"
 
 
 def test_span_mode_through_generation_equals_rescoring_the_extractive_answers(setup):
@@ -117,16 +115,7 @@ def test_span_mode_through_generation_equals_rescoring_the_extractive_answers(se
     span = DecodingConfig(max_new_tokens=12, batch_size=4, mode="span")
     greedy = generate_answers(model, tokenizer, PROMPTS, PASSAGES, extractive)
     prompts = [prompt_ids(tokenizer, p) for p in PROMPTS]
-    with torch.inference_mode():
-        expected = rescore_spans(
-            model,
-            tokenizer,
-            prompts,
-            PASSAGES,
-            [ScoredAnswer(a, None) for a in greedy],
-            span,
-            ends(model, tokenizer, span),
-        )
+    expected = rescored(model, tokenizer, prompts, PASSAGES, greedy, span)
     assert generate_answers(model, tokenizer, PROMPTS, PASSAGES, span) == [a.text for a in expected]
     scored = generate_scored(model, tokenizer, PROMPTS, PASSAGES, span)
     assert [a.text for a in scored] == [a.text for a in expected]
@@ -143,17 +132,8 @@ def test_gemma_rows_with_sliding_windows_score_as_plain_forward_passes(softcap):
     assert passages[:3] == [BODY] * 3 and min(len(p) for p in prompts) > 2 * WINDOW  # the window cuts the prompt
     given = ["8,000m", "呼吸", "血液組成", "東アジア"]
     config = DecodingConfig(max_new_tokens=10, mode="span")
-    with torch.inference_mode():
-        rescored = rescore_spans(
-            model,
-            tokenizer,
-            prompts,
-            passages,
-            [ScoredAnswer(a, -1.0) for a in given],
-            config,
-            ends(model, tokenizer, config),
-        )
-    for prompt, passage, answer, after in zip(prompts, passages, given, rescored):
+    answers = rescored(model, tokenizer, prompts, passages, given, config, score=-1.0)
+    for prompt, passage, answer, after in zip(prompts, passages, given, answers):
         score, best = oracle(model, tokenizer, prompt, passage, answer, config)
         assert after.text == best
         assert math.isclose(after.score, score, rel_tol=1e-4, abs_tol=1e-4)
@@ -164,11 +144,9 @@ def test_questions_of_one_passage_in_one_row_score_as_alone(setup):
     passage = PASSAGES[1]
     questions = ["富士山の標高は？", "富士山はどこにある？", "日本の最高峰は？", "何山？"]
     prompts = [prompt_ids(tokenizer, neox_prompt(passage, q)) for q in questions]
-    given = [ScoredAnswer(a, None) for a in ("3776", "静岡県", "日本", "活火山")]
+    given = ["3776", "静岡県", "日本", "活火山"]
     config = DecodingConfig(max_new_tokens=12, mode="span")
-    with torch.inference_mode():
-        end = ends(model, tokenizer, config)
-        together = rescore_spans(model, tokenizer, prompts, [passage] * 4, given, config, end)
-        alone = [rescore_spans(model, tokenizer, [p], [passage], [g], config, end)[0] for p, g in zip(prompts, given)]
+    together = rescored(model, tokenizer, prompts, [passage] * 4, given, config)
+    alone = [rescored(model, tokenizer, [p], [passage], [g], config)[0] for p, g in zip(prompts, given)]
     assert [a.text for a in together] == [a.text for a in alone]
     assert all(math.isclose(a.score, b.score, rel_tol=1e-4, abs_tol=1e-4) for a, b in zip(together, alone))
