@@ -149,7 +149,7 @@ def test_other_routes(server):
             "status": "ok",
             "run": "tiny",
             "decoding": "extractive",
-            "modes": ["greedy", "extractive"],
+            "modes": ["greedy", "extractive", "span"],
         }
     for path, method, status in (("/nowhere", "GET", 404), ("/v1/answer", "GET", 405)):
         with pytest.raises(urllib.error.HTTPError) as info:
