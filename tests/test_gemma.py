@@ -271,7 +271,7 @@ def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_loss_and_gradie
     frozen weight again at every call): the same loss and LoRA gradients as autocast's own head, bit for bit; a
     changed weight is cast again; a trainable head (full fine-tuning) is left to autocast."""
     from jsquad_lora.model.lora import attach_lora
-    from jsquad_lora.train.losses import answer_only_loss, head_logits
+    from jsquad_lora.train.losses import answer_only_loss, drop_cached_head, head_logits
 
     model = tiny_gemma(TOKENIZER, softcap=3.0)
     batch = gemma_batch(model)
@@ -307,6 +307,8 @@ def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_loss_and_gradie
             head.weight.mul_(2)  # a changed weight (its version counter moves): cast again
         assert torch.equal(head_logits(head, hidden), head(hidden)) and head._autocast_weight[1] is not cached
     assert torch.equal(head_logits(head, hidden), head(hidden))  # outside autocast: the head itself
+    drop_cached_head(model)  # what training does when it ends: the copy is not kept for generation
+    assert not hasattr(head, "_autocast_weight")
     trainable, x = torch.nn.Linear(4, 3, bias=False), torch.randn(2, 4)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(head_logits(trainable, x), trainable(x)) and not hasattr(trainable, "_autocast_weight")

@@ -86,6 +86,13 @@ def head_logits(head, hidden: torch.Tensor) -> torch.Tensor:
     return F.linear(hidden.to(dtype), cached[1])
 
 
+def drop_cached_head(model) -> None:
+    """Free `head_logits`' copy of the output layer (Gemma 3: 335 MB in bf16) once training is done."""
+    head = unwrapped(model).get_output_embeddings()
+    if head is not None and hasattr(head, "_autocast_weight"):
+        del head._autocast_weight
+
+
 def _divided(loss_sum: torch.Tensor, labelled: torch.Tensor, num_items: int | torch.Tensor | None) -> torch.Tensor:
     """A summed token loss as the model's own loss reports it: over `num_items` (the Trainer's token
     count of the accumulated batch) when given, else the mean over the batch's labelled tokens."""

@@ -31,7 +31,12 @@ from jsquad_lora.encoding.tokens import Encoded
 from jsquad_lora.errors import InputError
 from jsquad_lora.train.batch_order import EpochBatchOrder
 from jsquad_lora.train.checkpoints import latest_checkpoint, load_full_weights
-from jsquad_lora.train.losses import answer_only_loss, answer_only_loss_through_forward, weighted_prompt_loss
+from jsquad_lora.train.losses import (
+    answer_only_loss,
+    answer_only_loss_through_forward,
+    drop_cached_head,
+    weighted_prompt_loss,
+)
 from jsquad_lora.util.distributed import barrier, is_main, summed, world_size
 from jsquad_lora.util.files import write_jsonl
 
@@ -199,6 +204,7 @@ def train(
         output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         model.config.use_cache = use_cache
+        drop_cached_head(model)
     seconds = time.perf_counter() - start
     log = [
         {k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}
