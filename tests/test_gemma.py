@@ -314,45 +314,6 @@ def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_loss_and_gradie
         assert torch.equal(head_logits(trainable, x), trainable(x)) and not hasattr(trainable, "_autocast_weight")
 
 
-def test_frozen_linears_held_in_bf16_give_the_same_loss_and_gradients_and_are_put_back():
-    """While training runs, the frozen base weights under LoRA are held in bfloat16 (autocast casts a frozen weight
-    again at every call): the same loss and LoRA gradients as autocast's own casts, bit for bit; the embeddings
-    (tied to the output layer) and LoRA's own weights stay float32; afterwards the very float32 tensors are back."""
-    from jsquad_lora.model.lora import attach_lora
-    from jsquad_lora.train.frozen_casts import frozen_linears_cast
-    from jsquad_lora.train.losses import answer_only_loss
-
-    model = tiny_gemma(TOKENIZER, softcap=3.0)
-    batch = gemma_batch(model)
-    model = attach_lora(model, LoraSettings(target_modules=["all-linear"], dropout=0.0))
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if "lora_B" in name:
-                p.normal_(0, 0.1)
-    before = {n: (p.data_ptr(), p.data.clone()) for n, p in model.named_parameters()}
-
-    def loss_and_grads():
-        model.zero_grad(set_to_none=True)
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = answer_only_loss(model, batch)
-        loss.backward()
-        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
-
-    loss_a, grads_a = loss_and_grads()
-    with frozen_linears_cast(model, torch.bfloat16) as held:
-        dtypes = {n: p.dtype for n, p in model.named_parameters()}
-        loss_b, grads_b = loss_and_grads()
-    assert held == sum(1 for n in dtypes if n.endswith("base_layer.weight")) > 0
-    assert all(dtypes[n] == torch.bfloat16 for n in dtypes if n.endswith("base_layer.weight"))
-    assert all(dtypes[n] == torch.float32 for n in dtypes if "lora_" in n or "embed" in n or "norm" in n)
-    assert torch.equal(loss_a, loss_b) and grads_a.keys() == grads_b.keys()
-    assert all(torch.equal(grads_a[n], grads_b[n]) for n in grads_a)
-    for name, p in model.named_parameters():  # the same float32 tensors, unchanged
-        assert p.data_ptr() == before[name][0] and torch.equal(p.data, before[name][1]), name
-    with frozen_linears_cast(model, None) as held:
-        assert held == 0 and all(p.dtype == torch.float32 for p in model.parameters())
-
-
 # ---------------------------------------------------------------- 3. GGUF file → cached model directory
 
 #: a sentencepiece-style vocabulary (the control tokens first, then `▁` and characters)
