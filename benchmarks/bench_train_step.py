@@ -6,8 +6,8 @@ own process, the variants alternated `--rounds` times (2 cores are noisy: compar
         [--r 8] [--out benchmarks/results/train-step.json]
 
 Variants: `plain-head` (the output layer called as is: autocast casts its frozen float32 weight to bf16 at every
-call, as before issue 24), `head-cast-once` (`train.losses.head_logits`, the default), and `head-cast-once,
-dropout 0`.
+call, as before issue 24), `head-cast-once` (`train.losses.head_logits`), `head-cast-once, dropout 0`, and
+`all frozen cast once, dropout 0` (`train.frozen_casts`, the default: every frozen base layer too).
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ VARIANTS = {
     "plain-head": {"plain_head": True, "dropout": 0.05},
     "head-cast-once": {"plain_head": False, "dropout": 0.05},
     "head-cast-once, dropout 0": {"plain_head": False, "dropout": 0.0},
+    "all frozen cast once, dropout 0": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True},
 }
 
 
-def one_variant(plain_head: bool, dropout: float, steps: int, r: int) -> dict:
+def one_variant(plain_head: bool, dropout: float, steps: int, r: int, frozen_cast_once: bool = False) -> dict:
     import torch
 
     from jsquad_lora.config.schema import LoraSettings, ModelConfig
@@ -40,6 +41,7 @@ def one_variant(plain_head: bool, dropout: float, steps: int, r: int) -> dict:
     from jsquad_lora.model.source import resolve_model_source
     from jsquad_lora.prompts.templates import render_prompt
     from jsquad_lora.train import losses
+    from jsquad_lora.train.frozen_casts import frozen_linears_cast
 
     if plain_head:
         losses.head_logits = lambda head, hidden: head(hidden)
@@ -58,18 +60,19 @@ def one_variant(plain_head: bool, dropout: float, steps: int, r: int) -> dict:
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=5e-4)
     model.train()
     seconds, tokens, step_losses = 0.0, 0, []
-    for i, batch in enumerate(batches):
-        torch.manual_seed(100 + i)
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = losses.answer_only_loss(model, batch)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad()
-        if i:  # step 0 warms up
-            seconds += time.perf_counter() - start
-            tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
-        step_losses.append(round(float(loss), 4))
+    with frozen_linears_cast(model, frozen_cast_once):
+        for i, batch in enumerate(batches):
+            torch.manual_seed(100 + i)
+            start = time.perf_counter()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = losses.answer_only_loss(model, batch)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+            if i:  # step 0 warms up
+                seconds += time.perf_counter() - start
+                tokens += int((batch["input_ids"] != tokenizer.pad_token_id).sum())
+            step_losses.append(round(float(loss), 4))
     return {"tokens_per_second": tokens / seconds, "seconds": seconds, "tokens": tokens, "losses": step_losses}
 
 

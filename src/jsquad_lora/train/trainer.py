@@ -31,6 +31,7 @@ from jsquad_lora.encoding.tokens import Encoded
 from jsquad_lora.errors import InputError
 from jsquad_lora.train.batch_order import EpochBatchOrder
 from jsquad_lora.train.checkpoints import latest_checkpoint, load_full_weights
+from jsquad_lora.train.frozen_casts import frozen_linears_cast
 from jsquad_lora.train.losses import (
     answer_only_loss,
     answer_only_loss_through_forward,
@@ -199,9 +200,13 @@ def train(
     # mask, and the examples of a padding-free row would attend to each other (a model in eval
     # mode does this; tests/test_batching.py checks both the forward pass and the Trainer path).
     use_cache, model.config.use_cache = model.config.use_cache, False
+    # one process without FSDP: FSDP gathers each weight into new storage at every step, so a copy kept per
+    # weight would be made again at every call and only cost memory
+    cast_once = bf16 and world_size() == 1 and not cfg.fsdp
     start = time.perf_counter()
     try:
-        output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        with frozen_linears_cast(model, cast_once):
+            output = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
     finally:
         model.config.use_cache = use_cache
         drop_cached_head(model)
