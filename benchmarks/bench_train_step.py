@@ -23,10 +23,14 @@ VARIANTS = {
     "head-cast-once": {"plain_head": False, "dropout": 0.05},
     "head-cast-once, dropout 0": {"plain_head": False, "dropout": 0.0},
     "all frozen cast once, dropout 0": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True},
+    "top half of the layers": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True, "top_layers": 9},
+    "top third of the layers": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True, "top_layers": 6},
 }
 
 
-def one_variant(plain_head: bool, dropout: float, steps: int, r: int, frozen_cast_once: bool = False) -> dict:
+def one_variant(
+    plain_head: bool, dropout: float, steps: int, r: int, frozen_cast_once: bool = False, top_layers: int | None = None
+) -> dict:
     import torch
 
     from jsquad_lora.config.schema import LoraSettings, ModelConfig
@@ -50,7 +54,7 @@ def one_variant(plain_head: bool, dropout: float, steps: int, r: int, frozen_cas
     torch.manual_seed(0)
     model = attach_lora(
         load_base_model(ModelConfig(name=path)),
-        LoraSettings(r=r, alpha=2 * r, dropout=dropout, target_modules=["all-linear"]),
+        LoraSettings(r=r, alpha=2 * r, dropout=dropout, target_modules=["all-linear"], top_layers=top_layers),
     )
     questions = stratified_sample(load_split(resolve_split(None, "test")).questions, 200, 20231)
     examples, _ = encode_train_set(questions, lambda q: render_prompt(q, "chat", tokenizer=tokenizer), tokenizer, 640)

@@ -266,6 +266,45 @@ def test_answer_only_loss_gradient_matches_on_lora(kind):
         torch.testing.assert_close(ours[name], reference[name], atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
 
 
+@pytest.mark.parametrize("kind", ["neox", "gemma"])
+def test_lora_in_the_top_layers_only_leaves_the_layers_below_out_of_backpropagation(kind):
+    """`lora.top_layers=1`: LoRA in the last decoder layer only, for all-linear and for named modules; the layers
+    below build no autograd graph (their backward pass is skipped: the speed lever), and the answer-only loss
+    still gives the full loss's gradient; more layers than the model has is an input error naming the key."""
+    from jsquad_lora.errors import InputError
+    from jsquad_lora.model.lora import attach_lora
+    from jsquad_lora.train.losses import answer_only_loss
+
+    named = ["query_key_value", "dense_4h_to_h"] if kind == "neox" else ["q_proj", "down_proj"]
+    for targets in (["all-linear"], named):
+        model, batch = _model_and_batch(kind)
+        layers = model.config.num_hidden_layers
+        model = attach_lora(model, LoraSettings(target_modules=targets, dropout=0.0, top_layers=1))
+        params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+        assert params and all("lora_" in n and f".{layers - 1}." in n for n in params), sorted(params)
+        everywhere = attach_lora(_model_and_batch(kind)[0], LoraSettings(target_modules=targets, dropout=0.0))
+        top = {n for n, p in everywhere.named_parameters() if p.requires_grad and f".{layers - 1}." in n}
+        assert set(params) == top  # every targeted module of the last layer, and nothing else
+        with torch.no_grad():
+            for name, p in params.items():
+                if "lora_B" in name:
+                    p.normal_(0, 0.1)
+        graph = []
+        decoder_layers = [m for m in model.modules() if isinstance(m, torch.nn.ModuleList)][0]
+        hooks = [
+            layer.register_forward_hook(lambda m, i, o: graph.append(o[0].requires_grad)) for layer in decoder_layers
+        ]
+        ours = torch.autograd.grad(answer_only_loss(model, batch), list(params.values()))
+        assert graph == [False] * (layers - 1) + [True]
+        for hook in hooks:
+            hook.remove()
+        reference = torch.autograd.grad(model(**batch).loss, list(params.values()))
+        for name, a, b in zip(params, ours, reference):
+            torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-4, msg=lambda m, n=name: f"{n}: {m}")
+    with pytest.raises(InputError, match="lora.top_layers"):
+        attach_lora(_model_and_batch(kind)[0], LoraSettings(top_layers=layers + 1))
+
+
 def test_a_frozen_head_is_cast_once_under_autocast_with_the_same_loss_and_gradients():
     """Under bf16 autocast the frozen output layer's bfloat16 copy is made once and reused (autocast itself casts a
     frozen weight again at every call): the same loss and LoRA gradients as autocast's own head, bit for bit; a

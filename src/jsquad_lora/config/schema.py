@@ -69,6 +69,9 @@ class LoraSettings:
     #: module names, or ["all-linear"]
     target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
     bias: Literal["none", "all", "lora_only"] = "none"
+    #: LoRA in the last N decoder layers only (None: every layer). The layers below stay frozen with no LoRA,
+    #: so backpropagation stops at the lowest adapted layer: each step skips their backward pass
+    top_layers: int | None = None
     use_dora: bool = False
     use_rslora: bool = False
 
@@ -232,6 +235,7 @@ def _validate(cfg: RunConfig) -> None:
         ("lora.alpha", cfg.lora.alpha > 0, "must be positive"),
         ("lora.dropout", 0 <= cfg.lora.dropout < 1, "must be in [0, 1)"),
         ("lora.target_modules", bool(cfg.lora.target_modules), "must name at least one module (or all-linear)"),
+        ("lora.top_layers", cfg.lora.top_layers is None or cfg.lora.top_layers > 0, "must be positive (or null: all)"),
         ("train.epochs", 0 < t.epochs <= 1000, "must be in (0, 1000]"),
         ("train.learning_rate", 0 < t.learning_rate < 1, "must be in (0, 1)"),
         ("train.batch_size", t.batch_size > 0, "must be positive"),

@@ -39,15 +39,19 @@ def attach_lora(model, settings: LoraSettings, quantized: bool = False, gradient
         model.enable_input_require_grads()
     if not settings.enabled:
         return model
+    targets, layers = lora_target_modules(settings), top_layer_indices(model, settings.top_layers)
+    if layers is not None and targets == "all-linear":  # peft takes layers_to_transform with a list of names only
+        targets, layers = linear_layers_in(model, layers), None
     config = LoraConfig(
         r=settings.r,
         lora_alpha=settings.alpha,
         lora_dropout=settings.dropout,
-        target_modules=lora_target_modules(settings),
+        target_modules=targets,
         bias=settings.bias,
         task_type="CAUSAL_LM",
         use_dora=settings.use_dora,
         use_rslora=settings.use_rslora,
+        layers_to_transform=layers,
     )
     try:
         model = get_peft_model(model, config)
@@ -60,6 +64,33 @@ def attach_lora(model, settings: LoraSettings, quantized: bool = False, gradient
         ) from None
     use_sparse_dropout(model)  # the same dropout, its CPU mask ~7x cheaper (dropout.py)
     return model
+
+
+def top_layer_indices(model, top_layers: int | None) -> list[int] | None:
+    """The indices of the last `top_layers` decoder layers (None: every layer), for peft's `layers_to_transform`."""
+    if top_layers is None:
+        return None
+    config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+    total = config.num_hidden_layers
+    if top_layers > total:
+        raise InputError(
+            "lora.top_layers", f"is {top_layers} but the model has {total} layers", fix=f"use 1 to {total} or null"
+        )
+    return list(range(total - top_layers, total))
+
+
+def linear_layers_in(model, layers: list[int]) -> list[str]:
+    """The full names of the linear modules inside decoder layers `layers` (`model.layers.9.mlp.up_proj`)."""
+    import re
+
+    import torch
+
+    wanted = {str(i) for i in layers}
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and (m := re.search(r"\.(\d+)\.", name)) and m.group(1) in wanted
+    ]
 
 
 def count_parameters(model) -> tuple[int, int]:
