@@ -7,7 +7,10 @@ own process, the variants alternated `--rounds` times (2 cores are noisy: compar
 
 Variants: `plain-head` (the output layer called as is: autocast casts its frozen float32 weight to bf16 at every
 call, as before issue 24), `head-cast-once` (`train.losses.head_logits`), `head-cast-once, dropout 0`, and
-`all frozen cast once, dropout 0` (`train.frozen_casts`, the default: every frozen base layer too).
+`all frozen cast once, dropout 0` (`train.frozen_casts`, the default: every frozen base layer too, and LoRA layers
+that leave their input's dtype to autocast), the same with peft's float32 round trip of a bf16 input (the default
+before), and LoRA in the top half / third of the layers only (`lora.top_layers`). `--only A B` alternates just those
+(ratios against the first).
 """
 
 from __future__ import annotations
@@ -22,6 +25,12 @@ VARIANTS = {
     "plain-head": {"plain_head": True, "dropout": 0.05},
     "head-cast-once": {"plain_head": False, "dropout": 0.05},
     "head-cast-once, dropout 0": {"plain_head": False, "dropout": 0.0},
+    "all frozen cast once, dropout 0, peft's input casts": {
+        "plain_head": False,
+        "dropout": 0.0,
+        "frozen_cast_once": True,
+        "peft_input_casts": True,
+    },
     "all frozen cast once, dropout 0": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True},
     "top half of the layers": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True, "top_layers": 9},
     "top third of the layers": {"plain_head": False, "dropout": 0.0, "frozen_cast_once": True, "top_layers": 6},
@@ -29,7 +38,13 @@ VARIANTS = {
 
 
 def one_variant(
-    plain_head: bool, dropout: float, steps: int, r: int, frozen_cast_once: bool = False, top_layers: int | None = None
+    plain_head: bool,
+    dropout: float,
+    steps: int,
+    r: int,
+    frozen_cast_once: bool = False,
+    top_layers: int | None = None,
+    peft_input_casts: bool = False,
 ) -> dict:
     import torch
 
@@ -65,6 +80,9 @@ def one_variant(
     model.train()
     seconds, tokens, step_losses = 0.0, 0, []
     with frozen_linears_cast(model, frozen_cast_once):
+        if peft_input_casts:  # as before: peft casts a LoRA layer's bf16 input to float32, autocast back to bf16
+            for module in model.modules():
+                module.__dict__.pop("_cast_input_dtype", None)
         for i, batch in enumerate(batches):
             torch.manual_seed(100 + i)
             start = time.perf_counter()
@@ -85,6 +103,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--r", type=int, default=8, help="LoRA rank (alpha 2r)")
+    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--out")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # a child process: one variant, JSON on stdout
     args = parser.parse_args()
@@ -93,21 +112,22 @@ def main() -> None:
         return
     import harness
 
+    names = args.only or list(VARIANTS)
     rows = []
     for round_ in range(1, args.rounds + 1):
-        for name in VARIANTS:
+        for name in names:
             child = [sys.executable, __file__, "--variant", name, "--steps", str(args.steps), "--r", str(args.r)]
             done = subprocess.run(child, capture_output=True, text=True, check=True)
             rows.append({"round": round_, "variant": name, **json.loads(done.stdout.strip().splitlines()[-1])})
-    base = sum(r["tokens_per_second"] for r in rows if r["variant"] == "plain-head") / args.rounds
+    base = sum(r["tokens_per_second"] for r in rows if r["variant"] == names[0]) / args.rounds
     for row in rows:
-        row["vs_plain_head"] = row["tokens_per_second"] / base
+        row["vs_first"] = row["tokens_per_second"] / base
     harness.print_table(
         rows, [("round", "round", ""), ("variant", "variant", ""), ("tokens/s", "tokens_per_second", ".0f")]
     )
-    for name in VARIANTS:
+    for name in names:
         mean = sum(r["tokens_per_second"] for r in rows if r["variant"] == name) / args.rounds
-        print(f"{name}: mean {mean:.0f} tokens/s, {mean / base:.2f}x plain-head")
+        print(f"{name}: mean {mean:.0f} tokens/s, {mean / base:.2f}x {names[0]}")
     harness.write_result("train-step", rows, out=args.out)
 
 
