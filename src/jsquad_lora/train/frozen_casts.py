@@ -7,12 +7,8 @@ is on: the same bfloat16 values reach the same kernel, so the loss and gradients
 tests/test_gemma.py). A forward pass without autocast (a float32 evaluation inside training, the float32
 recipe) uses the float32 weight as before: the parameters themselves are never touched. The copy is made again
 when the weight changes (its version counter) or moves, and is freed when the block ends. The output layer is
-left to `train.losses.head_logits` (its weight is the input embedding too).
-
-Within the same block, peft's LoRA layers stop casting their input to their float32 weights' dtype while autocast is
-on: an input that is bfloat16 already (the attention output into o_proj, the MLP product into down_proj) was cast to
-float32 by peft and straight back to bfloat16 by autocast, two copies each way that give back the very same values.
-Skipping them is bit-identical too (tested). Written by hand: neither torch nor peft has either."""
+left to `train.losses.head_logits` (its weight is the input embedding too). Written by hand: neither torch nor
+peft has it."""
 
 from __future__ import annotations
 
@@ -44,40 +40,21 @@ def _cast_once_forward(module: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor
     return F.linear(x.to(dtype), cached[1], cached[2])
 
 
-def _input_cast_outside_autocast(module, x, dtype):
-    """peft's `_cast_input_dtype`, skipped while autocast is on (autocast gives the matmul its dtype itself)."""
-    if x is not None and torch.is_autocast_enabled(x.device.type):
-        return x
-    return type(module)._cast_input_dtype(module, x, dtype)
-
-
-def _plain_lora_layers(model) -> list:
-    """peft's LoRA linear layers without a variant (DoRA's extra arithmetic keeps peft's casts)."""
-    from peft.tuners.lora import Linear
-
-    return [m for m in model.modules() if isinstance(m, Linear) and not getattr(m, "lora_variant", None)]
-
-
 @contextmanager
 def frozen_linears_cast(model, enabled: bool = True):
     """Within the block, every frozen `nn.Linear` of `model` but the output layer casts its weight to the
-    autocast dtype once, and LoRA layers leave their input's dtype to autocast (see the module docstring); yields
-    how many frozen layers cast once. On leaving, the layers are as they were and the copies are freed."""
+    autocast dtype once (see the module docstring); yields how many layers do. On leaving, the layers are as
+    they were and the copies are freed."""
     patched: list[torch.nn.Linear] = []
-    lora_layers = _plain_lora_layers(model) if enabled else []
     if enabled:
         head = unwrapped(model).get_output_embeddings()
         for module in model.modules():
             if type(module) is torch.nn.Linear and module is not head and not module.weight.requires_grad:
                 module.forward = _cast_once_forward.__get__(module)
                 patched.append(module)
-        for module in lora_layers:
-            module._cast_input_dtype = _input_cast_outside_autocast.__get__(module)
     try:
         yield len(patched)
     finally:
         for module in patched:
             module.__dict__.pop("forward", None)
             module.__dict__.pop("_autocast_weight", None)
-        for module in lora_layers:
-            module.__dict__.pop("_cast_input_dtype", None)
