@@ -105,7 +105,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--r", type=int, default=8, help="LoRA rank (alpha 2r)")
     parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
-    parser.add_argument("--only", nargs="+", choices=list(VARIANTS), help="these variants (default: all)")
     parser.add_argument("--out")
     parser.add_argument("--variant", help=argparse.SUPPRESS)  # a child process: one variant, JSON on stdout
     args = parser.parse_args()
