@@ -16,7 +16,8 @@ from jsquad_lora.config.schema import LoraSettings, ModelConfig
 from jsquad_lora.data.jglue import resolve_split
 from jsquad_lora.data.jsquad import load_split
 from jsquad_lora.data.sampling import stratified_sample
-from jsquad_lora.encoding.collators import SharedPrefixCollator, sliding_window
+from jsquad_lora.encoding.attention import sliding_window
+from jsquad_lora.encoding.collators import SharedPrefixCollator
 from jsquad_lora.encoding.packing import share_prefixes
 from jsquad_lora.encoding.tokens import encode_train_set
 from jsquad_lora.model.load import load_base_model, load_tokenizer

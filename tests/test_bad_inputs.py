@@ -183,7 +183,7 @@ def test_context_longer_than_the_window_is_read_in_windows_and_counted(tmp_path,
             == 0
         )
     metrics = json.loads((run / "metrics.json").read_text())
-    assert metrics["train"]["truncated_prompts"] == 1 and metrics["eval"]["truncated_prompts"] == 1
+    assert metrics["train"]["windowed_questions"] == 1 and metrics["eval"]["windowed_questions"] == 1
     assert "1 of 1 training questions exceed model.max_length=256" in caplog.text
     assert "1 evaluation passages were too long for one prompt: read in windows" in caplog.text
     assert metrics["eval"]["questions"] == 1

@@ -6,7 +6,8 @@ from dataclasses import astuple
 import pytest
 from conftest import SHARED, needs_data
 
-from jsquad_lora.cli import _columns, main
+from jsquad_lora.cli import main
+from jsquad_lora.commands.data import parse_columns
 from jsquad_lora.data.jsquad import load_split
 from jsquad_lora.data.question import Question
 from jsquad_lora.data.write import SPLIT_MARKER, document_of, squad_json, write_squad_json
@@ -224,12 +225,12 @@ def test_bad_options_are_usage_errors(argv, tmp_path, capsys):
 
 
 def test_columns_parse():
-    assert _columns("context=本文,question=質問,answer=回答") == {
+    assert parse_columns("context=本文,question=質問,answer=回答") == {
         "context": "本文",
         "question": "質問",
         "answer": "回答",
     }
-    assert _columns(" id = ID , document=文書") == {"id": "ID", "document": "文書"}
+    assert parse_columns(" id = ID , document=文書") == {"id": "ID", "document": "文書"}
 
 
 @pytest.mark.parametrize("fraction", [0.01, 0.5, 0.9, 0.99])

@@ -260,7 +260,7 @@ def long_run(documents):
 def test_a_run_on_long_documents_and_questions_without_answers(long_run):
     metrics = json.loads((long_run / "metrics.json").read_text())
     assert metrics["train"]["no_answer_examples"] > 0  # the unanswerable mix teaches abstaining
-    assert metrics["eval"]["truncated_prompts"] == metrics["eval"]["questions"]  # every long document: windows
+    assert metrics["eval"]["windowed_questions"] == metrics["eval"]["questions"]  # every long document: windows
     tuned = metrics["abstention"]  # tuned on held-out training articles, then used by the evaluation and ask
     assert tuned["held_out_questions"] > 0 and tuned["em_at_threshold"] >= tuned["em_at_zero"]
     from jsquad_lora.tuned.loaded import load_run_model

@@ -146,7 +146,7 @@ def row_logits(model, batch) -> torch.Tensor:
 
 
 def test_sliding_window_of_gemma_configs():
-    from jsquad_lora.encoding.collators import sliding_window
+    from jsquad_lora.encoding.attention import sliding_window
 
     assert sliding_window(tiny_gemma(TOKENIZER).config) == WINDOW
     assert sliding_window(tiny_gemma(TOKENIZER, layer_types=("full_attention",)).config) is None  # no sliding layer

@@ -30,7 +30,8 @@ LAYERS = [
     {"evaluate"},
     {"report"},
     {"tuned"},
-    {"recipe"},
+    {"recipe", "questions"},
+    {"commands"},
     {"cli"},
     {"__main__"},
 ]

@@ -53,6 +53,6 @@ def test_the_report_shows_paired_comparisons(tmp_path):
     two = _run(tmp_path, "two", {q: 0 for q in ids}, {q: int(k < 8) for k, q in enumerate(ids)})
     text = render_markdown([one, two])
     assert "## Paired comparisons (the same questions)" in text
-    assert "| one (before) | one (after) | 20 (20) | 0.00 | 60.00 | +60.00 |" in text
-    assert "| one (after) | two (after) | 20 (20) | 60.00 | 40.00 | -20.00 |" in text
+    assert "| one (before) | one (after) | 20 (passages unknown) | 0.00 | 60.00 | +60.00 |" in text
+    assert "| one (after) | two (after) | 20 (passages unknown) | 60.00 | 40.00 | -20.00 |" in text
     assert f"| 4 | 0 | {mcnemar_p(4, 0):.3g} |" in text

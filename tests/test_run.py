@@ -53,7 +53,7 @@ def test_metrics_shape_and_rescoring(run_dir):
     for metric in ("jglue", "stability", "llmjp"):
         assert score_predictions(questions, predictions, metric).as_dict() == metrics["after"][metric]
     rows = [json.loads(line) for line in (run_dir / "predictions-after.jsonl").read_text().splitlines()]
-    assert set(rows[0]) == {"id", "question", "prediction", "golds", "em", "f1"}
+    assert set(rows[0]) == {"id", "question", "prediction", "golds", "em", "f1", "passage"}
 
 
 @needs_data()

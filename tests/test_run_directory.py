@@ -211,8 +211,25 @@ def test_a_finished_run_missing_an_artefact_resumes_it(tmp_path, capsys, finishe
     assert not missing_artefacts(out, load_config("tiny-cpu", LAST_STAGE[2:]))
     assert json.loads((out / "metrics.json").read_text())["finished"]
     assert (out / "predictions-before.jsonl").read_bytes() == before  # the finished stages were not redone
-    code, err = run_cli(capsys, "run", "--output", out, *LAST_STAGE)  # now it is complete: refused, kept
-    assert code == 2 and "finished run" in err
+    kept = {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file() and p.name != ".lock"}
+    for again in (["run", "--output", out], ["run", "--resume", "--output", out]):  # now it is complete: kept
+        code, err = run_cli(capsys, *again, *LAST_STAGE)
+        assert code == 0 and "nothing to do" in err, err
+        assert {p.name: p.stat().st_mtime_ns for p in out.iterdir() if p.is_file() and p.name != ".lock"} == kept
+    hint = err[err.index("nothing to do") :]
+    assert "jsquad-lora report" in hint and "jsquad-lora export" in hint and "--output" in hint
+    assert "--overwrite deletes" in hint  # only as the way to start again, saying what it costs
+
+
+@needs_data()
+def test_a_finished_run_of_another_config_is_refused_and_kept(tmp_path, capsys, finished_run):
+    out = tmp_path / "run"
+    shutil.copytree(finished_run, out)
+    code, err = run_cli(capsys, "run", "--output", out, *LAST_STAGE, "train.learning_rate=0.002")
+    assert code == 2 and "finished run of a different config" in err and "jsquad-lora report" in err
+    assert json.loads((out / "metrics.json").read_text())["finished"] and not missing_artefacts(
+        out, load_config("tiny-cpu", LAST_STAGE[2:])
+    )
 
 
 @needs_data()
@@ -227,10 +244,9 @@ def test_a_kill_while_the_run_finishes_leaves_it_resumable(tmp_path):
     cfg = load_config("tiny-cpu", LAST_STAGE[2:])
     assert not metrics["finished"] or not missing_artefacts(out, cfg)  # "finished" only once all is written
     result = subprocess.run(cli(*argv), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
     if metrics["finished"]:  # the kill came after the last write: the finished run is kept as it is
-        assert result.returncode == 2 and "finished run" in result.stderr
-    else:
-        assert result.returncode == 0, result.stderr[-2000:]
+        assert "nothing to do" in result.stderr
     assert not missing_artefacts(out, cfg) and json.loads((out / "metrics.json").read_text())["finished"]
 
 

@@ -26,9 +26,10 @@ from jsquad_lora.encoding.tokens import answer_ids, prompt_ids
 from jsquad_lora.generate.greedy import generate_free
 from jsquad_lora.prompts.templates import NL, SEED_INSTRUCTION
 from jsquad_lora.tuned import openai_api
+from jsquad_lora.tuned.access import API_KEY_ENV
 from jsquad_lora.tuned.loaded import load_run_model
 from jsquad_lora.tuned.serve import create_app
-from jsquad_lora.tuned.serving import API_KEY_ENV, MAX_BODY_BYTES
+from jsquad_lora.tuned.serving import MAX_BODY_BYTES
 
 pytestmark = needs_data()
 KEY = "sk-test-0123456789"

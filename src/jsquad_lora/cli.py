@@ -3,7 +3,8 @@
 argparse (standard library) rather than click/typer: usage errors already exit with 2, the
 code we need is small, and `key=value` overrides are plain positional strings.
 Heavy modules (torch, transformers) are imported inside the commands that need them, so
-`score`, `prompt` and `stats` start fast.
+`score`, `prompt` and `stats` start fast. The `data` subcommands, and the options of every command
+that reads a source, are in commands/data.py.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import os
 import sys
 from pathlib import Path
 
+from jsquad_lora.commands.data import add_data_parser, read_source, source_options
 from jsquad_lora.config.load import DEFAULT_CONFIG
 from jsquad_lora.errors import InputError, brief
 from jsquad_lora.evaluate.scorers import SCORERS
@@ -22,28 +24,11 @@ from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.prompts.templates import TEMPLATES
 
 
-def _load(args: argparse.Namespace, data: str, split: str = "valid"):
-    """A DATA argument's questions, read with the command's --columns / --encoding."""
-    from jsquad_lora.data.formats import read_split
-
-    return read_split(data, split, columns=args.columns, encoding=args.encoding)
-
-
-def _data_options(p: argparse.ArgumentParser) -> None:
-    """--columns and --encoding, for a command that reads a source (data/formats.py lists the sources)."""
-    p.add_argument(
-        "--columns",
-        type=_columns,
-        help="a table's column names: context=本文,question=質問,answer=回答[,id=..,document=..]",
-    )
-    p.add_argument("--encoding", help="a CSV/TSV file's text encoding (default UTF-8, BOM or not; cp932: Shift_JIS)")
-
-
 def cmd_score(args: argparse.Namespace) -> int:
     from jsquad_lora.evaluate.predictions import load_predictions
     from jsquad_lora.evaluate.scorers import answerability_scores, score_predictions
 
-    questions = _load(args, args.data).questions
+    questions = read_source(args, args.data).questions
     if args.ids:
         from jsquad_lora.data.sampling import select_ids
 
@@ -61,7 +46,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
     from jsquad_lora.prompts.fewshot import select_fewshot
     from jsquad_lora.prompts.templates import render_prompt
 
-    split = _load(args, args.data)
+    split = read_source(args, args.data)
     question = split.by_id().get(args.id)
     if question is None:
         raise InputError(
@@ -71,7 +56,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
         )
     examples = []
     if args.fewshot:
-        pool = _load(args, args.train, "train").questions if args.train else split.questions
+        pool = read_source(args, args.train, "train").questions if args.train else split.questions
         examples = select_fewshot(pool, args.fewshot, args.seed, question)
     tokenizer = None
     if args.token_ids and not args.tokenizer:
@@ -99,7 +84,7 @@ def cmd_prompt(args: argparse.Namespace) -> int:
 def cmd_stats(args: argparse.Namespace) -> int:
     from jsquad_lora.data.stats import split_stats
 
-    stats = split_stats(_load(args, args.data))
+    stats = split_stats(read_source(args, args.data))
     if args.json:
         print(json.dumps(stats, ensure_ascii=False, indent=2))
         return 0
@@ -221,97 +206,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _columns(text: str) -> dict[str, str]:
-    """An argparse type: `key=column,key=column` (keys in COLUMN_NAMES, each once) as a dict."""
-    from jsquad_lora.data.rows import COLUMN_NAMES
-
-    example = "e.g. --columns context=本文,question=質問,answer=回答"
-    columns: dict[str, str] = {}
-    for part in text.split(","):
-        key, sep, column = (s.strip() for s in part.partition("="))
-        if not sep or not key or not column:
-            raise argparse.ArgumentTypeError(f"{brief(part)} is not key=column ({example})")
-        if key not in COLUMN_NAMES:
-            raise argparse.ArgumentTypeError(f"unknown key {brief(key)} (known: {', '.join(COLUMN_NAMES)})")
-        if key in columns:
-            raise argparse.ArgumentTypeError(f"{brief(key)} is given twice")
-        columns[key] = column
-    return columns
-
-
-def _fraction(text: str) -> float:
-    """An argparse type: a number strictly between 0 and 1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {brief(text)}") from None
-    if not 0 < value < 1:  # NaN fails this too
-        raise argparse.ArgumentTypeError(f"{text} is not between 0 and 1 (e.g. 0.1)")
-    return value
-
-
-def cmd_data_convert(args: argparse.Namespace) -> int:
-    from jsquad_lora.data.write import check_output_file, write_squad_json
-
-    check_output_file(args.output)  # before reading: a wrong --output fails fast
-    split = _load(args, args.source, args.split)
-    path = write_squad_json(Path(args.output), split.questions, source=split.path)
-    print(f"{path}: {len(split)} questions, {len({q.title for q in split.questions})} articles")
-    return 0
-
-
-def _dropped(dropped: dict[str, int]) -> str:
-    """A summary's dropped questions: their count, and why (a count per reason)."""
-    total = sum(dropped.values())
-    reasons = "; ".join(f"{count} {reason}" for reason, count in dropped.items())
-    return f"{total} questions dropped" + (f" ({reasons})" if reasons else "")
-
-
-def cmd_data_build_long(args: argparse.Namespace) -> int:
-    from jsquad_lora.data.derived import long_documents
-    from jsquad_lora.data.write import check_output_file, write_squad_json
-
-    check_output_file(args.output)  # before reading: a wrong --output fails fast
-    split = _load(args, args.source, args.split)
-    questions, summary = long_documents(split.questions, args.seed, source=split.path)
-    path = write_squad_json(Path(args.output), questions, source=split.path)
-    chars, wrong = summary["chars"], summary["start_mismatches"]
-    # an offset already wrong in the source stays wrong, moved as the others: said only where there are some
-    mismatched = f", {wrong} answer offsets wrong in the source (moved as they were)" if wrong else ""
-    print(
-        f"{path}: {summary['documents']} documents, {summary['questions']} questions kept, "
-        f"{_dropped(summary['dropped'])}, document characters min {chars['min']} / median {chars['median']:g} / "
-        f"max {chars['max']}{mismatched} (seed {args.seed})"
-    )
-    return 0
-
-
-def cmd_data_build_unanswerable(args: argparse.Namespace) -> int:
-    from jsquad_lora.data.derived import unanswerable_mix
-    from jsquad_lora.data.write import check_output_file, write_squad_json
-
-    check_output_file(args.output)  # before reading: a wrong --output fails fast
-    split = _load(args, args.source, args.split)
-    questions, summary = unanswerable_mix(split.questions, args.seed, source=split.path)
-    path = write_squad_json(Path(args.output), questions, source=split.path)
-    print(
-        f"{path}: {summary['answerable']} answerable, {summary['unanswerable']} unanswerable (#noans), "
-        f"{_dropped(summary['dropped'])} (seed {args.seed})"
-    )
-    return 0
-
-
-def cmd_data_split(args: argparse.Namespace) -> int:
-    from jsquad_lora.data.write import check_split_dir, document_of, write_split
-
-    check_split_dir(args.output)  # before reading: a user's folder is refused at once, untouched
-    split = _load(args, args.source, args.split)
-    written = write_split(Path(args.output), split.questions, args.eval_fraction, args.seed, source=split.path)
-    for path, questions in zip(written[:2], written[2:]):
-        print(f"{path}: {len(questions)} questions, {len({document_of(q) for q in questions})} documents")
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jsquad-lora", description="LoRA fine-tuning and honest evaluation of Japanese causal LLMs on JSQuAD."
@@ -326,7 +220,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ignore-unknown-ids", action="store_true", help="skip predictions whose id is not in DATA instead of failing"
     )
     p.add_argument("--ids", help="score only these questions of DATA: a JSON list of ids (a run's eval_ids.json)")
-    _data_options(p)
+    source_options(p)
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("prompt", help="print the prompt the model sees for one question")
@@ -346,13 +240,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="print the prompt's token ids (one JSON list, no EOS), as training and evaluation feed them to the model "
         "(with --with-answer: the answer's ids appended, as in training); needs --tokenizer",
     )
-    _data_options(p)
+    source_options(p)
     p.set_defaults(func=cmd_prompt)
 
     p = sub.add_parser("stats", help="counts and length percentiles of a data file")
     p.add_argument("data")
     p.add_argument("--json", action="store_true")
-    _data_options(p)
+    source_options(p)
     p.set_defaults(func=cmd_stats)
 
     for name, text in (
@@ -443,52 +337,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser(
-        "data",
-        help="write a source's questions as SQuAD JSON files (convert, split), or evaluation sets built from them "
-        "(build-long, build-unanswerable)",
-    )
-    data_sub = p.add_subparsers(dest="data_command", required=True)
-    for name, text, func in (
-        ("convert", "read a source (validated) and write it as one SQuAD v1.1 JSON file", cmd_data_convert),
-        ("split", "split a source's questions by document into train.json and eval.json", cmd_data_split),
-        (
-            "build-long",
-            "join each article's consecutive passages into documents of 2,000-6,000 characters, "
-            "its questions kept with their answers' offsets moved (docs/own-data.md)",
-            cmd_data_build_long,
-        ),
-        (
-            "build-unanswerable",
-            "each question, and as <id>#noans asked of another passage of its article without its answers "
-            "(no answers, is_impossible), 1:1 (docs/own-data.md)",
-            cmd_data_build_unanswerable,
-        ),
-    ):
-        p = data_sub.add_parser(name, help=text)
-        p.add_argument("source", metavar="SRC", help="a data file, a directory, hf:ID, jglue:v1.3, ...")
-        if name == "convert":
-            p.add_argument("--output", required=True, metavar="OUT.json", help="the SQuAD JSON file to write")
-        elif name.startswith("build-"):
-            p.add_argument("--output", required=True, metavar="OUT.json", help="the SQuAD JSON file to write")
-            p.add_argument("--seed", type=int, default=0, metavar="S", help="the draws' seed (default 0)")
-        else:
-            p.add_argument(
-                "--by", choices=("document",), required=True, help="what stays whole: document (title, else context)"
-            )
-            p.add_argument(
-                "--eval-fraction", type=_fraction, required=True, metavar="F", help="about this share of the questions"
-            )
-            p.add_argument("--seed", type=int, required=True, metavar="S")
-            p.add_argument(
-                "--output",
-                required=True,
-                metavar="DIR",
-                help="a new or empty directory, or an earlier split's, for train.json and eval.json",
-            )
-        p.add_argument("--split", default="train", metavar="NAME", help="the split of SRC to read (default: train)")
-        _data_options(p)
-        p.set_defaults(func=func)
+    add_data_parser(sub)
     return parser
 
 

@@ -31,7 +31,9 @@ def _coerce(value: Any, hint: Any, source: str, key: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], source, key)
+        # the member of the value's shape (data.train: a source, or a list of them); else the first
+        shaped = [a for a in inner if (get_origin(a) is list) == isinstance(value, list)]
+        return _coerce(value, (shaped or inner)[0], source, key)
     if origin is Literal:
         if value not in args:
             _fail(source, key, f"{brief(value)} is not allowed", f"use one of: {', '.join(map(str, args))}")
@@ -92,7 +94,7 @@ def _source_of(path: str, source: str, overrides: dict[str, str] | None) -> str:
     """Who set the key at `path`: the last `key=value` override that set it, a section above it or a key
     below it ("override train.epochs=x"), else the config file."""
     for key, text in reversed(list((overrides or {}).items())):
-        if key == path or path.startswith(key + ".") or key.startswith(path + "."):
+        if key == path or path.startswith((key + ".", key + "[")) or key.startswith(path + "."):
             return _override_source(text)
     return source
 

@@ -43,8 +43,9 @@ class ModelConfig:
     #: (dev passages reach 501 Gemma tokens: every JSQuAD prompt is one window)
     max_length: int = 640
     #: tokens shared by consecutive windows of a passage too long for one prompt (SQuAD's doc_stride):
-    #: an answer shorter than this lies wholly inside some window
-    window_overlap: int = 128
+    #: an answer shorter than this lies wholly inside some window. None: derived from the room the run's prompts
+    #: leave for a passage (half of it, at most 128), written to the run's config.yaml
+    window_overlap: int | None = None
     #: at most this many passage tokens a window (None: as many as the prompt has room for). Smaller windows
     #: hold fewer passages that do not answer: for a model that abstains where a window holds no answer
     window_tokens: int | None = None
@@ -82,8 +83,11 @@ class DataConfig:
     dir: str | None = None
     #: the training / evaluation data as a source of its own, instead of `dir` + `train_split` / `eval_split`:
     #: a file (.json, .jsonl, .csv, .tsv, .parquet, .arrow), a directory (JGLUE names or save_to_disk),
-    #: hf:ID[:CONFIG][@REVISION], jglue:v1.3; a split inside it as SRC:SPLIT (data/formats.py)
-    train: str | None = None
+    #: hf:ID[:CONFIG][@REVISION], jglue:v1.3; a split inside it as SRC:SPLIT (data/formats.py). `train` may be a
+    #: list of sources trained on together, each a source or {source: SRC, limit: N, weight: W}: limit keeps at
+    #: most N of its questions (whole passages, drawn with sample_seed), weight counts them W times (the integer
+    #: part repeats them, the fraction is a seeded sample); train_sample and train_limit then cut the mix
+    train: str | list[Any] | None = None
     eval: str | None = None
     #: a table's column names for context, question, answer (answers), id, document: {context: 本文, ...}
     columns: dict[str, str] | None = None
@@ -200,6 +204,10 @@ class EvalConfig:
 class RunConfig:
     #: the run directory's name under runs/ (a plain name)
     name: str = "gemma-3-270m"
+    #: answer: passage + question → answer (the QA task). question: passage + answer → question, trained on the
+    #: same labelled questions the other way round and scored against the human question (chrF, char-F1): the
+    #: generator of `jsquad-lora data generate --generator RUN_DIR`
+    task: Literal["answer", "question"] = "answer"
     model: ModelConfig = field(default_factory=ModelConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     data: DataConfig = field(default_factory=DataConfig)
@@ -265,10 +273,15 @@ def _validate(cfg: RunConfig) -> None:
         ("data.eval_limit", d.eval_limit is None or d.eval_limit > 0, positive_or_all),
         ("data.sample_seed", 0 <= d.sample_seed < SEED_LIMIT, f"must be in [0, {SEED_LIMIT})"),
         ("model.max_length", 64 <= m.max_length <= 1_048_576, "must be in [64, 1048576]"),
-        ("model.window_overlap", 0 <= m.window_overlap < m.max_length, "must be in [0, model.max_length)"),
+        (
+            "model.window_overlap",
+            m.window_overlap is None or 0 <= m.window_overlap < m.max_length,
+            "must be in [0, model.max_length) (or null: derived from the room a prompt leaves for its passage)",
+        ),
+        ("model.window_tokens", m.window_tokens is None or m.window_tokens > 0, "must be positive (or null)"),
         (
             "model.window_tokens",
-            m.window_tokens is None or m.window_overlap < m.window_tokens,
+            m.window_tokens is None or m.window_overlap is None or m.window_overlap < m.window_tokens,
             "must be more than model.window_overlap (or null)",
         ),
         ("prompt.fewshot", 0 <= cfg.prompt.fewshot <= 64, "must be in [0, 64]"),
@@ -289,6 +302,14 @@ def _validate(cfg: RunConfig) -> None:
             ("model.tiny_hidden", m.tiny_heads > 0 and m.tiny_hidden % m.tiny_heads == 0,
              f"must be a multiple of model.tiny_heads={m.tiny_heads}")
         )  # fmt: skip
+    if cfg.task == "question":
+        checks += [
+            ("eval.decoding", e.decoding not in ("extractive", "span"),
+             "must generate freely for task=question (a question is not a span of the passage): use greedy"),
+            ("eval.abstain", not e.abstain, "must be false for task=question (every answer has a question)"),
+            ("train.synthetic_per_passage", t.synthetic_per_passage == 0, "must be 0 for task=question"),
+            ("train.negative_windows", not t.negative_windows, "must be false for task=question"),
+        ]  # fmt: skip
     for key, ok, problem in checks:
         if not ok:
             _fail(
@@ -297,6 +318,8 @@ def _validate(cfg: RunConfig) -> None:
                 f"{problem} (got {brief(_get(cfg, key))})",
                 "change the value in the config or with key=value",
             )
+    for key, problem in _train_source_problems(d.train):
+        _fail("config", key, problem, "write data.train as SRC, or a list of SRC or {source: SRC, limit: N, weight: W}")
     if t.optim not in _optimizer_names():
         _fail(
             "config",
@@ -305,6 +328,39 @@ def _validate(cfg: RunConfig) -> None:
             f"use one of transformers' optimizers, e.g. adamw_torch, adamw_torch_fused, adafactor, sgd "
             f"({len(_optimizer_names())} in all: transformers.training_args.OptimizerNames)",
         )
+
+
+#: the keys of one item of a data.train list
+TRAIN_SOURCE_KEYS = ("source", "limit", "weight")
+
+
+def _train_source_problems(train: Any) -> list[tuple[str, str]]:
+    """(key, problem) for what is wrong with `data.train`: a source, or a non-empty list of sources, each text
+    or {source: SRC, limit: N (a positive integer), weight: W (a positive number)}."""
+    if train is None or isinstance(train, str):
+        return []
+    if not isinstance(train, list):
+        return [("data.train", f"must be a source or a list of sources, got {type(train).__name__} {brief(train)}")]
+    if not train:
+        return [("data.train", "must list at least one source (or be null: data.dir's train_split)")]
+    problems = []
+    for i, item in enumerate(train):
+        key = f"data.train[{i}]"
+        if isinstance(item, dict):
+            if unknown := [k for k in item if k not in TRAIN_SOURCE_KEYS]:
+                problems.append((key, f"unknown key {brief(unknown[0])} (known: {', '.join(TRAIN_SOURCE_KEYS)})"))
+            source, limit, weight = item.get("source"), item.get("limit"), item.get("weight")
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if limit is not None and (not isinstance(limit, int) or isinstance(limit, bool) or limit <= 0):
+                problems.append((f"{key}.limit", f"must be a positive integer (or null: all), got {brief(limit)}"))
+            if weight is not None and not (number and 0 < weight < float("inf")):
+                problems.append((f"{key}.weight", f"must be a positive number (or null: 1), got {brief(weight)}"))
+        else:
+            source = item
+        if not isinstance(source, str) or not source.strip() or any("\ud800" <= c <= "\udfff" for c in source):
+            shape = "a source" if not isinstance(item, dict) else "{source: SRC, ...} with a source"
+            problems.append((key, f"must be {shape} (a file, a directory, hf:ID, SRC:SPLIT), got {brief(item)}"))
+    return problems
 
 
 def _get(cfg: Any, key: str) -> Any:

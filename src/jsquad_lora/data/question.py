@@ -41,3 +41,12 @@ class Split:
 
     def by_id(self) -> dict[str, Question]:
         return {q.id: q for q in self.questions}
+
+
+def as_question_task(question: Question) -> Question | None:
+    """`question` the other way round for task=question: the prompt gives the passage and the answer (held in
+    `question`), the target is the human question (the only gold "answer", at no passage offset: -1). None for a
+    question without an answer (nothing to ask about)."""
+    if not question.answers:
+        return None
+    return Question(question.id, question.title, question.context, question.answers[0], (question.question,), (-1,))

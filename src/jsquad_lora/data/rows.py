@@ -3,7 +3,7 @@
     HF flat SQuAD   id, title, context, question, answers {text: [...], answer_start: [...]}
     simple          context, question, answer (+ optional id, document or title): the tool finds
                     answer_start; an answer that occurs several times is kept as one gold text at its
-                    first occurrence, and counted (`Split.ambiguous_answers`, shown by `stats`)
+                    first occurrence (`spans.find_answer`), and counted (`Split.ambiguous_answers`, shown by `stats`)
 
 `columns` maps these names to the table's own (`{"context": "本文", "question": "質問", "answer": "回答"}`).
 Hand-written because no library checks QA rows with errors a user can act on: each names the file,
@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from jsquad_lora.data.jsquad import strip_title
 from jsquad_lora.data.question import Question, Split
+from jsquad_lora.data.spans import find_answer
 from jsquad_lora.errors import InputError, brief
 from jsquad_lora.util.jsonio import lone_surrogate
 
@@ -154,7 +155,7 @@ def rows_to_split(
             starts = [s - offset for s in starts]
         else:
             answer = _text(record.get(names["answer"]), where, source, names["answer"], "answer").strip()
-            start = context.find(answer) if answer else 0
+            start, repeated = find_answer(context, answer) if answer else (0, False)
             if not answer:  # an empty answer cell: the passage does not answer the question
                 texts, starts = [], []
             elif start < 0:
@@ -165,7 +166,7 @@ def rows_to_split(
                     fix="an answer must be copied from its context exactly (the same characters and spaces)",
                 )
             else:
-                if context.find(answer, start + 1) >= 0:
+                if repeated:
                     ambiguous.append(qid)
                 texts, starts = [answer], [start]
         questions.append(Question(qid, title, context, question, tuple(texts), tuple(starts)))

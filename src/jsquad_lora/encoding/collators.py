@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Callable
 
+from jsquad_lora.encoding.attention import masks_by_layer_type, shared_prefix_mask
+
 
 def _pad(features: list[dict], key: str, value: int, width: int):
     import torch
@@ -18,13 +20,6 @@ def _pad(features: list[dict], key: str, value: int, width: int):
 
 def _width(features: list[dict]) -> int:
     return max(len(f["input_ids"]) for f in features)
-
-
-def sliding_window(config) -> int | None:
-    """The window of a model whose layers mix sliding-window and global attention (Gemma 2/3), else None."""
-    if "sliding_attention" in (getattr(config, "layer_types", None) or ()):
-        return getattr(config, "sliding_window", None)
-    return None
 
 
 class AnswerOnlyCollator:
@@ -45,7 +40,7 @@ class AnswerOnlyCollator:
 
 class SharedPrefixCollator:
     """Right-pads shared-prefix rows and builds their 4-D boolean attention mask (True = attend):
-    causal, and a branch sees the prefix and itself only. Needs sdpa attention.
+    causal, and a branch sees the prefix and itself only (attention.py). Needs sdpa attention.
 
     With `sliding_window` (models mixing sliding-window and global layers, e.g. Gemma 3) the mask
     is a dict per layer type, as such models take it: the sliding layers' mask also drops keys
@@ -56,25 +51,14 @@ class SharedPrefixCollator:
         self.sliding_window = sliding_window
 
     def __call__(self, features: list[dict]) -> dict:
-        import torch
-
         width = _width(features)
-        segments = _pad(features, "segments", -1, width)
-        causal = torch.ones(width, width, dtype=torch.bool).tril()
-        same = segments[:, :, None] == segments[:, None, :]
-        mask = causal & (same | (segments[:, None, :] == 0)) & (segments[:, None, :] >= 0)
-        mask |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no all-masked row)
+        mask = shared_prefix_mask(_pad(features, "segments", -1, width))
         positions = _pad(features, "position_ids", 0, width)
-        attention: torch.Tensor | dict = mask[:, None]
-        if self.sliding_window:
-            near = positions[:, :, None] - positions[:, None, :] < self.sliding_window
-            # near keeps the diagonal
-            attention = {"full_attention": mask[:, None], "sliding_attention": (mask & near)[:, None]}
         return {
             "input_ids": _pad(features, "input_ids", self.pad_token_id, width),
             "labels": _pad(features, "labels", -100, width),
             "position_ids": positions,
-            "attention_mask": attention,
+            "attention_mask": masks_by_layer_type(mask[:, None], positions, self.sliding_window),
         }
 
 

@@ -8,6 +8,9 @@ Policy, stated once (training, evaluation, `ask` and `serve` all call `passage_w
   the same way and share each window's prompt prefix in generation. Consecutive windows share `overlap`
   tokens. Each window's real prompt is checked with the tokenizer and shortened by the overflow while it
   does not fit (a merge across the cut).
+- `overlap` None (the default, model.window_overlap unset) derives it from the room: half of it, at most
+  `MAX_DERIVED_OVERLAP`. A run fixes one value for all its questions before any work (`run_overlap`, which
+  also checks every question's windows, so that none fails mid-run) and writes it to its config.yaml.
 - A window holds the gold answers that lie wholly inside it, offsets shifted; a window without any is a
   "no answer" window (training uses it as one when `train.negative_windows`; evaluation lets it abstain).
 
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Sequence
 
 from jsquad_lora.data.question import Question
 from jsquad_lora.encoding.tokens import Encoded, answer_ids, prompt_ids, target_ids
@@ -29,6 +32,15 @@ from jsquad_lora.errors import InputError
 #: a window's passage tokens are a multiple of this: questions whose other prompt tokens differ by less
 #: cut a document into the same windows (and share their prefixes); at most this many tokens stay unused
 ROOM_STEP = 32
+#: the derived overlap's ceiling: the fixed default of the releases before it was derived, so a prompt with room
+#: for 256 passage tokens or more (every JSQuAD prompt at model.max_length=640) reads the same windows as then
+MAX_DERIVED_OVERLAP = 128
+
+
+def derived_overlap(room: int) -> int:
+    """The overlap of windows holding `room` passage tokens when model.window_overlap is unset: half of them
+    (an answer of up to that many tokens lies wholly inside some window), at most MAX_DERIVED_OVERLAP."""
+    return min(MAX_DERIVED_OVERLAP, room // 2)
 
 
 @dataclass(frozen=True)
@@ -77,18 +89,11 @@ def _inside(question: Question, start: int, end: int) -> Question:
     )
 
 
-def passage_windows(
-    question: Question,
-    render: Callable[[Question], str],
-    tokenizer,
-    budget: int,
-    overlap: int,
-    tokens: int | None = None,
-) -> list[Window]:
-    """The windows `question`'s prompt is read in, each prompt at most `budget` tokens and each window at most
-    `tokens` passage tokens where given (see the module)."""
-    if len(prompt_ids(tokenizer, render(question))) <= budget:
-        return [Window(question, 0, 0, 1)]
+def passage_room(
+    question: Question, render: Callable[[Question], str], tokenizer, budget: int, tokens: int | None = None
+) -> int:
+    """The passage tokens one window of `question` holds: the budget minus the prompt's other tokens, rounded
+    down to a multiple of ROOM_STEP, at most `tokens` where given (see the module)."""
     bare = len(prompt_ids(tokenizer, render(_inside(question, 0, 0))))
     if bare >= budget:
         raise InputError(
@@ -98,15 +103,31 @@ def passage_windows(
             fix="raise model.max_length, or lower eval.max_new_tokens or prompt.fewshot",
         )
     room = (budget - bare) // ROOM_STEP * ROOM_STEP or budget - bare
-    if tokens is not None:
-        room = min(room, tokens)
+    return room if tokens is None else min(room, tokens)
+
+
+def passage_windows(
+    question: Question,
+    render: Callable[[Question], str],
+    tokenizer,
+    budget: int,
+    overlap: int | None,
+    tokens: int | None = None,
+) -> list[Window]:
+    """The windows `question`'s prompt is read in, each prompt at most `budget` tokens and each window at most
+    `tokens` passage tokens where given; `overlap` None: derived from the room (see the module)."""
+    if len(prompt_ids(tokenizer, render(question))) <= budget:
+        return [Window(question, 0, 0, 1)]
+    room = passage_room(question, render, tokenizer, budget, tokens)
+    if overlap is None:
+        overlap = derived_overlap(room)
     if overlap >= room:
         raise InputError(
             "model.window_overlap",
             f"question {question.id}: windows overlap by {overlap} tokens, but one holds only {room} passage tokens "
-            f"(model.max_length={budget} tokens for the prompt, {bare} of them not the passage)",
-            fix=f"lower model.window_overlap below {room} (e.g. {room // 4}), or raise model.max_length "
-            "(or model.window_tokens)",
+            f"(the prompt may take {budget} tokens, {budget - room} or more of them not the passage)",
+            fix=f"lower model.window_overlap below {room} (e.g. {room // 2}), or leave it unset (derived), or raise "
+            "model.max_length (or model.window_tokens)",
         )
     context = question.context
     starts = _token_starts(tokenizer, context)
@@ -145,12 +166,58 @@ class TrainSet:
     no_answer: int = 0  # examples that teach abstaining (a question without an answer, a window without one)
 
 
+def train_windows(
+    question: Question,
+    render: Callable[[Question], str],
+    tokenizer,
+    max_length: int,
+    overlap: int | None,
+    window_tokens: int | None = None,
+) -> list[Window] | None:
+    """The windows training reads `question` in, or None where its prompt and answer fit `max_length` (one
+    example, the question unchanged): room is kept for the longest gold answer and the end token."""
+    if len(prompt_ids(tokenizer, render(question))) + len(target_ids(tokenizer, question)) <= max_length:
+        return None
+    longest = max((len(answer_ids(tokenizer, a)) for a in question.answers), default=0) + 1
+    return passage_windows(question, render, tokenizer, max_length - longest, overlap, window_tokens)
+
+
+def run_overlap(
+    train: Sequence[Question],
+    evaluate: Sequence[Question],
+    render: Callable[[Question], str],
+    tokenizer,
+    max_length: int,
+    eval_budget: int,
+    overlap: int | None,
+    window_tokens: int | None = None,
+) -> int:
+    """The window overlap of a run, fixed before any work: `overlap` where set, else derived from the smallest
+    room any of its questions' prompts leaves its passage. Every question's windows (training's and evaluation's)
+    are cut with it here, so a value that cannot fit, or a prompt that cannot fit at all, fails now (InputError
+    naming the question), never mid-run."""
+    if overlap is None:
+        # every evaluation question's room (what `ask` and `serve` will meet is alike), and the rooms of the
+        # training questions that are read in windows (training keeps room for the answer instead)
+        rooms = [passage_room(q, render, tokenizer, eval_budget, window_tokens) for q in evaluate]
+        for q in train:
+            if len(prompt_ids(tokenizer, render(q))) + len(target_ids(tokenizer, q)) > max_length:
+                longest = max((len(answer_ids(tokenizer, a)) for a in q.answers), default=0) + 1
+                rooms.append(passage_room(q, render, tokenizer, max_length - longest, window_tokens))
+        overlap = derived_overlap(min(rooms, default=2 * MAX_DERIVED_OVERLAP))
+    for q in evaluate:
+        passage_windows(q, render, tokenizer, eval_budget, overlap, window_tokens)
+    for q in train:
+        train_windows(q, render, tokenizer, max_length, overlap, window_tokens)
+    return overlap
+
+
 def encode_train_windows(
     questions,
     render: Callable[[Question], str],
     tokenizer,
     max_length: int,
-    overlap: int,
+    overlap: int | None,
     negative_windows: bool,
     window_tokens: int | None = None,
 ) -> TrainSet:
@@ -165,8 +232,7 @@ def encode_train_windows(
             out.passages.append(q.context)
             out.no_answer += not q.answerable
             continue
-        longest = max((len(answer_ids(tokenizer, a)) for a in q.answers), default=0) + 1
-        windows = passage_windows(q, render, tokenizer, max_length - longest, overlap, window_tokens)
+        windows = train_windows(q, render, tokenizer, max_length, overlap, window_tokens) or []
         out.windowed += 1
         for w in windows:
             if w.answerable or negative_windows or not q.answerable:

@@ -1,7 +1,9 @@
-"""Predictions files: a SQuAD-style JSON object {id: answer}, or the predictions JSONL a run writes."""
+"""Predictions files: a SQuAD-style JSON object {id: answer}, or the predictions JSONL a run writes (its rows'
+fields beyond "id" and "prediction", `passage` among them, are the report's; reading them here ignores them)."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 from typing import Sequence
@@ -16,6 +18,15 @@ from jsquad_lora.util.jsonio import (
     read_jsonl_checked,
     shown,
 )
+
+#: hex characters of a passage's key: 64 bits, no collision among any split's few thousand passages in practice
+PASSAGE_KEY_CHARS = 16
+
+
+def passage_key(context: str) -> str:
+    """A predictions row's `passage`: the first 16 hex characters of the SHA-1 of the whole passage (UTF-8),
+    the same for every question of one passage, whatever windows read it."""
+    return hashlib.sha1(context.encode("utf-8", "surrogatepass")).hexdigest()[:PASSAGE_KEY_CHARS]
 
 
 def load_predictions(

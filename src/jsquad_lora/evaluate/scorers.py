@@ -271,3 +271,44 @@ def score_predictions(questions: Sequence[Question], predictions: dict[str, str]
 
     exact_match, f1 = chosen.aggregate(each, questions, question)
     return Score(exact_match, f1, len(questions))
+
+
+#: chrF's character n-gram orders and the weight of recall (sacrebleu's chrF defaults: n = 1..6, beta = 2)
+CHRF_ORDER, CHRF_BETA = 6, 2.0
+
+
+def chrf(hypothesis: str, reference: str) -> float:
+    """Sentence chrF (Popović 2015, sacrebleu's defaults: whitespace removed, character n-grams of order 1-6
+    averaged, F-beta with beta 2), in [0, 100]. Written here for task=question's score against the human question:
+    a few lines, not a dependency."""
+    hyp, ref = "".join(hypothesis.split()), "".join(reference.split())
+    precisions, recalls = [], []
+    for n in range(1, CHRF_ORDER + 1):
+        h = Counter(hyp[i : i + n] for i in range(len(hyp) - n + 1))
+        r = Counter(ref[i : i + n] for i in range(len(ref) - n + 1))
+        if not h or not r:
+            continue
+        common = sum((h & r).values())
+        precisions.append(common / sum(h.values()))
+        recalls.append(common / sum(r.values()))
+    if not precisions:
+        return 100.0 * (hyp == ref)
+    p, r = statistics.fmean(precisions), statistics.fmean(recalls)
+    if p + r == 0:
+        return 0.0
+    b2 = CHRF_BETA**2
+    return 100.0 * (1 + b2) * p * r / (b2 * p + r)
+
+
+def question_scores(questions: Sequence[Question], predictions: dict[str, str]) -> dict[str, float]:
+    """task=question's scores against the human questions (each question's only gold): mean sentence chrF and the
+    jglue scorer's character F1 and exact match, in percent over all questions."""
+    pairs = [(predictions.get(q.id, ""), q.answers[0]) for q in questions]
+    return {
+        "chrf": statistics.fmean(chrf(p, g) for p, g in pairs) if pairs else 0.0,
+        "char_f1": 100.0 * statistics.fmean(_jglue_f1(g, p) for p, g in pairs) if pairs else 0.0,
+        "exact_match": 100.0 * statistics.fmean(jglue_normalize(p) == jglue_normalize(g) for p, g in pairs)
+        if pairs
+        else 0.0,
+        "count": len(pairs),
+    }

@@ -20,6 +20,7 @@ import torch
 from transformers import DynamicCache
 from transformers.cache_utils import DynamicLayer
 
+from jsquad_lora.encoding.attention import masks_by_layer_type, shared_prefix_mask, sliding_window
 from jsquad_lora.model.layers import unwrapped
 
 
@@ -100,7 +101,7 @@ def batch_inputs(
     packed_layers, offset = [], 0
     for prefix, rows in groups.items():
         rests = [encoded[batch[r][0]][len(prefix) : -1] for r in rows]
-        packed_layers.append(_prefill_group(model, list(prefix), rests, pad_id, device))
+        packed_layers.append(_prefill_group(model, list(prefix), rests, device))
         start = offset + len(prefix)
         for r, rest in zip(rows, rests):
             where[r] = list(range(offset, offset + len(prefix))) + list(range(start, start + len(rest)))
@@ -147,26 +148,24 @@ class GrowingLayer(DynamicLayer):
         return self.keys, self.values
 
 
-def _prefill_group(model, prefix: list[int], rests: list[list[int]], pad_id: int, device) -> list:
+def _prefill_group(model, prefix: list[int], rests: list[list[int]], device) -> list:
     """Per layer (keys, values) of one packed sequence: `prefix`, then each of `rests` as a branch
     that sees the prefix and itself (shapes [1, heads, tokens, head dim])."""
-    from jsquad_lora.encoding.collators import SharedPrefixCollator, sliding_window
-
     ids, positions, segments = list(prefix), list(range(len(prefix))), [0] * len(prefix)
     for k, rest in enumerate(rests, 1):
         ids += rest
         positions += range(len(prefix), len(prefix) + len(rest))
         segments += [k] * len(rest)
-    row = {"input_ids": ids, "labels": [-100] * len(ids), "position_ids": positions, "segments": segments}
-    packed = SharedPrefixCollator(pad_id, sliding_window(model.config))([row])
-    attention = packed["attention_mask"]
+    position_ids = torch.tensor([positions])
+    mask = shared_prefix_mask(torch.tensor([segments]))[:, None]  # training's shared-prefix mask, one row
+    attention = masks_by_layer_type(mask, position_ids, sliding_window(model.config))
     attention = {k: v.to(device) for k, v in attention.items()} if isinstance(attention, dict) else attention.to(device)
     cache = DynamicCache()  # full layers, also for sliding-window models: rows are gathered by index
     decoder = unwrapped(model).get_decoder()  # no LM head: the prefill needs no logits
     decoder(
-        input_ids=packed["input_ids"].to(device),
+        input_ids=torch.tensor([ids]).to(device),
         attention_mask=attention,
-        position_ids=packed["position_ids"].to(device),
+        position_ids=position_ids.to(device),
         use_cache=True,
         **{_cache_argument(): cache},
     )

@@ -78,7 +78,7 @@ class ScreenedHead(torch.nn.Module):
             logits = torch.nn.functional.linear(flat, weight)
         else:
             exact = torch.nn.functional.linear(flat, weight[candidates])
-            logits = rough.fill_(float("-inf")).index_copy_(1, candidates, exact)
+            logits = rough.fill_(float("-inf")).index_copy_(1, candidates, exact.to(rough.dtype))
         return logits.reshape(*hidden.shape[:-1], weight.shape[0])
 
 

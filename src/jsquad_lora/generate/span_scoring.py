@@ -35,7 +35,7 @@ from typing import Sequence
 
 import torch
 
-from jsquad_lora.encoding.collators import sliding_window
+from jsquad_lora.encoding.attention import masks_by_layer_type, sliding_window
 from jsquad_lora.encoding.tokens import answer_ids
 from jsquad_lora.generate.vocab import decode, token_vocab
 from jsquad_lora.model.layers import unwrapped
@@ -231,7 +231,7 @@ def _tree_row(group: list[_Job]) -> dict:
 def _tree_batch(rows: list[dict], pad: int, window: int | None, device) -> dict:
     """Right-padded rows with their 4-D boolean masks (True = attend): causal, a token sees the tokens of its own
     node and of the node's ancestors; with `window` (Gemma's sliding layers) a dict per layer type that also drops
-    keys `window` or more positions back, as `collators.SharedPrefixCollator` does."""
+    keys `window` or more positions back (attention.masks_by_layer_type, as training's shared-prefix rows)."""
     width = max(len(r["input_ids"]) for r in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
     positions = torch.zeros((len(rows), width), dtype=torch.long)
@@ -247,8 +247,6 @@ def _tree_batch(rows: list[dict], pad: int, window: int | None, device) -> dict:
         nodes = torch.tensor(row["nodes"])
         mask[r, :n, :n] = ancestor[nodes[:, None], nodes[None, :]] & torch.ones(n, n, dtype=torch.bool).tril()
     mask |= torch.eye(width, dtype=torch.bool)  # padding attends to itself (no all-masked row)
-    attention: torch.Tensor | dict = mask[:, None].to(device)
-    if window:
-        near = (positions[:, :, None] - positions[:, None, :] < window)[:, None].to(device)
-        attention = {"full_attention": attention, "sliding_attention": attention & near}
-    return {"input_ids": input_ids.to(device), "position_ids": positions.to(device), "attention_mask": attention}
+    positions = positions.to(device)
+    attention = masks_by_layer_type(mask[:, None].to(device), positions, window)
+    return {"input_ids": input_ids.to(device), "position_ids": positions, "attention_mask": attention}

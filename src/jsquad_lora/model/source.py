@@ -41,6 +41,12 @@ class ModelSource:
     run_base: Callable[[ModelConfig, Path], str] | None = None
     #: check_run(run_dir): an InputError naming what a finished run of this source lacks (`ask`, `serve`, `export`)
     check_run: Callable[[Path], None] | None = None
+    #: model_name(model config) -> the model's own name for metrics.json's base_model (a GGUF file: its
+    #: metadata's); None: `model.name`
+    model_name: Callable[[ModelConfig], str] | None = None
+    #: run_name(model config) -> a run directory's default name for this model, cheap (no file read), or None to
+    #: keep the config's name (the model is the preset's)
+    run_name: Callable[[ModelConfig], str | None] | None = None
 
 
 def register_source(source: ModelSource) -> ModelSource:
@@ -78,12 +84,22 @@ def base_model_and_tokenizer(cfg: RunConfig, run_dir: Path, train_questions):
 
 
 def base_model_card(cfg: ModelConfig, model) -> dict:
-    """What the report says about the base model: name, where it came from, size, license."""
-    origin, license_text = model_source(cfg).describe(cfg)
+    """What the report says about the base model: name, where it came from, size, license. The name and the
+    license are the model's own (a GGUF file's from its metadata), never those of `model.name`'s default."""
+    source = model_source(cfg)
+    origin, license_text = source.describe(cfg)
     return {
-        "name": cfg.name,
+        "name": source.model_name(cfg) if source.model_name else cfg.name,
         "parameters": sum(p.numel() for p in model.parameters()),
         "architecture": type(model).__name__,
         "source": origin,
         "license": license_text,
     }
+
+
+def run_name_for(cfg: RunConfig) -> str:
+    """A run directory's default name (runs/<this>): the model's, where `model.gguf_file` names a file that is
+    not the preset's model (the file name without .gguf, lowercased: qwen2.5-coder-0.5b-instruct-q4_k_m), else
+    the config's name. Cheap: no file is read."""
+    source = model_source(cfg.model)
+    return (source.run_name(cfg.model) if source.run_name else None) or cfg.name

@@ -29,7 +29,10 @@ def select_fewshot(pool: Sequence[Question], k: int, seed: int, question: Questi
 
 
 def make_renderer(cfg: RunConfig, tokenizer, fewshot_pool):
-    from jsquad_lora.prompts.templates import render_prompt
+    from jsquad_lora.prompts.templates import render_prompt, render_question_prompt
+
+    if cfg.task == "question":
+        render_prompt = render_question_prompt  # noqa: F811 (the reverse task's prompt, same arguments)
 
     # an example shows its answer: questions without one are not examples
     pool = fewshot_pool if all(q.answers for q in fewshot_pool) else [q for q in fewshot_pool if q.answers]

@@ -24,6 +24,8 @@ HARNESS_DESCRIPTION = (
 FINTAN_DESCRIPTION = "質問に対する回答を文章から一言で抽出してください。回答は名詞で答えてください。\n\n"
 #: the reference experiment's free-generation side check, before and after tuning
 SIDE_CHECK_PROMPT = "ユーザー: 自然言語処理について教えて下さい。<NL>システム:"
+#: task=question (passage + answer → question): the instruction, and the label of the answer it is given
+QUESTION_INSTRUCTION = "文章と回答から、その回答が答えになる質問を作ってください。"
 #: render(question, examples, tokenizer) -> the prompt text, ending where the answer starts
 RenderTemplate = Callable[[Question, Sequence[Question], Any], str]
 
@@ -142,3 +144,29 @@ def render_prompt(
         )
     answer = question.answers[0] if with_answer and question.answers else ""
     return TEMPLATES[template].render(question, examples, tokenizer) + answer
+
+
+def render_question_prompt(
+    question: Question, template: str, *, examples: Sequence[Question] = (), tokenizer=None
+) -> str:
+    """task=question: the prompt asking for a question whose answer is `question.question` (as_question_task puts
+    the answer there, and the human question in `answers`), in the dialogue format of `template`: the tokenizer's
+    chat template for chat, rinna's `ユーザー: ...<NL>システム: ` for seed and harness, real newlines otherwise."""
+    if template not in TEMPLATES:
+        raise InputError(
+            "prompt.template", f"Unknown template {brief(template)}", fix=f"Available: {', '.join(TEMPLATES)}"
+        )
+
+    def request(q: Question, nl: str) -> str:
+        return f"{QUESTION_INSTRUCTION}{nl}文章:{q.context}{nl}回答:{q.question}"
+
+    if template == "chat":
+        chat(question, (), tokenizer)  # the same error where the tokenizer has no chat template
+        messages = []
+        for e in examples:
+            messages += [{"role": "user", "content": request(e, "\n")}, {"role": "assistant", "content": e.answers[0]}]
+        messages.append({"role": "user", "content": request(question, "\n")})
+        return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    nl = NL if template in ("seed", "harness") else "\n"
+    turn = lambda q: f"ユーザー: {request(q, nl)}{nl}システム: "  # noqa: E731
+    return "".join(turn(e) + e.answers[0] + nl for e in examples) + turn(question)

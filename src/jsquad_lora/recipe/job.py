@@ -33,12 +33,20 @@ from jsquad_lora.config.load import load_config
 from jsquad_lora.config.schema import RunConfig
 from jsquad_lora.data.question import Question
 from jsquad_lora.data.sampling import sample_standard_error
-from jsquad_lora.data.select import _questions
+from jsquad_lora.data.select import run_questions
 from jsquad_lora.errors import InputError
 from jsquad_lora.generate.decoding import decoding_config
 from jsquad_lora.model.source import base_model_and_tokenizer, base_model_card
 from jsquad_lora.prompts.fewshot import make_renderer
-from jsquad_lora.recipe.rundir import METRICS_FIX, mark_started, run_dir_path, run_directory
+from jsquad_lora.recipe.rundir import (
+    FINISHED_HINT,
+    METRICS_FIX,
+    finished_run,
+    mark_started,
+    run_dir_path,
+    run_directory,
+    stored_window_overlap,
+)
 from jsquad_lora.registry import EVAL_BACKENDS
 from jsquad_lora.util import distributed
 from jsquad_lora.util.files import out_of_space, write_json
@@ -70,6 +78,7 @@ class Job:
     engines: Any = None  # what the evaluation backend holds for the job (vLLM: evaluate.vllm.VllmEngines)
     side_check: dict = field(default_factory=dict)
     held_out: list[Question] = field(default_factory=list)  # training questions kept to tune the abstention threshold
+    synthetic: list[Question] = field(default_factory=list)  # cloze questions trained beside the training questions
     base_for_inference: Any = None  # the untouched base in eval.dtype (before tuning), made once
 
     @property
@@ -96,37 +105,55 @@ def main_job(
 ) -> Path:
     """`run` = evaluate before → train → evaluate after → report; `train` and `evaluate` do their part."""
     cfg = load_config(config, overrides)
-    evaluating = stages in ("run", "evaluate")
     if stages in ("run", "train"):
         from jsquad_lora.train.trainer import check_fsdp_possible
 
         check_fsdp_possible(cfg.train)  # before any work, not after the before-evaluation
     distributed.init()
-    with (
-        _run_directory(cfg, output, resume, overwrite) as run_dir,
-        EVAL_BACKENDS[cfg.eval.backend].resources() as engines,
-    ):
-        with out_of_space("the run's files", run_dir, fix=RESUME_FIX.format(run_dir=run_dir)):
-            job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
-            if distributed.is_main():
-                mark_started(run_dir)
-            if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
-                evaluate_stage(job, "before")
-            if evaluating and cfg.eval.side_check:
-                side_check_stage(job, "before")
-            if stages in ("run", "train") and not job.trained:
-                train_stage(job)
-            elif job.trained and evaluating:
-                load_trained_stage(job)
-            if job.trained and job.held_out:
-                tune_abstention_stage(job)
-            if evaluating and cfg.eval.after and job.trained:
-                evaluate_stage(job, "after")
-                if job.side_check:
-                    side_check_stage(job, "after")
-            finish(job, finished=stages == "run", report=evaluating)
+    with _run_directory(cfg, output, resume, overwrite) as run_dir:
+        if (missing := finished_run(run_dir, cfg)) is not None:
+            _nothing_to_do(run_dir, missing)
+        else:
+            with EVAL_BACKENDS[cfg.eval.backend].resources() as engines:
+                _stages(cfg, run_dir, engines, stages)
     distributed.shutdown()
     return run_dir
+
+
+def _stages(cfg: RunConfig, run_dir: Path, engines, stages: str) -> None:
+    """The stages `stages` asks for, each skipped where an earlier try of this run finished it."""
+    evaluating = stages in ("run", "evaluate")
+    with out_of_space("the run's files", run_dir, fix=RESUME_FIX.format(run_dir=run_dir)):
+        job = prepare(cfg, run_dir, evaluating=evaluating, engines=engines)
+        if distributed.is_main():
+            mark_started(run_dir)
+        if evaluating and cfg.eval.before and not (job.trained and stages == "evaluate"):
+            evaluate_stage(job, "before")
+        if evaluating and cfg.eval.side_check:
+            side_check_stage(job, "before")
+        if stages in ("run", "train") and not job.trained:
+            train_stage(job)
+        elif job.trained and evaluating:
+            load_trained_stage(job)
+        if job.trained and job.held_out:
+            tune_abstention_stage(job)
+        if evaluating and cfg.eval.after and job.trained:
+            evaluate_stage(job, "after")
+            if job.side_check:
+                side_check_stage(job, "after")
+        finish(job, finished=stages == "run", report=evaluating)
+
+
+def _nothing_to_do(run_dir: Path, missing: list[str]) -> None:
+    """A finished run asked for again: its missing report files written, and what to do instead said."""
+    if distributed.is_main():
+        if missing:
+            from jsquad_lora.report.render import write_report
+
+            write_report([run_dir], run_dir)
+            log.info("wrote the missing %s", ", ".join(missing))
+        log.info("%s holds a finished run: nothing to do; %s", run_dir, FINISHED_HINT.format(run_dir=run_dir))
+    distributed.barrier()
 
 
 @contextmanager
@@ -148,7 +175,13 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
     if not isinstance(metrics, dict):
         raise InputError(metrics_path, "not a JSON object", fix=METRICS_FIX)
     metrics.update({"model": cfg.model.name, "recipe": cfg.name, "finished": False})
-    train_questions, eval_questions, population = _questions(cfg)
+    train_questions, eval_questions, population = run_questions(cfg)
+    metrics["train_sources"] = train_questions.sources  # each data.train source's count (a mix lists several)
+    if cfg.task == "question":  # passage + answer → the human question (questions without an answer drop out)
+        from jsquad_lora.data.question import as_question_task
+
+        train_questions = [r for r in map(as_question_task, train_questions) if r is not None]
+        eval_questions = [r for r in map(as_question_task, eval_questions) if r is not None]
     if cfg.data.eval_sample:
         if distributed.is_main():
             write_json(run_dir / "eval_ids.json", [q.id for q in eval_questions])
@@ -185,22 +218,64 @@ def prepare(cfg: RunConfig, run_dir: Path, *, evaluating: bool, engines=None) ->
             train_questions, cfg.train.abstain_holdout, cfg.data.sample_seed, source="train.abstain_holdout"
         )
     render = make_renderer(cfg, tokenizer, train_questions)
-    _check_prompts_fit(cfg, render, tokenizer, train_questions, eval_questions)
+    synthetic: list[Question] = []
+    if cfg.train.synthetic_per_passage and not (run_dir / "adapter").exists():
+        from jsquad_lora.data.augment import cloze_questions
+
+        synthetic = cloze_questions(train_questions, cfg.train.synthetic_per_passage, cfg.train.seed)
+    cfg = _fit_windows(cfg, run_dir, render, tokenizer, [*train_questions, *synthetic], [*eval_questions, *held_out])
+    _check_abstention(cfg, train_questions)
     job = Job(cfg, run_dir, train_questions, eval_questions, model, tokenizer, render, metrics, engines)
-    job.held_out = held_out
+    job.held_out, job.synthetic = held_out, synthetic
     return job
 
 
-def _check_prompts_fit(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
-    """A prompt that cannot fit even with its passage removed, or windows that cannot overlap as asked, fail
-    now, before any model work; so does a training set that teaches abstaining to a run that may not abstain."""
-    from jsquad_lora.encoding.windows import passage_windows
+def _fit_windows(cfg: RunConfig, run_dir: Path, render, tokenizer, train_questions, eval_questions) -> RunConfig:
+    """`cfg` with the run's window overlap (model.window_overlap as set, kept from an earlier try of this run, or
+    derived now), written to config.yaml. Every training and evaluation question's windows are cut with it now:
+    a prompt that cannot fit even with its passage removed, or an overlap that cannot fit, fails before any work."""
+    import dataclasses
 
-    budget = cfg.model.max_length - cfg.eval.max_new_tokens
-    for q in eval_questions[:8]:
-        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap, cfg.model.window_tokens)
-    for q in train_questions[:8]:
-        passage_windows(q, render, tokenizer, budget, cfg.model.window_overlap, cfg.model.window_tokens)
+    from jsquad_lora.config.load import config_to_yaml
+    from jsquad_lora.encoding.windows import run_overlap
+    from jsquad_lora.util.files import write_text
+
+    m = cfg.model
+    overlap = m.window_overlap if m.window_overlap is not None else stored_window_overlap(run_dir / "config.yaml")
+    eval_budget = m.max_length - cfg.eval.max_new_tokens
+    if cfg.task == "question":
+        _check_one_window(cfg, render, tokenizer, train_questions, eval_questions)
+    overlap = run_overlap(
+        train_questions, eval_questions, render, tokenizer, m.max_length, eval_budget, overlap, m.window_tokens
+    )
+    if m.window_overlap is None:
+        log.info("windows of a passage too long for one prompt overlap by %d tokens (derived)", overlap)
+    cfg = dataclasses.replace(cfg, model=dataclasses.replace(m, window_overlap=overlap))
+    if distributed.is_main():
+        write_text(run_dir / "config.yaml", config_to_yaml(cfg))
+    return cfg
+
+
+def _check_one_window(cfg: RunConfig, render, tokenizer, train_questions, eval_questions) -> None:
+    """task=question reads each passage in one prompt (a window without the answer asks about nothing): a
+    question whose prompt does not fit fails now."""
+    from jsquad_lora.encoding.tokens import prompt_ids, target_ids
+
+    m = cfg.model
+    for q, training in [(q, True) for q in train_questions] + [(q, False) for q in eval_questions]:
+        length = len(prompt_ids(tokenizer, render(q)))
+        room = m.max_length - (len(target_ids(tokenizer, q)) if training else cfg.eval.max_new_tokens)
+        if length > room:
+            raise InputError(
+                "task=question",
+                f"question {q.id}: its prompt is {length} tokens, more than the {room} it may take, and task=question "
+                "reads each passage in one prompt",
+                fix="raise model.max_length, or use shorter passages (`data generate` cuts documents to fit one)",
+            )
+
+
+def _check_abstention(cfg: RunConfig, train_questions) -> None:
+    """A training set that teaches abstaining to a run that may not abstain fails now."""
     unanswerable = sum(not q.answerable for q in train_questions)
     if (unanswerable or cfg.train.negative_windows or cfg.train.abstain_holdout) and not cfg.eval.abstain:
         why = (
@@ -245,9 +320,14 @@ def evaluate_stage(job: Job, stage: Stage) -> None:
     )
     if not distributed.is_main():
         return  # the main process merged every rank's answers and scores them
-    if result.truncated_prompts:
-        log.info("%d evaluation passages were too long for one prompt: read in windows", result.truncated_prompts)
+    if result.windowed_questions:
+        log.info("%d evaluation passages were too long for one prompt: read in windows", result.windowed_questions)
     job.metrics[stage] = result.scores
+    if job.cfg.task == "question":  # scored against the human question
+        from jsquad_lora.evaluate.scorers import question_scores
+
+        answers = {row["id"]: row.get("prediction") or "" for _, row in read_jsonl(predictions)}
+        job.metrics[stage]["question"] = question_scores(job.eval_questions, answers)
     if "sample" in job.metrics:
         errors = job.metrics["sample"].setdefault("em_standard_error", {})
         errors[stage] = _em_standard_error(predictions, job.eval_questions, job.metrics["sample"]["of"])
@@ -317,11 +397,7 @@ def train_stage(job: Job) -> None:
     )
     trainable, total = count_parameters(model)
     log.info("trainable parameters: %d of %d (%.3f%%)", trainable, total, 100 * trainable / total)
-    train_set = list(job.train_questions)
-    if cfg.train.synthetic_per_passage:
-        from jsquad_lora.data.augment import cloze_questions
-
-        train_set += cloze_questions(job.train_questions, cfg.train.synthetic_per_passage, cfg.train.seed)
+    train_set = [*job.train_questions, *job.synthetic]
     encoded = encode_train_windows(
         train_set,
         job.render,
@@ -331,18 +407,18 @@ def train_stage(job: Job) -> None:
         cfg.train.negative_windows,
         cfg.model.window_tokens,
     )
-    examples, truncated = encoded.examples, encoded.windowed
+    examples, windowed = encoded.examples, encoded.windowed
     n_examples = len(examples)
     if cfg.train.batching == "shared_prefix":
         from jsquad_lora.encoding.packing import share_prefixes
 
         examples = share_prefixes(examples, encoded.passages, max_tokens=2 * cfg.model.max_length)
         log.info("%d examples packed into %d shared-prefix rows", n_examples, len(examples))
-    if truncated:
+    if windowed:
         log.info(
             "%d of %d training questions exceed model.max_length=%d: their passages were read in windows "
             "(the windows holding an answer%s)",
-            truncated,
+            windowed,
             len(train_set),
             cfg.model.max_length,
             ", and the others as no-answer examples" if cfg.train.negative_windows else "",
@@ -382,7 +458,7 @@ def train_stage(job: Job) -> None:
         "examples": n_examples,
         "rows": len(examples),
         "synthetic_examples": len(train_set) - len(job.train_questions),
-        "truncated_prompts": truncated,
+        "windowed_questions": windowed,
         "no_answer_examples": encoded.no_answer,
         "trainable_parameters": trainable,
         "total_parameters": total,

@@ -10,6 +10,8 @@ Rules, so that no user file is ever lost:
 - "Finished" means every artefact is written: metrics.json says `"finished": true` only after the
   last of them (`finish` writes it last), and a run marked finished that lacks any of
   `run_artefacts` is resumed, not refused: the stages that wrote the missing files run again.
+  A finished run asked for again (the same command, or `--resume`) has nothing to do: it says so and
+  exits 0, writing only a missing report file (`finished_run`).
 - A start that fails before any work (bad data, a prompt that cannot fit) leaves no new directory.
 
 Its layout is listed in run.py's docstring; every file in it is written atomically (files.py).
@@ -17,6 +19,7 @@ Its layout is listed in run.py's docstring; every file in it is written atomical
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import json
 import logging
@@ -66,8 +69,10 @@ def run_directory(cfg: RunConfig, output: str | None, *, resume: bool, overwrite
 
 
 def run_dir_path(cfg: RunConfig, output: str | None) -> Path:
-    """`--output`, or runs/<config name>."""
-    return Path(output) if output else Path("runs") / cfg.name
+    """`--output`, or runs/<config name> (runs/<the file's model> for a model.gguf_file of another model)."""
+    from jsquad_lora.model.source import run_name_for
+
+    return Path(output) if output else Path("runs") / run_name_for(cfg)
 
 
 def mark_started(run_dir: Path) -> None:
@@ -124,35 +129,79 @@ def _locked(run_dir: Path) -> Iterator[None]:
         os.close(fd)
 
 
+#: what a finished run offers instead of running again (`--overwrite` only as the way to start over)
+FINISHED_HINT = (
+    "see its results with `jsquad-lora report {run_dir}`, export it with `jsquad-lora export {run_dir} --output DIR`, "
+    "or start another run with --output NEW_DIR; to start this one again from nothing, --overwrite deletes its "
+    "results first"
+)
+#: the report's files: a finished run lacking only these writes them and has nothing else to do
+REPORT_FILES = ("report.md", "report.html", "scores.png")
+
+
+def finished_run(run_dir: Path, cfg: RunConfig) -> list[str] | None:
+    """None unless `run_dir` holds a finished run of `cfg` that lacks nothing but report files; then the
+    report files it lacks (the caller writes them and stops: nothing to do)."""
+    if not _finished(run_dir / "metrics.json"):
+        return None
+    missing = missing_artefacts(run_dir, cfg)
+    return missing if set(missing) <= set(REPORT_FILES) else None
+
+
 def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fresh: bool) -> None:
+    finished = False
     if overwrite:
         _empty(run_dir)
     elif _finished(run_dir / "metrics.json"):
-        if not (missing := missing_artefacts(run_dir, cfg)):
-            raise InputError(
-                run_dir,
-                "this directory holds a finished run",
-                fix="pass --output to write somewhere else, or --overwrite to replace it (its results are lost)",
+        finished = True
+        missing = [name for name in missing_artefacts(run_dir, cfg) if name not in REPORT_FILES]
+        if missing:
+            finished = False
+            log.warning(
+                "%s is marked finished but lacks %s: resuming the stages that write them", run_dir, ", ".join(missing)
             )
-        log.warning(
-            "%s is marked finished but lacks %s: resuming the stages that write them", run_dir, ", ".join(missing)
-        )
     elif not fresh and not resume and (run_dir / "config.yaml").exists():
         log.warning("%s holds an unfinished run: resuming it (same as --resume)", run_dir)
     previous = run_dir / "config.yaml"
     if previous.exists() and not _same_config(previous, cfg):
+        if finished:
+            raise InputError(
+                run_dir,
+                "this directory holds a finished run of a different config",
+                fix=FINISHED_HINT.format(run_dir=run_dir),
+            )
         raise InputError(
             run_dir,
             "an unfinished run with a different config is here",
             fix="resume it with the config and overrides it was started with (its config.yaml), or choose another "
-            "--output (--overwrite would throw its work away)",
+            "--output (--overwrite deletes its work and starts again)",
         )
+    if finished:
+        return  # its config.yaml stays as the run wrote it (with its derived values)
+    stored = stored_window_overlap(previous)
+    if cfg.model.window_overlap is None and stored is not None:  # a resumed run keeps the overlap it derived
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window_overlap=stored))
     write_text(previous, config_to_yaml(cfg))
+
+
+def stored_window_overlap(config_yaml: Path) -> int | None:
+    """model.window_overlap as a run's config.yaml holds it (derived when the run started), or None."""
+    import yaml
+
+    try:
+        value = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))["model"]["window_overlap"]
+    except (OSError, yaml.YAMLError, KeyError, TypeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _same_config(previous: Path, cfg: RunConfig) -> bool:
     """Whether the run's config.yaml is `cfg`: the same text, or the same config once read with this version's
-    defaults (a key added since, at its default, does not make a run another one)."""
+    defaults (a key added since, at its default, does not make a run another one). A derived value the run wrote
+    (model.window_overlap) matches the key left unset."""
+    stored = stored_window_overlap(previous)
+    if cfg.model.window_overlap is None and stored is not None:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window_overlap=stored))
     wanted = config_to_yaml(cfg)
     if previous.read_text(encoding="utf-8") == wanted:
         return True

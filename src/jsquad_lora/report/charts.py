@@ -27,29 +27,46 @@ def _png(fig: Any) -> bytes:
 
 
 def scores_png(runs: Sequence[RunSummary]) -> bytes:
-    """Horizontal bars of EM, sorted: references grey, our runs (jglue scorer) coloured."""
+    """Horizontal bars of EM, sorted: references grey, our runs (jglue scorer) coloured, each of ours with its
+    ± standard error as an error bar where its evaluation was a sample (metrics.json sample.em_standard_error)."""
+    return _png(scores_figure(runs))
+
+
+def scores_figure(runs: Sequence[RunSummary]) -> Any:
+    """The figure `scores_png` draws (a matplotlib Figure: one axes, its bars, and our error bars)."""
     from matplotlib.figure import Figure
     from matplotlib.patches import Patch
 
     runs = distinct_names(runs)
     colours = {"reference": "#a0a0a0", "before": "#6baed6", "after": "#e6550d"}
-    bars = [
-        (r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference")
+    bars: list[tuple[float, str, str, float | None]] = [
+        (r.em, _ascii(r.system if r.setting == "—" else f"{r.system} [{r.setting}]"), "reference", None)
         for r in REFERENCE_SCORES
     ]
     for run in runs:
         for stage in STAGES:
             if (em := run.score(stage, PRIMARY_SCORER, "exact_match")) is not None:
-                bars.append((em, _ascii(f"{run.name} ({run.metrics.get('model', '?')}) {stage}"), stage))
+                label = _ascii(f"{run.name} ({run.model_name}) {stage}")
+                bars.append((em, label, stage, run.em_standard_error(stage)))
     bars.sort(key=lambda b: b[0])
     fig = Figure(figsize=(9, 1.5 + 0.32 * len(bars)))
     ax = fig.add_subplot()
     ax.barh(range(len(bars)), [b[0] for b in bars], color=[colours[b[2]] for b in bars])
     ax.set_yticks(range(len(bars)), [b[1] for b in bars], fontsize=8)
-    for i, (em, _, _) in enumerate(bars):
-        ax.text(em + 0.5, i, f"{em:.1f}", va="center", fontsize=7)
+    if errors := [(i, em, se) for i, (em, _, _, se) in enumerate(bars) if se is not None]:
+        ax.errorbar(
+            [em for _, em, _ in errors],
+            [i for i, _, _ in errors],
+            xerr=[se for _, _, se in errors],
+            fmt="none",
+            ecolor="black",
+            elinewidth=1,
+            capsize=3,
+        )
+    for i, (em, _, _, se) in enumerate(bars):
+        ax.text(em + (se or 0) + 0.5, i, f"{em:.1f}" if se is None else f"{em:.1f} ±{se:.1f}", va="center", fontsize=7)
     ax.set_xlim(0, 105)
-    ax.set_xlabel("Exact Match (%)")
+    ax.set_xlabel("Exact Match (%)" + ("; error bars: ± one standard error of a sampled evaluation" if errors else ""))
     ax.set_title("JSQuAD dev EM: ours (jglue scorer) vs published references (scorer as published)", fontsize=9)
     ax.legend(
         handles=[
@@ -59,7 +76,7 @@ def scores_png(runs: Sequence[RunSummary]) -> bytes:
         fontsize=7,
         loc="lower right",
     )
-    return _png(fig)
+    return fig
 
 
 def loss_png(runs: Sequence[RunSummary]) -> bytes | None:

@@ -2,6 +2,10 @@
 resamples passages (as the sample's standard error treats them: questions of one passage are not independent),
 and McNemar's exact test on the questions whose exact match flips.
 
+A question's passage comes from its predictions row (`passage`, written by every evaluation since rows held it),
+else from the evaluation data where the report finds it again (`passages_of`). Where neither says, the question
+is its own cluster: the comparison says so (`unknown_passages`), since that interval is too narrow.
+
 Hand-written (a few lines of arithmetic): scipy is not a dependency, and no library resamples by passage.
 """
 
@@ -9,7 +13,9 @@ from __future__ import annotations
 
 import math
 import random
-from typing import Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
+
+from jsquad_lora.evaluate.predictions import passage_key
 
 #: bootstrap resamples of the passages: the interval's ends move by < 0.1 points between seeds at this many
 RESAMPLES = 2000
@@ -35,16 +41,20 @@ def paired_comparison(
 ) -> dict | None:
     """B against A on the question ids both scored (em: 0/1 per id, or 0..100): EM of each, ΔEM = B − A in
     points, its 95% percentile interval over `resamples` draws of whole passages (`passage_of`: id → passage;
-    each question its own passage where None or unknown), the questions right only in A / only in B, and
-    McNemar's p. None where the two share no question."""
+    each question its own passage where None or unknown: `unknown_passages` counts those, and `passages` the
+    clusters), the questions right only in A / only in B, and McNemar's p. None where the two share no
+    question."""
     ids = [i for i in em_a if i in em_b]
     if not ids:
         return None
     right_a = {i: float(em_a[i]) > 0 for i in ids}
     right_b = {i: float(em_b[i]) > 0 for i in ids}
-    clusters: dict[str, list[int]] = {}
+    clusters: dict[Any, list[int]] = {}
+    unknown = 0
     for i in ids:
-        key = (passage_of or {}).get(i, i)
+        passage = (passage_of or {}).get(i)
+        unknown += passage is None
+        key = ("passage", passage) if passage is not None else ("question", i)  # an id never stands for a passage
         total = clusters.setdefault(key, [0, 0])
         total[0] += int(right_b[i]) - int(right_a[i])
         total[1] += 1
@@ -62,6 +72,7 @@ def paired_comparison(
     return {
         "questions": len(ids),
         "passages": len(sums),
+        "unknown_passages": unknown,
         "em_a": em_a_value,
         "em_b": em_b_value,
         "delta": em_b_value - em_a_value,
@@ -80,3 +91,17 @@ def em_by_id(rows: Sequence[dict]) -> dict[str, float]:
         if isinstance(row.get("id"), str) and isinstance(em, (int, float)) and not isinstance(em, bool):
             out[row["id"]] = float(em)
     return out
+
+
+def passages_of(rows: Iterable[Sequence[dict]], contexts: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Each question id's passage key: its predictions rows' `passage` (the first that has one), else
+    `passage_key` of its passage in `contexts` (id → passage text, from the data); ids neither knows are left
+    out."""
+    found = {qid: passage_key(text) for qid, text in (contexts or {}).items() if isinstance(text, str)}
+    recorded: dict[str, str] = {}
+    for file_rows in rows:
+        for row in file_rows:
+            qid, passage = row.get("id"), row.get("passage")
+            if isinstance(qid, str) and isinstance(passage, str) and passage:
+                recorded.setdefault(qid, passage)
+    return found | recorded

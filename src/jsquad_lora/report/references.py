@@ -38,9 +38,14 @@ REFERENCE_SCORES: tuple[ReferenceScore, ...] = (
     ReferenceScore("rinna 3.6b-instruction-ppo", "zero-shot, seed prompt", 13.2, None, "the write-up"),
     ReferenceScore("rinna 3.6b-instruction-ppo", "LoRA, seed recipe", 64.7, None, "the write-up"),
 )
+#: the report's note where a run on the tiny model is in it (and only there)
 NOT_COMPARABLE = (
     "Offline tiny-model runs (model `tiny`: a few-layer GPT-NeoX built from scratch with a character "
     "tokenizer) are NOT comparable with the reference models; they exist only to show that the "
-    "pipeline learns (compare their before and after scores). Reference numbers are as published, "
-    "with the scorer each source used; our numbers are ours, by generation on the dev set."
+    "pipeline learns (compare their before and after scores)."
+)
+#: the report's note on every report
+SCORES_NOTE = (
+    "Reference numbers are as published, with the scorer each source used; our numbers are ours, by "
+    "generation on the dev set."
 )

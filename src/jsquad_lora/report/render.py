@@ -18,7 +18,7 @@ from jsquad_lora.evaluate.scorers import PRIMARY_SCORER, SCORERS
 from jsquad_lora.report.charts import loss_png, scores_png
 from jsquad_lora.report.question_browser import CSS as BROWSER_CSS
 from jsquad_lora.report.question_browser import browser_data, render_browser, script
-from jsquad_lora.report.references import NOT_COMPARABLE, REFERENCE_SCORES
+from jsquad_lora.report.references import NOT_COMPARABLE, REFERENCE_SCORES, SCORES_NOTE
 from jsquad_lora.report.summary import (
     STAGES,
     ReportInputError,
@@ -28,6 +28,7 @@ from jsquad_lora.report.summary import (
     _number,
     distinct_names,
     load_run,
+    windowed_questions,
 )
 from jsquad_lora.util.files import holds_marker, write_bytes, write_text
 from jsquad_lora.util.jsonio import shown
@@ -55,7 +56,7 @@ def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]
         for stage in STAGES:
             if not isinstance(run.metrics.get(stage), dict):
                 continue
-            row = [run.name, str(run.metrics.get("model", "?")), str(run.metrics.get("recipe", "?")), stage]
+            row = [run.name, run.model_name, str(run.metrics.get("recipe", "?")), stage]
             row += [_f(run.score(stage, s, k)) for s in SCORERS for k in ("exact_match", "f1")]
             count = next((c for s in SCORERS if isinstance(c := _dig(run.metrics, stage, s, "count"), int)), None)
             row.append("—" if count is None else str(count))
@@ -90,10 +91,11 @@ def _answerability_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[li
     return (head, rows) if rows else None
 
 
-def _paired_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]] | None:
+def _paired_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]], bool] | None:
     """Paired comparisons on the same question ids (`report.paired`): each run before → after tuning, and
-    each two runs (after tuning, else before) on the questions both evaluated; None where there is none."""
-    from jsquad_lora.report.paired import em_by_id, paired_comparison
+    each two runs (after tuning, else before) on the questions both evaluated, with whether every row knew its
+    questions' passages; None where there is none. A row that does not says so beside its interval."""
+    from jsquad_lora.report.paired import em_by_id, paired_comparison, passages_of
 
     head = ["A", "B", "questions (passages)", "EM A", "EM B", "ΔEM (B − A)", "95% interval", "right only in A"]
     head += ["right only in B", "McNemar p"]
@@ -107,28 +109,47 @@ def _paired_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]
             stage_b = "after" if "after" in b.predictions else "before"
             if stage_a in a.predictions and stage_b in b.predictions:
                 pairs.append((a, stage_a, b, stage_b))
-    rows = []
+    rows, by_passage = [], True
     for a, stage_a, b, stage_b in pairs:
-        passages = {qid: q.context for run in (a, b) for qid, q in run.questions.items()}
+        contexts = {qid: q.context for run in (a, b) for qid, q in run.questions.items()}
+        passages = passages_of((a.predictions[stage_a], b.predictions[stage_b]), contexts)
         found = paired_comparison(em_by_id(a.predictions[stage_a]), em_by_id(b.predictions[stage_b]), passages)
         if found is None:
             continue
         low, high = found["ci95"]
+        count, interval = _paired_counts(found), f"[{low:+.2f}, {high:+.2f}]"
+        if unknown := found["unknown_passages"]:
+            by_passage = False
+            interval += (
+                " paired by question: the passages are unknown, so the interval is too narrow"
+                if unknown == found["questions"]
+                else f" {unknown} questions paired alone: their passages are unknown, so the interval is too narrow"
+            )
         rows.append(
             [
                 f"{a.name} ({stage_a})",
                 f"{b.name} ({stage_b})",
-                f"{found['questions']} ({found['passages']})",
+                count,
                 _f(found["em_a"]),
                 _f(found["em_b"]),
                 f"{found['delta']:+.2f}",
-                f"[{low:+.2f}, {high:+.2f}]",
+                interval,
                 str(found["only_a"]),
                 str(found["only_b"]),
                 f"{found['mcnemar_p']:.3g}",
             ]
         )
-    return (head, rows) if rows else None
+    return (head, rows, by_passage) if rows else None
+
+
+def _paired_counts(found: dict) -> str:
+    """The "questions (passages)" cell: the passages counted only as far as they are known."""
+    questions, unknown = found["questions"], found["unknown_passages"]
+    if not unknown:
+        return f"{questions} ({found['passages']})"
+    if unknown == questions:
+        return f"{questions} (passages unknown)"
+    return f"{questions} ({found['passages'] - unknown} passages; {unknown} questions' passages unknown)"
 
 
 def _reference_table() -> tuple[list[str], list[list[str]]]:
@@ -193,18 +214,26 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     def img(name: str, alt: str) -> str:
         return f"![{alt}]({images[name]})" if md else f'<img alt="{alt}" src="{images[name]}">'
 
-    out = [h(1, "JSQuAD LoRA report"), p(("**Note.** " if md else "Note. ") + NOT_COMPARABLE)]
-    if tiny := [v(r.name) for r in runs if r.is_tiny]:
+    out = [h(1, "JSQuAD LoRA report")]
+    if tiny := [v(r.name) for r in runs if r.is_tiny]:  # the note only where a tiny run is in the report
+        out.append(p(("**Note.** " if md else "Note. ") + NOT_COMPARABLE))
         out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
-    out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
+    out += [p(SCORES_NOTE), h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
     if paired := _paired_table(runs):
+        head, rows, by_passage = paired
+        resampled = (
+            "resamples whole passages"
+            if by_passage
+            else "resamples whole passages where the passages are known (a row whose interval says they are "
+            "unknown resamples single questions, so its interval is too narrow)"
+        )
         out += [
             h(2, "Paired comparisons (the same questions)"),
             p(
                 "ΔEM in points (jglue exact match) on the questions both evaluations answered, with a 95% bootstrap "
-                "interval that resamples whole passages, and McNemar's exact test on the questions right in only one."
+                f"interval that {resampled}, and McNemar's exact test on the questions right in only one."
             ),
-            table(*paired),
+            table(head, rows),
         ]
     if split := _answerability_table(runs):
         out += [
@@ -239,6 +268,8 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
                 )
             )
         out.append(p(_evaluated_questions(run.metrics, v)))
+        if windowed := _windowed(run.metrics):
+            out.append(p(windowed))
         if isinstance(modelling := run.metrics.get("language_modelling"), dict):
             out.append(
                 p(
@@ -269,6 +300,27 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             # the <pre> on lines of its own: a Markdown HTML block that starts with <details> ends at a blank line
             out.append(f"<details><summary>config.yaml</summary>\n\n{pre(run.config_text)}\n\n</details>")
     return out
+
+
+def _windowed(metrics: dict) -> str | None:
+    """How many questions had a passage too long for one prompt, read in overlapping windows (nothing cut), per
+    stage: metrics.json's "windowed_questions", or older runs' "truncated_prompts"; None where none had."""
+    counts = [
+        f"{what} {count}"
+        for what, key in (
+            ("training", "train"),
+            ("evaluated before tuning", "eval_before"),
+            ("evaluated after tuning", "eval"),
+        )
+        if (count := windowed_questions(metrics.get(key)))
+    ]
+    if not counts:
+        return None
+    return (
+        "Questions whose passage was longer than one prompt and was read in overlapping windows (nothing is cut): "
+        + ", ".join(counts)
+        + "."
+    )
 
 
 def _evaluated_questions(metrics: dict, v: Callable[[Any], str]) -> str:

@@ -41,11 +41,34 @@ class RunSummary:
 
     @property
     def is_tiny(self) -> bool:
-        return self.metrics.get("model") == TINY
+        """Whether the run is on the offline tiny model (metrics.json's "model", or its base_model card, says so)."""
+        return TINY in (self.metrics.get("model"), _dig(self.metrics, "base_model", "name"))
+
+    @property
+    def model_name(self) -> str:
+        """The run's model as the report names it: its base_model card's name (a GGUF file's own name), else
+        metrics.json's "model" (what `model.name` said), else "?"."""
+        card = _dig(self.metrics, "base_model", "name")
+        return card if isinstance(card, str) and card else str(self.metrics.get("model", "?"))
 
     def score(self, stage: str, scorer: str, key: str) -> float | None:
         """metrics[stage][scorer][key] when it is a number, else None (stage not run)."""
         return _number(_dig(self.metrics, stage, scorer, key))
+
+    def em_standard_error(self, stage: str) -> float | None:
+        """The standard error of the stage's jglue EM (points) of a sampled evaluation, else None."""
+        return _number(_dig(self.metrics, "sample", "em_standard_error", stage))
+
+
+def windowed_questions(summary: Any) -> int | None:
+    """How many questions (or training questions) of a metrics.json summary ("eval", "eval_before", "train")
+    had a passage read in overlapping windows: "windowed_questions", or older runs' "truncated_prompts"; None
+    where neither is a count."""
+    for key in ("windowed_questions", "truncated_prompts"):
+        value = _dig(summary, key)
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+    return None
 
 
 def _number(value: Any) -> float | None:

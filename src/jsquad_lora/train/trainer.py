@@ -19,13 +19,8 @@ import torch
 from transformers import TrainerCallback
 
 from jsquad_lora.config.schema import TrainConfig
-from jsquad_lora.encoding.collators import (
-    AnswerOnlyCollator,
-    FlatteningCollator,
-    PaddingMeter,
-    SharedPrefixCollator,
-    sliding_window,
-)
+from jsquad_lora.encoding.attention import sliding_window
+from jsquad_lora.encoding.collators import AnswerOnlyCollator, FlatteningCollator, PaddingMeter, SharedPrefixCollator
 from jsquad_lora.encoding.packing import SharedPrefixRow
 from jsquad_lora.encoding.tokens import Encoded
 from jsquad_lora.errors import InputError

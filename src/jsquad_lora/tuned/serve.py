@@ -6,7 +6,8 @@
     GET  /v1/models, POST /v1/chat/completions, POST /v1/completions   OpenAI's API (openai_api.py)
 
 With an API key (`--api-key`, $JSQUAD_LORA_API_KEY) every /v1/ route wants `Authorization: Bearer KEY`.
-The batching, the checks and the error replies both APIs share are in serving.py; this module is the app.
+The batching, the request checks and the error replies both APIs share are in serving.py, the Host and API-key
+checks in access.py; this module is the app.
 """
 
 from __future__ import annotations
@@ -25,14 +26,11 @@ from starlette.exceptions import HTTPException
 
 from jsquad_lora.generate.decoding import DECODING_MODES
 from jsquad_lora.tuned import openai_api
+from jsquad_lora.tuned.access import API_KEY_ENV, HostCheck, HostRule, KeyCheck
 from jsquad_lora.tuned.serving import (
-    API_KEY_ENV,
     PAGE_POLICY,
     Answerer,
     Batcher,
-    HostCheck,
-    HostRule,
-    KeyCheck,
     RequestError,
     error_response,
     page_html,

