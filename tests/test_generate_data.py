@@ -272,6 +272,7 @@ def test_locate_answer():
 def test_every_reject_reason():
     passage = "富士山は静岡県と山梨県にまたがる活火山である。標高は3776メートルで、日本最高峰である。"
     assert REJECT_REASONS == (
+        "endpoint_refused",
         "not_json",
         "empty",
         "answer_not_in_passage",

@@ -59,8 +59,10 @@ def test_metrics_shape_and_rescoring(run_dir):
 @needs_data()
 def test_finished_run_is_not_overwritten(run_dir, capsys):
     before = (run_dir / "metrics.json").read_bytes()
-    assert main(["run", "--output", str(run_dir), *TINY_TEST]) == 2
-    assert "--overwrite" in capsys.readouterr().err
+    assert main(["run", "--output", str(run_dir), *TINY_TEST]) == 0  # nothing to do
+    assert (run_dir / "metrics.json").read_bytes() == before
+    assert main(["run", "--output", str(run_dir), *TINY_TEST, "train.epochs=2"]) == 2  # another config: refused
+    assert "--overwrite deletes" in capsys.readouterr().err
     assert (run_dir / "metrics.json").read_bytes() == before
 
 

@@ -284,7 +284,11 @@ def test_a_run_from_before_a_new_config_key_is_the_same_config(tmp_path):
     previous = tmp_path / "config.yaml"
     previous.write_text(text.replace("  window_tokens: null\n", ""), encoding="utf-8")
     assert _same_config(previous, cfg)
-    previous.write_text(text.replace("window_overlap: 128", "window_overlap: 64"), encoding="utf-8")
+    assert "  window_overlap: null\n" in text  # derived when the run starts, and written then
+    previous.write_text(text.replace("window_overlap: null", "window_overlap: 64"), encoding="utf-8")
+    assert _same_config(previous, cfg)  # the value the run derived matches the key left unset
+    assert not _same_config(previous, load_config("tiny-cpu", ["model.window_overlap=32"]))
+    previous.write_text(text.replace("  epochs: 4.0\n", "  epochs: 3.0\n"), encoding="utf-8")
     assert not _same_config(previous, cfg)
     previous.write_text(text.replace("  window_tokens: null\n", "  window_size: 3\n"), encoding="utf-8")
     assert not _same_config(previous, cfg)

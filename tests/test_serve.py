@@ -150,6 +150,7 @@ def test_other_routes(server):
             "run": "tiny",
             "decoding": "extractive",
             "modes": ["greedy", "extractive", "span"],
+            "task": "answer",
         }
     for path, method, status in (("/nowhere", "GET", 404), ("/v1/answer", "GET", 405)):
         with pytest.raises(urllib.error.HTTPError) as info:

@@ -140,7 +140,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from jsquad_lora.tuned.ask import ask
+    from jsquad_lora.tuned.ask import ask, write_question
 
     context = args.context
     if args.context_file is not None:
@@ -150,6 +150,10 @@ def cmd_ask(args: argparse.Namespace) -> int:
             raise InputError(
                 args.context_file, f"not UTF-8 text (byte {err.start})", fix="convert it, e.g. `iconv -t UTF-8`"
             ) from None
+    if args.answer is not None:  # a task=question run: the question whose answer this is
+        written = write_question(Path(args.run), context, args.answer, decoding=args.decoding)
+        print(json.dumps(written, ensure_ascii=False) if args.json else written["question"])
+        return 0
     found = ask(Path(args.run), context, args.question, decoding=args.decoding)
     if args.json:
         print(json.dumps(found, ensure_ascii=False))
@@ -271,15 +275,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", default="report", help="directory for report.md, report.html and charts")
     p.set_defaults(func=cmd_report)
 
-    p = sub.add_parser("ask", help="answer one question about one passage with a trained run")
+    p = sub.add_parser(
+        "ask", help="answer one question about one passage with a trained run (or write one: a task=question run)"
+    )
     p.add_argument("--run", required=True, help="a run directory")
     passage = p.add_mutually_exclusive_group(required=True)
     passage.add_argument("--context", help="the passage or document (a long one is read in overlapping windows)")
     passage.add_argument("--context-file", metavar="PATH", help="read the passage from a UTF-8 text file")
-    p.add_argument("--question", required=True)
-    p.add_argument("--decoding", choices=tuple(DECODING_MODES), default=None)
+    given = p.add_mutually_exclusive_group(required=True)
+    given.add_argument("--question", help="the question to answer (a task=answer run)")
+    given.add_argument(
+        "--answer", help="a task=question run: the answer (in the passage) to write a question for; prints the question"
+    )
+    p.add_argument("--decoding", choices=tuple(DECODING_MODES), default=None, help="default: the run's eval.decoding")
     p.add_argument(
-        "--json", action="store_true", help='print the whole answer object ("answer" null and a "reason" on abstaining)'
+        "--json",
+        action="store_true",
+        help='print the whole answer object ("answer" null and a "reason" on abstaining); with --answer '
+        '{"question", "task"}',
     )
     p.set_defaults(func=cmd_ask)
 

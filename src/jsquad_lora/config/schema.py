@@ -175,6 +175,35 @@ class TrainConfig:
 
 
 @dataclass
+class EndpointConfig:
+    """`eval.backend=openai`: an OpenAI-compatible chat endpoint answers the evaluation questions
+    (evaluate/openai_chat.py; docs/chat-models.md)."""
+
+    #: the API's base URL, ending in /v1: http://127.0.0.1:8080/v1 (llama.cpp's server, vLLM, Ollama, `jsquad-lora
+    #: serve`) or https://api.openai.com/v1. A host other than loopback (127.0.0.0/8, ::1, localhost) needs
+    #: allow_remote=true: the questions and their passages are sent there
+    base_url: str | None = None
+    #: the model name the endpoint serves (gpt-4o-mini; a `serve` run directory's name)
+    model: str | None = None
+    #: the environment variable holding the API key (never the key itself: config.yaml is written to the run)
+    api_key_env: str = "OPENAI_API_KEY"
+    #: requests in flight at once
+    concurrency: int = 4
+    #: seconds one request may take before it is retried
+    timeout: float = 120.0
+    #: retries of a request that fails (429, 5xx, a timeout, a dropped connection), with exponential backoff that
+    #: honours the server's Retry-After (the `openai` client's); a question still unanswered then is recorded as
+    #: failed, never as an empty answer, and the same command again asks it again
+    max_retries: int = 5
+    #: send the data to a host outside this machine (base_url's host is not loopback)
+    allow_remote: bool = False
+    #: the endpoint's prices per million prompt / completion tokens, in any currency: metrics.json then holds a
+    #: "cost" line (the tool knows no prices)
+    prompt_price_per_million: float | None = None
+    completion_price_per_million: float | None = None
+
+
+@dataclass
 class EvalConfig:
     #: a name registered in registry.DECODING_MODES (greedy, extractive, span); extractive: answers are passage
     #: spans, and the LM head scores only the passage's tokens; span: extractive, then the spans around its
@@ -186,7 +215,7 @@ class EvalConfig:
     before: bool = True
     after: bool = True
     side_check: bool = True
-    #: a name registered in registry.EVAL_BACKENDS (hf, vllm)
+    #: a name registered in registry.EVAL_BACKENDS (hf, vllm, llama_cpp, openai: a chat endpoint, `openai` below)
     backend: str = field(default="hf", metadata={"choices": EVAL_BACKENDS})
     #: weights for generation: "auto" = bfloat16 on a GPU with bf16 or a CPU with bf16 instructions
     #: (AVX512-BF16/AMX), else the model's dtype. Answers checked against float32 in BENCHMARKS.md
@@ -198,6 +227,8 @@ class EvalConfig:
     #: with abstain: abstain only where the first token's end-token logit beats every other by more than this
     #: (0: greedy); tune it on held-out training questions, never on the evaluation set
     abstain_threshold: float = 0.0
+    #: the chat endpoint of eval.backend=openai
+    openai: EndpointConfig = field(default_factory=EndpointConfig)
 
 
 @dataclass
@@ -310,6 +341,8 @@ def _validate(cfg: RunConfig) -> None:
             ("train.synthetic_per_passage", t.synthetic_per_passage == 0, "must be 0 for task=question"),
             ("train.negative_windows", not t.negative_windows, "must be false for task=question"),
         ]  # fmt: skip
+    if e.backend == "openai":
+        checks += _endpoint_checks(e.openai)
     for key, ok, problem in checks:
         if not ok:
             _fail(
@@ -318,6 +351,8 @@ def _validate(cfg: RunConfig) -> None:
                 f"{problem} (got {brief(_get(cfg, key))})",
                 "change the value in the config or with key=value",
             )
+    if e.backend == "openai":
+        _refuse_remote(e.openai)
     for key, problem in _train_source_problems(d.train):
         _fail("config", key, problem, "write data.train as SRC, or a list of SRC or {source: SRC, limit: N, weight: W}")
     if t.optim not in _optimizer_names():
@@ -327,6 +362,82 @@ def _validate(cfg: RunConfig) -> None:
             f"unknown optimizer {brief(t.optim)}",
             f"use one of transformers' optimizers, e.g. adamw_torch, adamw_torch_fused, adafactor, sgd "
             f"({len(_optimizer_names())} in all: transformers.training_args.OptimizerNames)",
+        )
+
+
+#: an environment variable's name (eval.openai.api_key_env)
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+
+
+def remote_host(url: str) -> str | None:
+    """`url`'s host when it is not this machine (a name other than localhost, or an address outside 127.0.0.0/8
+    and ::1), else None. No name is resolved: a name that maps to 127.0.0.1 elsewhere still counts as remote."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    if host == "localhost":
+        return None
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host or url
+    mapped = getattr(address, "ipv4_mapped", None)
+    return None if (mapped or address).is_loopback else host
+
+
+def _endpoint_checks(o: EndpointConfig) -> list[tuple[str, bool, str]]:
+    """eval.openai's checks, for eval.backend=openai: an http(s) base URL, a model, sane limits, prices given
+    together (a host outside this machine: `_refuse_remote`)."""
+    from urllib.parse import urlsplit
+
+    url = urlsplit(o.base_url or "")
+    try:
+        url.port  # noqa: B018 (raises on a port that is not a number)
+        valid = url.scheme in ("http", "https") and bool(url.hostname)
+    except ValueError:
+        valid = False
+    prompt_price, completion_price = o.prompt_price_per_million, o.completion_price_per_million
+    return [
+        (
+            "eval.openai.base_url",
+            valid,
+            "must be the endpoint's http:// or https:// URL, e.g. http://127.0.0.1:8080/v1",
+        ),
+        ("eval.openai.model", bool(o.model), "must name the model the endpoint serves"),
+        (
+            "eval.openai.api_key_env",
+            ENV_NAME.fullmatch(o.api_key_env) is not None,
+            "must be an environment variable name",
+        ),
+        ("eval.openai.concurrency", 1 <= o.concurrency <= 256, "must be in [1, 256]"),
+        ("eval.openai.timeout", 0 < o.timeout <= 3600, "must be in (0, 3600] seconds"),
+        ("eval.openai.max_retries", 0 <= o.max_retries <= 100, "must be in [0, 100]"),
+        ("eval.openai.prompt_price_per_million", prompt_price is None or prompt_price >= 0, "must be >= 0 (or null)"),
+        (
+            "eval.openai.completion_price_per_million",
+            completion_price is None or completion_price >= 0,
+            "must be >= 0 (or null)",
+        ),
+        (
+            "eval.openai.completion_price_per_million",
+            (prompt_price is None) == (completion_price is None),
+            "must be given with eval.openai.prompt_price_per_million (both, or neither)",
+        ),
+    ]
+
+
+def _refuse_remote(o: EndpointConfig) -> None:
+    """eval.backend=openai with a base URL outside this machine, without eval.openai.allow_remote: refused at load,
+    before any request (the questions and passages would leave the machine)."""
+    if o.base_url and (host := remote_host(o.base_url)) is not None and not o.allow_remote:
+        _fail(
+            "config",
+            "eval.openai.allow_remote",
+            f"eval.openai.base_url={o.base_url} is outside this machine (host {host}): the questions and their "
+            "passages would be sent there, and eval.openai.allow_remote is false",
+            "add eval.openai.allow_remote=true to send them (for ChatGPT: the data then leaves this machine), or "
+            "use an endpoint on this machine (127.0.0.1, [::1], localhost)",
         )
 
 

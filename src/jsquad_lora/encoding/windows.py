@@ -163,6 +163,8 @@ class TrainSet:
     examples: list[Encoded]
     passages: list[str]
     windowed: int = 0  # questions whose passage was read in windows
+    lost: int = 0  # windowed questions that gave no example: no window holds a gold answer wholly (answers longer
+    # than the overlap, cut at every window edge), and no-answer windows not trained (train.negative_windows off)
     no_answer: int = 0  # examples that teach abstaining (a question without an answer, a window without one)
 
 
@@ -234,6 +236,7 @@ def encode_train_windows(
             continue
         windows = train_windows(q, render, tokenizer, max_length, overlap, window_tokens) or []
         out.windowed += 1
+        before = len(out.examples)
         for w in windows:
             if w.answerable or negative_windows or not q.answerable:
                 ids = prompt_ids(tokenizer, render(w.question))
@@ -241,4 +244,5 @@ def encode_train_windows(
                 out.examples.append(Encoded(ids + target, [-100] * len(ids) + target))
                 out.passages.append(w.question.context)
                 out.no_answer += not w.answerable
+        out.lost += len(out.examples) == before
     return out

@@ -4,6 +4,8 @@ A backend is a check, run before any work (a clear error where it cannot run: a 
 implement, a missing package or GPU), and an `answerer(cfg, run_dir, model, tokenizer, adapter, engines)`:
 the answer function `evaluate` calls, or None for the transformers generation of `generate.greedy` (the
 "hf" backend). vLLM's entry is lazy ("module:attr"): its module is imported only when a config names it.
+A backend with `evaluate_split` answers a whole split itself with no model on this machine (a chat endpoint:
+"openai"): the recipe then loads no weights and no tokenizer for it.
 Adding a backend is one `EVAL_BACKENDS.register` call here (its module registers nothing else).
 """
 
@@ -30,6 +32,10 @@ class EvalBackend:
     resources: Callable[[], Any] = contextlib.nullcontext
     #: (why, fix) where the backend runs in one process only; None: it runs under torchrun / accelerate launch too
     single_process: tuple[str, str] | None = None
+    #: evaluate_split(cfg, questions, fewshot_pool, out_path) -> (evaluate.loop.EvalResult, entries for metrics.json):
+    #: a backend that answers a split with no local model, tokenizer or windows (a chat endpoint); None: `answerer`
+    #: generates inside evaluate.loop.evaluate with the run's model
+    evaluate_split: Callable[..., Any] | None = None
 
 
 def _no_check(mode: str) -> None:
@@ -45,3 +51,4 @@ EVAL_BACKENDS.register(
 )
 EVAL_BACKENDS.register("vllm", "jsquad_lora.evaluate.vllm:BACKEND")
 EVAL_BACKENDS.register("llama_cpp", "jsquad_lora.evaluate.llama_cpp:BACKEND")
+EVAL_BACKENDS.register("openai", "jsquad_lora.evaluate.openai_chat:BACKEND")

@@ -195,8 +195,9 @@ def _generate_group(group: Sequence[Passage], generator, mode: str, filter_run, 
         ]
         for (k, pair), result in zip(survivors, filter_run.answers(questions)):
             pair["round_trip"] = {"answer": result.answer, "em": result.em, "f1": round(result.f1, 4)}
-            if not filter_run.keeps(result):
+            if not filter_run.keeps(result):  # kept in the log as "filtered", for a reader to judge the filter
                 lines[k]["kept"].remove(pair)
+                lines[k].setdefault("filtered", []).append(pair)
                 lines[k]["rejected"]["round_trip"] = lines[k]["rejected"].get("round_trip", 0) + 1
     return lines
 

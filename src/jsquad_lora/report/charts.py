@@ -27,8 +27,9 @@ def _png(fig: Any) -> bytes:
 
 
 def scores_png(runs: Sequence[RunSummary]) -> bytes:
-    """Horizontal bars of EM, sorted: references grey, our runs (jglue scorer) coloured, each of ours with its
-    ± standard error as an error bar where its evaluation was a sample (metrics.json sample.em_standard_error)."""
+    """Horizontal bars of EM, sorted: references grey, our QA runs (jglue scorer) coloured, each of ours with its
+    ± standard error as an error bar where its evaluation was a sample (metrics.json sample.em_standard_error).
+    Question-generation runs have no bar: their EM is a generated question's against the human one."""
     return _png(scores_figure(runs))
 
 
@@ -44,6 +45,8 @@ def scores_figure(runs: Sequence[RunSummary]) -> Any:
         for r in REFERENCE_SCORES
     ]
     for run in runs:
+        if run.task == "question":
+            continue
         for stage in STAGES:
             if (em := run.score(stage, PRIMARY_SCORER, "exact_match")) is not None:
                 label = _ascii(f"{run.name} ({run.model_name}) {stage}")

@@ -3,7 +3,9 @@
 Reading (`load_run`) and rendering (`render_markdown`, `render_html`, `scores_png`, `loss_png`)
 are pure; only `plot_scores`, `plot_loss` and `write_report` touch the disk, and they write
 every file atomically (temporary file beside it, then `os.replace`, via `files.write_bytes`).
-report.html also holds every evaluated question of each run, browsable (`question_browser.py`).
+The tables' text comes from `tables.py`; report.html also holds every evaluated question of each run, browsable
+(`question_browser.py`). Question-generation runs (task: question) have a table of their own, apart from the QA
+runs, the references and the EM chart.
 """
 
 from __future__ import annotations
@@ -14,21 +16,33 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from jsquad_lora.evaluate.scorers import PRIMARY_SCORER, SCORERS
+from jsquad_lora.evaluate.scorers import PRIMARY_SCORER
 from jsquad_lora.report.charts import loss_png, scores_png
 from jsquad_lora.report.question_browser import CSS as BROWSER_CSS
 from jsquad_lora.report.question_browser import browser_data, render_browser, script
-from jsquad_lora.report.references import NOT_COMPARABLE, REFERENCE_SCORES, SCORES_NOTE
+from jsquad_lora.report.references import NOT_COMPARABLE, SCORES_NOTE
 from jsquad_lora.report.summary import (
     STAGES,
     ReportInputError,
     RunSummary,
     _dig,
-    _is_right,
     _number,
     distinct_names,
     load_run,
     windowed_questions,
+)
+from jsquad_lora.report.tables import (
+    QUESTION_NOTE,
+    answerability_table,
+    example_table,
+    number_cell,
+    paired_table,
+    qa_runs,
+    question_table,
+    reference_table,
+    runs_table,
+    sources_line,
+    sources_table,
 )
 from jsquad_lora.util.files import holds_marker, write_bytes, write_text
 from jsquad_lora.util.jsonio import shown
@@ -37,145 +51,13 @@ from jsquad_lora.util.jsonio import shown
 REPORT_MARKER = ".jsquad-lora-report"
 #: recipe/rundir.py's MARKER: a run directory holds its own report (recipe is a layer above: not imported)
 RUN_MARKER = ".jsquad-lora-run"
+#: above a question-generation run's question browser: what its rows hold
+QUESTION_ROWS = (
+    "A question-generation run: each row's question is the answer the model was given (the highlighted gold "
+    "answer in its passage), its prediction the question it generated, and gold the human question."
+)
 #: what can start Markdown markup inside a line (with "<" and "&", which are HTML-escaped)
 _MD_SPECIAL = re.compile(r"([\\`*_\[\]|#~])")
-
-
-def _f(value: Any, spec: str = ".2f") -> str:
-    """A number formatted, or "—" for anything else (absent, or of the wrong type in a run file)."""
-    number = _number(value)
-    return "—" if number is None else format(number, spec)
-
-
-def _runs_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]]:
-    head = ["run", "model", "recipe", "stage"]
-    head += [f"{s} {k}" for s in SCORERS for k in ("EM", "F1")]
-    head += ["questions", "train s", "tokens/s", "eval s"]
-    rows = []
-    for run in runs:
-        for stage in STAGES:
-            if not isinstance(run.metrics.get(stage), dict):
-                continue
-            row = [run.name, run.model_name, str(run.metrics.get("recipe", "?")), stage]
-            row += [_f(run.score(stage, s, k)) for s in SCORERS for k in ("exact_match", "f1")]
-            count = next((c for s in SCORERS if isinstance(c := _dig(run.metrics, stage, s, "count"), int)), None)
-            row.append("—" if count is None else str(count))
-            train = run.metrics.get("train") if stage == "after" else None
-            row += [_f(_dig(train, "seconds"), ".1f"), _f(_dig(train, "tokens_per_second"), ",.0f")]
-            row.append(_f(_dig(run.metrics, "eval" if stage == "after" else "eval_before", "seconds"), ".1f"))
-            rows.append(row)
-    return head, rows
-
-
-def _answerability_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]]] | None:
-    """SQuAD v2's split (jglue scorer) for the runs evaluated on questions without answers: HasAns EM/F1, and
-    NoAns EM = the share of those questions the model abstained on; None where no run has one."""
-    head = ["run", "stage", "HasAns EM", "HasAns F1", "HasAns questions", "NoAns EM (abstained)", "NoAns questions"]
-    rows = []
-    for run in runs:
-        for stage in STAGES:
-            if not isinstance(_dig(run.metrics, stage, "no_ans"), dict):
-                continue
-            count = _dig(run.metrics, stage, "has_ans", "count")
-            rows.append(
-                [
-                    run.name,
-                    stage,
-                    _f(run.score(stage, "has_ans", "exact_match")),
-                    _f(run.score(stage, "has_ans", "f1")),
-                    "—" if count is None else str(count),
-                    _f(run.score(stage, "no_ans", "exact_match")),
-                    str(_dig(run.metrics, stage, "no_ans", "count")),
-                ]
-            )
-    return (head, rows) if rows else None
-
-
-def _paired_table(runs: Sequence[RunSummary]) -> tuple[list[str], list[list[str]], bool] | None:
-    """Paired comparisons on the same question ids (`report.paired`): each run before → after tuning, and
-    each two runs (after tuning, else before) on the questions both evaluated, with whether every row knew its
-    questions' passages; None where there is none. A row that does not says so beside its interval."""
-    from jsquad_lora.report.paired import em_by_id, paired_comparison, passages_of
-
-    head = ["A", "B", "questions (passages)", "EM A", "EM B", "ΔEM (B − A)", "95% interval", "right only in A"]
-    head += ["right only in B", "McNemar p"]
-    pairs = []
-    for run in runs:
-        if "before" in run.predictions and "after" in run.predictions:
-            pairs.append((run, "before", run, "after"))
-    for i, a in enumerate(runs):
-        for b in runs[i + 1 :]:
-            stage_a = "after" if "after" in a.predictions else "before"
-            stage_b = "after" if "after" in b.predictions else "before"
-            if stage_a in a.predictions and stage_b in b.predictions:
-                pairs.append((a, stage_a, b, stage_b))
-    rows, by_passage = [], True
-    for a, stage_a, b, stage_b in pairs:
-        contexts = {qid: q.context for run in (a, b) for qid, q in run.questions.items()}
-        passages = passages_of((a.predictions[stage_a], b.predictions[stage_b]), contexts)
-        found = paired_comparison(em_by_id(a.predictions[stage_a]), em_by_id(b.predictions[stage_b]), passages)
-        if found is None:
-            continue
-        low, high = found["ci95"]
-        count, interval = _paired_counts(found), f"[{low:+.2f}, {high:+.2f}]"
-        if unknown := found["unknown_passages"]:
-            by_passage = False
-            interval += (
-                " paired by question: the passages are unknown, so the interval is too narrow"
-                if unknown == found["questions"]
-                else f" {unknown} questions paired alone: their passages are unknown, so the interval is too narrow"
-            )
-        rows.append(
-            [
-                f"{a.name} ({stage_a})",
-                f"{b.name} ({stage_b})",
-                count,
-                _f(found["em_a"]),
-                _f(found["em_b"]),
-                f"{found['delta']:+.2f}",
-                interval,
-                str(found["only_a"]),
-                str(found["only_b"]),
-                f"{found['mcnemar_p']:.3g}",
-            ]
-        )
-    return (head, rows, by_passage) if rows else None
-
-
-def _paired_counts(found: dict) -> str:
-    """The "questions (passages)" cell: the passages counted only as far as they are known."""
-    questions, unknown = found["questions"], found["unknown_passages"]
-    if not unknown:
-        return f"{questions} ({found['passages']})"
-    if unknown == questions:
-        return f"{questions} (passages unknown)"
-    return f"{questions} ({found['passages'] - unknown} passages; {unknown} questions' passages unknown)"
-
-
-def _reference_table() -> tuple[list[str], list[list[str]]]:
-    head = ["system", "setting", "EM", "F1", "scorer", "source"]
-    return head, [
-        [r.system, r.setting, str(r.em), "—" if r.f1 is None else str(r.f1), r.scorer, r.source]
-        for r in REFERENCE_SCORES
-    ]
-
-
-def _example_table(run: RunSummary) -> tuple[list[str], list[list[str]]]:
-    head = ["", "id", "question", "prediction", "gold answers", "F1"]
-    rows = [
-        [
-            "right" if _is_right(r) else "wrong",
-            str(r.get("id", "")),
-            str(r.get("question", "")),
-            str(r.get("prediction", "")) or "(no answer: abstained)",
-            (" / ".join(map(str, golds)) or "(none: no answer in the passage)")
-            if isinstance(golds := r.get("golds"), list)
-            else str(golds or ""),
-            _f(r.get("f1")),
-        ]
-        for r in run.examples
-    ]
-    return head, rows
 
 
 def _md_text(value: Any) -> str:
@@ -218,8 +100,13 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
     if tiny := [v(r.name) for r in runs if r.is_tiny]:  # the note only where a tiny run is in the report
         out.append(p(("**Note.** " if md else "Note. ") + NOT_COMPARABLE))
         out.append(p(f"Tiny offline runs in this report: {', '.join(tiny)}."))
-    out += [p(SCORES_NOTE), h(2, "Our runs (JSQuAD dev, percent)"), table(*_runs_table(runs))]
-    if paired := _paired_table(runs):
+    out.append(p(SCORES_NOTE))
+    if qa_runs(runs):
+        out += [h(2, "Our runs (JSQuAD dev, percent)"), table(*runs_table(runs))]
+    if generated := question_table(runs):
+        out += [h(2, "Question generation (against the human questions, percent)"), p(QUESTION_NOTE)]
+        out.append(table(*generated))
+    if paired := paired_table(runs):
         head, rows, by_passage = paired
         resampled = (
             "resamples whole passages"
@@ -235,7 +122,7 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             ),
             table(head, rows),
         ]
-    if split := _answerability_table(runs):
+    if split := answerability_table(runs):
         out += [
             h(2, "Questions without an answer (SQuAD v2's split, jglue scorer, percent)"),
             p(
@@ -250,14 +137,14 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
             "The scorer column says which scorer made each number: jglue = JGLUE's SQuAD scorer, "
             "stability = the jp-stable (lm-evaluation-harness) scorer, unspecified = the source's own."
         ),
-        table(*_reference_table()),
+        table(*reference_table()),
     ]
     if "scores.png" in images:
         out += [h(2, "Exact Match chart"), img("scores.png", "EM: our runs (jglue scorer) beside the references")]
     if "loss.png" in images:
         out += [h(2, "Training loss"), img("loss.png", "training loss")]
     for number, run in enumerate(runs):
-        out.append(h(2, f"Run {v(run.name)}"))
+        out.append(h(2, f"Run {v(run.name)}" + (" (question generation)" if run.task == "question" else "")))
         out.append(p(f"Directory: {v(run.path)}"))
         if isinstance(card := run.metrics.get("base_model"), dict) and card:
             out.append(
@@ -268,6 +155,11 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
                 )
             )
         out.append(p(_evaluated_questions(run.metrics, v)))
+        untrained = "" if isinstance(run.metrics.get("train"), dict) else " Not trained yet: the set as configured."
+        if line := sources_line(run.metrics, v):
+            out.append(p(line + untrained))
+        elif sources := sources_table(run.metrics):
+            out += [h(3, "Training sources (data.train)"), table(*sources)] + ([p(untrained.strip())] * bool(untrained))
         if windowed := _windowed(run.metrics):
             out.append(p(windowed))
         if isinstance(modelling := run.metrics.get("language_modelling"), dict):
@@ -275,8 +167,8 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
                 p(
                     "What tuning cost general language modelling: perplexity per token on "
                     f"{v(modelling.get('passages'))} evaluation passages without their questions "
-                    f"({v(modelling.get('tokens'))} tokens), before {_f(modelling.get('before'))} "
-                    f"→ after {_f(modelling.get('after'))} (lower is better)."
+                    f"({v(modelling.get('tokens'))} tokens), before {number_cell(modelling.get('before'))} "
+                    f"→ after {number_cell(modelling.get('after'))} (lower is better)."
                 )
             )
         if run.side_check:
@@ -288,13 +180,13 @@ def _sections(runs: Sequence[RunSummary], fmt: str, images: dict[str, str]) -> l
         if run.examples:
             out += [
                 h(3, f"Example predictions ({run.examples_stage} tuning; first wrong, then right)"),
-                table(*_example_table(run)),
+                table(*example_table(run)),
             ]
         if run.predictions and not md:
-            out += [
-                h(3, f"Every question of {run.name}: filter, search, open one to see its passage"),
-                render_browser(browser_data(run.predictions, run.questions), str(number), run.questions_note),
-            ]
+            out.append(h(3, f"Every question of {run.name}: filter, search, open one to see its passage"))
+            if run.task == "question":
+                out.append(p(QUESTION_ROWS))
+            out.append(render_browser(browser_data(run.predictions, run.questions), str(number), run.questions_note))
         if run.config_text is not None:
             out.append(h(3, f"Resolved config ({v(run.path / 'config.yaml')})"))
             # the <pre> on lines of its own: a Markdown HTML block that starts with <details> ends at a blank line

@@ -4,6 +4,7 @@ for an optional extra that is missing or damaged (left out with a warning)."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 from dataclasses import dataclass, field
@@ -51,6 +52,14 @@ class RunSummary:
         card = _dig(self.metrics, "base_model", "name")
         return card if isinstance(card, str) and card else str(self.metrics.get("model", "?"))
 
+    @functools.cached_property
+    def task(self) -> str:
+        """ "question" for a question-generation run (passage + answer → question: question scores in metrics.json,
+        or `task: question` in its config.yaml), else "answer" (a run without `task` is a QA run)."""
+        if any(isinstance(_dig(self.metrics, stage, "question"), dict) for stage in STAGES):
+            return "question"
+        return "question" if _config_value(self.config_text, "task") == "question" else "answer"
+
     def score(self, stage: str, scorer: str, key: str) -> float | None:
         """metrics[stage][scorer][key] when it is a number, else None (stage not run)."""
         return _number(_dig(self.metrics, stage, scorer, key))
@@ -69,6 +78,19 @@ def windowed_questions(summary: Any) -> int | None:
         if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
             return value
     return None
+
+
+def _config_value(text: str | None, key: str) -> Any:
+    """A top-level value of a run's config.yaml text, or None (no file, not YAML, not a mapping)."""
+    import yaml
+
+    if text is None:
+        return None
+    try:
+        raw = yaml.safe_load(text)
+    except (ValueError, yaml.YAMLError, RecursionError):
+        return None
+    return raw.get(key) if isinstance(raw, dict) else None
 
 
 def _number(value: Any) -> float | None:

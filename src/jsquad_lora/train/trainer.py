@@ -205,6 +205,11 @@ def train(
     finally:
         model.config.use_cache = use_cache
         drop_cached_head(model)
+        # the Trainer's accelerate wraps `forward` in bf16 autocast for training: unwrapped here, so that the
+        # evaluation after tuning runs in eval.dtype, as `ask` and `serve` of the saved run do
+        from accelerate.utils import extract_model_from_parallel
+
+        extract_model_from_parallel(model, keep_fp32_wrapper=False)
     seconds = time.perf_counter() - start
     log = [
         {k: row[k] for k in ("step", "epoch", "loss", "learning_rate", "grad_norm") if k in row}

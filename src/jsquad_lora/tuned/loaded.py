@@ -190,9 +190,54 @@ class LoadedRun:
         return out  # type: ignore[return-value]
 
     def answer(self, context: str, question: str, decoding: str | None = None) -> str | None:
-        """The run's answer to one question about `context` (None: it abstained)."""
+        """The run's answer to one question about `context` (None: it abstained); a task=answer run's."""
+        if self.cfg.task != "answer":
+            raise InputError(
+                self.run_dir,
+                f"a task={self.cfg.task} run writes questions; it does not answer them",
+                fix="write a question for an answer with write_question(context, answer) (`ask --answer`, "
+                "POST /v1/question), or load a task=answer run to answer questions",
+            )
         windows = self.windows(context, question)
         return answer_object(context, windows, self.answer_windows(windows, decoding))["answer"]
+
+    # task=question: passage + answer → the question whose answer it is
+
+    def question_prompt(self, context: str, answer: str, field: str = "context") -> str:
+        """A task=question run's prompt asking for a question whose answer is `answer` in `context`: the whole
+        passage in one prompt, as the run was trained and evaluated (a window without the answer would ask about
+        nothing), or an InputError naming `field` (what the caller calls the passage)."""
+        from jsquad_lora.encoding.tokens import prompt_ids
+
+        if self.cfg.task != "question":
+            raise InputError(
+                self.run_dir,
+                f"a task={self.cfg.task} run answers questions; it does not write them",
+                fix="answer a question with answer(context, question) (`ask --question`, POST /v1/answer), or load "
+                "a task=question run to write questions",
+            )
+        prompt = self.render(Question("ask", "", context, answer, (), ()))
+        m, room = self.cfg.model, self.cfg.eval.max_new_tokens
+        length = len(prompt_ids(self.tokenizer, prompt))
+        if length > m.max_length - room:
+            raise InputError(
+                field,
+                f"the passage and answer make a prompt of {length} tokens, over the {m.max_length - room} this "
+                f"run's prompt may take (model.max_length {m.max_length} less eval.max_new_tokens {room}), and "
+                "task=question reads a passage in one prompt (a window without the answer would ask about nothing)",
+                fix="pass a shorter passage: the sentences around the answer (`data generate` cuts documents to "
+                "fit one prompt)",
+            )
+        return prompt
+
+    def write_questions(self, prompts: list[str], passages: list[str]) -> list[str]:
+        """The questions of `question_prompt`s (`passages`: their passages) in one batched greedy generation, each
+        equal to its prompt's question alone."""
+        return self.generate(prompts, passages, "greedy")
+
+    def write_question(self, context: str, answer: str) -> str:
+        """A task=question run's greedy question whose answer is `answer`, about `context` (one prompt)."""
+        return self.write_questions([self.question_prompt(context, answer)], [context])[0]
 
     # free generation (serve's OpenAI routes): a conversation or a raw prompt, greedy, not extractive
 

@@ -1,13 +1,16 @@
 """`jsquad-lora serve`: a finished run behind a small HTTP API and a page to try it in a browser.
 
-    POST /v1/answer  {"context": str, "question": str, "decoding"?: mode}  →  {"answer", "start", "end", ...}
-    GET  /           the page (passage and question boxes, the answer highlighted in the passage)
-    GET  /v1/health  {"status": "ok", "run": ..., "decoding": the run's mode, "modes": [...]}
+    POST /v1/answer    {"context": str, "question": str, "decoding"?: mode}  →  {"answer", "start", "end", ...}
+    POST /v1/question  {"context": str, "answer": str}  →  {"question", "batch", "seconds"}   (a task=question run)
+    GET  /             the page (passage and question boxes, the answer highlighted in the passage; for a
+                       task=question run passage and answer boxes, the question written)
+    GET  /v1/health    {"status": "ok", "run": ..., "task": answer|question, "decoding": the run's mode, "modes": [...]}
     GET  /v1/models, POST /v1/chat/completions, POST /v1/completions   OpenAI's API (openai_api.py)
 
 With an API key (`--api-key`, $JSQUAD_LORA_API_KEY) every /v1/ route wants `Authorization: Bearer KEY`.
-The batching, the request checks and the error replies both APIs share are in serving.py, the Host and API-key
-checks in access.py; this module is the app.
+A route the run's task does not take (/v1/answer on a task=question run, /v1/question on a task=answer run) is
+a 400 naming the one to use. The batching, the request checks and the error replies both APIs share are in
+serving.py, the Host and API-key checks in access.py; this module is the app.
 """
 
 from __future__ import annotations
@@ -34,8 +37,10 @@ from jsquad_lora.tuned.serving import (
     RequestError,
     error_response,
     page_html,
+    parse_question_request,
     parse_request,
     read_body,
+    wrong_task,
 )
 
 log = logging.getLogger(__name__)
@@ -53,10 +58,12 @@ def create_app(
     wait_s: float = 0.01,
     api_key: str | None = None,
     created: int | None = None,
+    task: str = "answer",
 ):
-    """The ASGI app: the answer API, OpenAI's API, the page and a health check; its batcher runs while the app
-    does. `host` is the address it is bound to, which decides the Host names it answers (HostRule); `api_key`:
-    the bearer token every /v1/ route wants (none: open); `created`: the model's Unix time in /v1/models."""
+    """The ASGI app: the answer API (the question API for a `task`=question run), OpenAI's API, the page and a
+    health check; its batcher runs while the app does. `host` is the address it is bound to, which decides the
+    Host names it answers (HostRule); `api_key`: the bearer token every /v1/ route wants (none: open); `created`:
+    the model's Unix time in /v1/models."""
     hosts = HostRule(host, allow_hosts)
     batcher = Batcher(run, max_batch=max_batch, queue_size=queue_size, wait_s=wait_s)
 
@@ -76,7 +83,7 @@ def create_app(
     if api_key:
         app.add_middleware(KeyCheck, key=api_key, reply=reply)
     app.add_middleware(HostCheck, rule=hosts, reply=reply)  # every route, the 404s too; before the key
-    page = page_html(run_name, default_decoding)
+    page = page_html(run_name, default_decoding, task)
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> Response:
@@ -92,12 +99,30 @@ def create_app(
 
     @app.get("/v1/health")
     async def health() -> dict:
-        return {"status": "ok", "run": run_name, "decoding": default_decoding, "modes": list(DECODING_MODES)}
+        return {
+            "status": "ok",
+            "run": run_name,
+            "task": task,
+            "decoding": default_decoding,
+            "modes": list(DECODING_MODES),
+        }
 
     @app.post("/v1/answer")
     async def answer(request: Request) -> JSONResponse:
         try:
+            if task != "answer":
+                raise wrong_task(task)
             future = batcher.submit(parse_request(await read_body(request), default_decoding))
+            return JSONResponse(await asyncio.wrap_future(future))
+        except RequestError as err:
+            return error_response(err)
+
+    @app.post("/v1/question")
+    async def question(request: Request) -> JSONResponse:
+        try:
+            if task != "question":
+                raise wrong_task(task)
+            future = batcher.submit(parse_question_request(await read_body(request)))
             return JSONResponse(await asyncio.wrap_future(future))
         except RequestError as err:
             return error_response(err)
@@ -125,7 +150,11 @@ def serve(
 
     api_key = (os.environ.get(API_KEY_ENV) if api_key is None else api_key) or None
     run = load_run_model(Path(run_dir))
-    run.answer("梅雨は東アジアの気象現象である。", "梅雨はどこの現象か。")  # the first generation is slow: not a user's
+    # the first generation is slow: not a user's
+    if run.cfg.task == "question":
+        run.write_question("梅雨は東アジアの気象現象である。", "東アジア")
+    else:
+        run.answer("梅雨は東アジアの気象現象である。", "梅雨はどこの現象か。")
     host = host.removeprefix("[").removesuffix("]")  # uvicorn binds an IPv6 address without its brackets
     name = run.run_dir.resolve().name
     app = create_app(
@@ -138,12 +167,14 @@ def serve(
         queue_size=queue_size,
         api_key=api_key,
         created=int((run.run_dir / "adapter").stat().st_mtime),  # when the model was trained
+        task=run.cfg.task,
     )
     if not app.state.hosts.local_only:
         said = "who has the API key (sent without TLS)" if api_key else "(no authentication)"
         log.warning("serving on %s: anyone who can reach this machine can use the model %s", host, said)
     where = f"[{host}]" if ":" in host else host
-    log.info("the page: http://%s:%d/  the API: POST http://%s:%d/v1/answer", where, port, where, port)
+    route = "/v1/question" if run.cfg.task == "question" else "/v1/answer"
+    log.info("the page: http://%s:%d/  the API: POST http://%s:%d%s", where, port, where, port, route)
     log.info("OpenAI's API: base_url http://%s:%d/v1, model %r", where, port, name)
     if api_key:
         log.info("with the API key the page cannot answer (it sends no key): use the API")

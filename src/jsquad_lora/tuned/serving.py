@@ -1,11 +1,12 @@
-"""What `serve`'s two APIs (its own /v1/answer, and OpenAI's in openai_api.py) share: the batching worker,
-the request checks and the error replies. `serve.py` assembles the app; access.py holds the Host and API-key
-checks in front of it.
+"""What `serve`'s two APIs (its own /v1/answer and /v1/question, and OpenAI's in openai_api.py) share: the
+batching worker, the request checks and the error replies. `serve.py` assembles the app; access.py holds the
+Host and API-key checks in front of it.
 
 HTTP is FastAPI on uvicorn. Written here by hand, as neither offers it:
 - the batching: requests wait in a bounded queue and one worker thread answers what has gathered with
   one `generate_answers` call per decoding mode, so concurrent requests share a batch and each answer
-  equals the one its request gets alone (the guarantee of `generate_answers`). A full queue is a 503.
+  equals the one its request gets alone (the guarantee of `generate_answers`); the questions a task=question
+  run writes (/v1/question) likewise, in one greedy generation. A full queue is a 503.
   The model is used by the worker thread only.
 - the errors: every refusal is `{"error", "field", "fix"}` JSON, on every route but OpenAI's (those answer in
   OpenAI's shape, openai_api.error_response), and rendering one never fails: what it echoes of the request
@@ -46,6 +47,11 @@ LIMITS = {"context": MAX_ASK_CONTEXT_CHARS, "question": MAX_ASK_QUESTION_CHARS} 
 LENGTH_FIX = f"the passage may have {MAX_ASK_CONTEXT_CHARS} characters, the question {MAX_ASK_QUESTION_CHARS}"
 FIELDS = ("context", "question", "decoding")
 SHAPE = 'send a JSON object: {"context": "...", "question": "...", "decoding": "extractive"} (decoding optional)'
+#: /v1/question (a task=question run): the passage and the answer to write a question for
+QUESTION_LIMITS = {"context": MAX_ASK_CONTEXT_CHARS, "answer": MAX_ASK_QUESTION_CHARS}
+QUESTION_LENGTH_FIX = f"the passage may have {MAX_ASK_CONTEXT_CHARS} characters, the answer {MAX_ASK_QUESTION_CHARS}"
+QUESTION_FIELDS = ("context", "answer")
+QUESTION_SHAPE = 'send a JSON object: {"context": "...", "answer": "..."} (the answer to write a question for)'
 SURROGATE_FIX = "a \\ud800-\\udbff escape must be followed by a \\udc00-\\udfff one (together one character)"
 #: an echoed request value is cut to this many characters; any other string in an error reply to MAX_ERROR_CHARS
 ECHO_CHARS = 80
@@ -59,7 +65,8 @@ PAGE_POLICY = (
 
 class Answerer(Protocol):
     """What the server needs of a run (loaded.LoadedRun; tests pass stand-ins). The OpenAI routes also use
-    chat_prompt, complete and usage; every method is called by the worker thread only."""
+    chat_prompt, complete and usage, /v1/question (a task=question run) question_prompt and write_questions;
+    every method is called by the worker thread only."""
 
     def windows(self, context: str, question: str) -> list[Window]: ...
     def answer_windows(self, windows: list[Window], decoding: str | None = None) -> list[ScoredAnswer]: ...
@@ -67,6 +74,8 @@ class Answerer(Protocol):
     def chat_prompt(self, messages: list[dict[str, str]]) -> str: ...
     def complete(self, prompt: str, max_new_tokens: int | None, stop: Sequence[str]) -> tuple[str, str]: ...
     def usage(self, prompt: str, completion: str) -> dict[str, int]: ...
+    def question_prompt(self, context: str, answer: str) -> str: ...
+    def write_questions(self, prompts: list[str], passages: list[str]) -> list[str]: ...
 
 
 @dataclass
@@ -78,6 +87,16 @@ class Pending:
     question: str
     decoding: str
     usage: bool = False
+    received: float = field(default_factory=time.perf_counter)
+    future: Future = field(default_factory=Future)
+
+
+@dataclass
+class Wanted:
+    """A question to write (a task=question run): `future` gets {"question", "batch", "seconds"} or a RequestError."""
+
+    context: str
+    answer: str
     received: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -129,12 +148,12 @@ def error_response(err: RequestError, headers: dict | None = None) -> Response:
 
 
 class Batcher:
-    """A bounded queue of questions (and free generations, `Job`s) and the one thread that answers them: the
-    questions in batches, each job alone."""
+    """A bounded queue of questions (questions to write, `Wanted`, and free generations, `Job`s) and the one thread
+    that answers them: the questions in batches, the questions to write in one batch, each job alone."""
 
     def __init__(self, run: Answerer, *, max_batch: int = 32, queue_size: int = 64, wait_s: float = 0.01):
         self.run, self.max_batch, self.wait_s = run, max_batch, wait_s
-        self.queue: queue.Queue[Pending | Job] = queue.Queue(maxsize=queue_size)
+        self.queue: queue.Queue[Pending | Wanted | Job] = queue.Queue(maxsize=queue_size)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._work, name="jsquad-lora-answers", daemon=True)
 
@@ -149,7 +168,7 @@ class Batcher:
             if future.set_running_or_notify_cancel():
                 future.set_exception(RequestError(503, "the server is shutting down"))
 
-    def submit(self, request: Pending | Job) -> Future:
+    def submit(self, request: Pending | Wanted | Job) -> Future:
         try:
             self.queue.put_nowait(request)
         except queue.Full:
@@ -177,6 +196,8 @@ class Batcher:
             questions = [r for r in batch if isinstance(r, Pending)]
             for mode in dict.fromkeys(r.decoding for r in questions):
                 self._answer([r for r in questions if r.decoding == mode], mode)
+            if wanted := [r for r in batch if isinstance(r, Wanted)]:
+                self._write(wanted)
             for job in (r for r in batch if isinstance(r, Job)):
                 self._run(job)
 
@@ -222,6 +243,31 @@ class Batcher:
                 }
             )
 
+    def _write(self, requests: list[Wanted]) -> None:
+        """One greedy generation for the questions wanted; a request whose prompt cannot be built (a passage
+        too long for one prompt) fails alone, an error in generation fails the batch (and is logged)."""
+        ready, prompts = [], []
+        for r in requests:
+            try:
+                prompts.append(self.run.question_prompt(r.context, r.answer))
+            except InputError as err:
+                r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
+                continue
+            except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
+                self._fail([r], err)
+                continue
+            ready.append(r)
+        if not ready:
+            return
+        try:
+            questions = self.run.write_questions(prompts, [r.context for r in ready])
+        except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
+            self._fail(ready, err)
+            return
+        done = time.perf_counter()
+        for r, question in zip(ready, questions):
+            r.future.set_result({"question": question, "batch": len(ready), "seconds": round(done - r.received, 4)})
+
     def _run(self, job: Job) -> None:
         try:
             job.future.set_result(job.work(self.run))
@@ -233,7 +279,7 @@ class Batcher:
             self._fail([job], err)
 
     @staticmethod
-    def _fail(requests: list[Pending | Job], err: Exception) -> None:
+    def _fail(requests: list[Pending | Wanted | Job], err: Exception) -> None:
         log.error("answering %d question(s) failed", len(requests), exc_info=err)
         for r in requests:
             r.future.set_exception(RequestError(500, f"answering failed ({type(err).__name__}: {err})"[:500]))
@@ -270,32 +316,67 @@ def json_object(body: bytes, shape: str) -> dict:
     return data
 
 
-def question_of(data: dict, default_decoding: str, usage: bool = False) -> Pending:
-    """The question of a request's fields (`FIELDS`), checked as `ask` checks its text, or a RequestError."""
-    if unknown := [k for k in data if k not in FIELDS]:
-        raise RequestError(422, f"unknown field {echo(unknown[0])}", unknown[0], fix=f"fields: {', '.join(FIELDS)}")
-    for name, limit in LIMITS.items():
+def _check_fields(data: dict, fields: tuple[str, ...], limits: dict[str, int], length_fix: str) -> None:
+    """A request's fields: none unknown, each of `limits` present, a string and within its limit (characters)."""
+    if unknown := [k for k in data if k not in fields]:
+        raise RequestError(422, f"unknown field {echo(unknown[0])}", unknown[0], fix=f"fields: {', '.join(fields)}")
+    for name, limit in limits.items():
         if name not in data:
-            raise RequestError(422, f"missing field {name!r}", name, fix=f"fields: {', '.join(FIELDS)}")
+            raise RequestError(422, f"missing field {name!r}", name, fix=f"fields: {', '.join(fields)}")
         if not isinstance(data[name], str):
             raise RequestError(422, f"{name} must be a string, not {_json_type(data[name])}", name)
         if len(data[name]) > limit:
             raise RequestError(
-                413, f"{name} too long: {len(data[name])} characters (the limit is {limit})", name, fix=LENGTH_FIX
+                413, f"{name} too long: {len(data[name])} characters (the limit is {limit})", name, fix=length_fix
             )
+
+
+def _check_texts(context: str, text: str, names: tuple[str, str]) -> None:
+    """`check_question_text` as a RequestError: 413 too long, 422 empty or not valid text."""
+    try:
+        check_question_text(context, text, names)
+    except InputError as err:
+        status = 413 if err.problem.startswith("input too long") else 422
+        fix = SURROGATE_FIX if "surrogate" in err.problem else err.fix  # the CLI's fix is about command lines
+        raise RequestError(status, err.problem, err.source, fix) from None
+
+
+def question_of(data: dict, default_decoding: str, usage: bool = False) -> Pending:
+    """The question of a request's fields (`FIELDS`), checked as `ask` checks its text, or a RequestError."""
+    _check_fields(data, FIELDS, LIMITS, LENGTH_FIX)
     decoding = data.get("decoding", None)
     if decoding is None:
         decoding = default_decoding
     elif not isinstance(decoding, str) or decoding not in DECODING_MODES:
         said = echo(decoding) if isinstance(decoding, str) else _json_type(decoding)
         raise RequestError(422, f"unknown decoding mode {said}", "decoding", fix=f"one of: {', '.join(DECODING_MODES)}")
-    try:
-        check_question_text(data["context"], data["question"], ("context", "question"))
-    except InputError as err:
-        status = 413 if err.problem.startswith("input too long") else 422
-        fix = SURROGATE_FIX if "surrogate" in err.problem else err.fix  # the CLI's fix is about command lines
-        raise RequestError(status, err.problem, err.source, fix) from None
+    _check_texts(data["context"], data["question"], ("context", "question"))
     return Pending(data["context"], data["question"], decoding, usage)
+
+
+def parse_question_request(body: bytes) -> Wanted:
+    """The question wanted by a /v1/question body (`QUESTION_FIELDS`), checked as `ask --answer` checks its
+    text, or a RequestError."""
+    data = json_object(body, QUESTION_SHAPE)
+    _check_fields(data, QUESTION_FIELDS, QUESTION_LIMITS, QUESTION_LENGTH_FIX)
+    _check_texts(data["context"], data["answer"], ("context", "answer"))
+    return Wanted(data["context"], data["answer"])
+
+
+def wrong_task(task: str) -> RequestError:
+    """The 400 of a route the run's task does not take: /v1/answer on a task=question run, /v1/question on a
+    task=answer run."""
+    if task == "question":
+        return RequestError(
+            400,
+            "this run writes questions (task=question): it does not answer them",
+            fix='POST /v1/question {"context": "...", "answer": "..."}: the question whose answer that is',
+        )
+    return RequestError(
+        400,
+        f"this run answers questions (task={task}): it does not write them",
+        fix='POST /v1/answer {"context": "...", "question": "..."} (a task=question run writes questions)',
+    )
 
 
 def _json_type(value: Any) -> str:
@@ -304,16 +385,40 @@ def _json_type(value: Any) -> str:
     return json_type_name(type(value))
 
 
-def page_html(run_name: str, default_decoding: str) -> str:
-    """The page, with the run's name and decoding modes filled in (both HTML-escaped)."""
+#: the page's words per task: its second box and button, the result's name, and whether the decoding choice shows
+PAGE_WORDS = {
+    "answer": {
+        "INTRO": "The answer is a span of the passage (extractive decoding) or free text (greedy); a span is "
+        "highlighted where it occurs in the passage.",
+        "SECOND": "Question",
+        "EXAMPLE": "梅雨がみられないのは日本のどこか。",
+        "BUTTON": "Answer",
+        "RESULT": "Answer",
+    },
+    "question": {
+        "INTRO": "A question-generation run (task=question): give a passage and an answer in it, and it writes a "
+        "question whose answer that is (greedy decoding). The answer is highlighted where it occurs in the passage.",
+        "SECOND": "Answer",
+        "EXAMPLE": "北海道と小笠原諸島",
+        "BUTTON": "Write a question",
+        "RESULT": "Question",
+    },
+}
+
+
+def page_html(run_name: str, default_decoding: str, task: str = "answer") -> str:
+    """The page for a run of `task`, with the run's name, decoding modes and words filled in (HTML-escaped)."""
     import html
 
     options = "".join(
         f'<option value="{html.escape(m)}"{" selected" if m == default_decoding else ""}>{html.escape(m)}</option>'
         for m in DECODING_MODES
     )
-    template = resources.files(__package__).joinpath("serve_page.html").read_text(encoding="utf-8")
-    return template.replace("{{RUN}}", html.escape(run_name)).replace("{{OPTIONS}}", options)
+    page = resources.files(__package__).joinpath("serve_page.html").read_text(encoding="utf-8")
+    for key, value in {"TASK": task, **PAGE_WORDS[task]}.items():
+        page = page.replace("{{" + key + "}}", html.escape(value))
+    page = page.replace("{{HIDDEN}}", " hidden" if task == "question" else "")  # a question is written greedily
+    return page.replace("{{RUN}}", html.escape(run_name)).replace("{{OPTIONS}}", options)
 
 
 async def read_body(request: Request) -> bytes:
