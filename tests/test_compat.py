@@ -112,13 +112,15 @@ def test_a_finished_run_of_the_previous_release_reports_and_answers(tmp_path, ca
     assert answer["answer"] is None or answer["answer"] in context
 
 
-def test_a_finished_run_of_the_previous_release_is_not_run_again(tmp_path):
-    """The same command again: nothing is trained, evaluated or written again (exit 0, "nothing to do", or 2,
-    a refusal: either keeps the promise)."""
+def test_a_finished_run_of_the_previous_release_is_not_run_again(tmp_path, capsys):
+    """The same command again (and --resume): nothing is trained, evaluated or written again: exit 0, "nothing
+    to do" (its config.yaml holds the old fixed window_overlap: 128, which matches the key now left unset)."""
     run_dir = _copy("finished", tmp_path)
-    kept = ("metrics.json", "predictions-after.jsonl", "adapter/model.safetensors", "loss.jsonl")
+    kept = ("metrics.json", "predictions-after.jsonl", "adapter/model.safetensors", "loss.jsonl", "config.yaml")
     before = {name: (run_dir / name).read_bytes() for name in kept}
-    assert main(["run", "--output", str(run_dir), *PREV_ARGS]) in (0, 2)
+    for again in (["run", "--output", str(run_dir)], ["run", "--resume", "--output", str(run_dir)]):
+        assert main([*again, *PREV_ARGS]) == 0
+        assert "nothing to do" in capsys.readouterr().err
     assert {name: (run_dir / name).read_bytes() for name in kept} == before
 
 
