@@ -168,20 +168,15 @@ class TrainSet:
     no_answer: int = 0  # examples that teach abstaining (a question without an answer, a window without one)
 
 
-def train_windows(
-    question: Question,
-    render: Callable[[Question], str],
-    tokenizer,
-    max_length: int,
-    overlap: int | None,
-    window_tokens: int | None = None,
-) -> list[Window] | None:
-    """The windows training reads `question` in, or None where its prompt and answer fit `max_length` (one
-    example, the question unchanged): room is kept for the longest gold answer and the end token."""
-    if len(prompt_ids(tokenizer, render(question))) + len(target_ids(tokenizer, question)) <= max_length:
-        return None
-    longest = max((len(answer_ids(tokenizer, a)) for a in question.answers), default=0) + 1
-    return passage_windows(question, render, tokenizer, max_length - longest, overlap, window_tokens)
+def fits_training(question: Question, render: Callable[[Question], str], tokenizer, max_length: int) -> bool:
+    """Whether `question`'s prompt and its first answer (with the end token) fit `max_length`: one training
+    example, the question unchanged; else training reads its passage in windows of `train_budget` tokens."""
+    return len(prompt_ids(tokenizer, render(question))) + len(target_ids(tokenizer, question)) <= max_length
+
+
+def train_budget(question: Question, tokenizer, max_length: int) -> int:
+    """The tokens a training window's prompt may take: room is kept for the longest gold answer and the end token."""
+    return max_length - max((len(answer_ids(tokenizer, a)) for a in question.answers), default=0) - 1
 
 
 def run_overlap(
@@ -198,19 +193,18 @@ def run_overlap(
     room any of its questions' prompts leaves its passage. Every question's windows (training's and evaluation's)
     are cut with it here, so a value that cannot fit, or a prompt that cannot fit at all, fails now (InputError
     naming the question), never mid-run."""
+    windowed = [q for q in train if not fits_training(q, render, tokenizer, max_length)]
     if overlap is None:
         # every evaluation question's room (what `ask` and `serve` will meet is alike), and the rooms of the
         # training questions that are read in windows (training keeps room for the answer instead)
         rooms = [passage_room(q, render, tokenizer, eval_budget, window_tokens) for q in evaluate]
-        for q in train:
-            if len(prompt_ids(tokenizer, render(q))) + len(target_ids(tokenizer, q)) > max_length:
-                longest = max((len(answer_ids(tokenizer, a)) for a in q.answers), default=0) + 1
-                rooms.append(passage_room(q, render, tokenizer, max_length - longest, window_tokens))
+        rooms += [passage_room(q, render, tokenizer, train_budget(q, tokenizer, max_length), window_tokens)
+                  for q in windowed]  # fmt: skip
         overlap = derived_overlap(min(rooms, default=2 * MAX_DERIVED_OVERLAP))
     for q in evaluate:
         passage_windows(q, render, tokenizer, eval_budget, overlap, window_tokens)
-    for q in train:
-        train_windows(q, render, tokenizer, max_length, overlap, window_tokens)
+    for q in windowed:
+        passage_windows(q, render, tokenizer, train_budget(q, tokenizer, max_length), overlap, window_tokens)
     return overlap
 
 
@@ -234,7 +228,7 @@ def encode_train_windows(
             out.passages.append(q.context)
             out.no_answer += not q.answerable
             continue
-        windows = train_windows(q, render, tokenizer, max_length, overlap, window_tokens) or []
+        windows = passage_windows(q, render, tokenizer, train_budget(q, tokenizer, max_length), overlap, window_tokens)
         out.windowed += 1
         before = len(out.examples)
         for w in windows:

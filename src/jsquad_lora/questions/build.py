@@ -145,7 +145,7 @@ def generate_questions(
     if not distributed.is_main():
         return {}
     rows = [row for r in range(world) for row in read_jsonl_prefix(_log_path(output, r, world))[1:]]
-    extra = [q for q in source_questions if include_source_questions]
+    extra = list(source_questions) if include_source_questions else []
     return _write(output, passages, rows, settings, seconds, extra)
 
 

@@ -20,6 +20,7 @@ from jsquad_lora.data.candidates import Candidate
 from jsquad_lora.data.documents import Passage
 from jsquad_lora.data.question import Question
 from jsquad_lora.errors import InputError
+from jsquad_lora.questions.local import LocalRun
 
 log = logging.getLogger(__name__)
 #: passages are cut to this many characters when no tokenizer measures them (an endpoint without a filter run)
@@ -37,41 +38,22 @@ class Proposal:
     kind: str
 
 
-class RunGenerator:
+class RunGenerator(LocalRun):
     """A finished task=question run: one greedy question per (passage, answer candidate), batched."""
 
     def __init__(self, run_dir: str | Path):
-        import torch
-
-        from jsquad_lora.tuned.loaded import load_run_model
-        from jsquad_lora.util.devices import inference_dtype
-
-        self.run = load_run_model(Path(run_dir))
-        cfg = self.run.cfg
-        if cfg.task != "question":
-            raise InputError(
-                str(run_dir),
-                "is a run of task=answer: it answers questions, it does not write them",
-                where="--generator",
-                fix="train a question generator on your labelled questions (jsquad-lora run --config "
-                "gemma-3-270m-question --output QG_DIR) and pass --generator QG_DIR",
-            )
-        # data generation favours speed: bfloat16 where the CPU has it (the run's eval.dtype rule)
-        dtype = getattr(torch, inference_dtype(cfg.eval.dtype, cfg.model.dtype))
-        self.run.model = self.run.model.to(dtype)
-        self.name = f"run:{Path(run_dir).resolve().name}"
-        self.batch_size = cfg.eval.batch_size
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.run.tokenizer(text, add_special_tokens=False)["input_ids"])
+        super().__init__(
+            run_dir,
+            "question",
+            "--generator",
+            "is a run of task=answer: it answers questions, it does not write them",
+            "train a question generator on your labelled questions (jsquad-lora run --config "
+            "gemma-3-270m-question --output QG_DIR) and pass --generator QG_DIR",
+        )
 
     def passage_tokens(self) -> int:
         """The passage tokens one prompt of this run holds, with room for a long candidate answer."""
-        from jsquad_lora.encoding.tokens import prompt_ids
-
-        cfg = self.run.cfg
-        bare = len(prompt_ids(self.run.tokenizer, self.run.render(Question("", "", "", "回" * 24, (), ()))))
-        return cfg.model.max_length - cfg.eval.max_new_tokens - bare
+        return self.prompt_room("回" * 24)
 
     def propose(
         self, passages: Sequence[Passage], candidates: Sequence[Sequence[Candidate]] | None, per_passage: int = 3
@@ -84,7 +66,9 @@ class RunGenerator:
                 fix="use --candidates mecab with --generator RUN_DIR (or --generator-url for an endpoint that chooses)",
             )
         asks = [(k, c) for k, cs in enumerate(candidates) for c in cs]
-        prompts = [self.run.render(Question("qg", p.title, p.text, c.text, (), ())) for p, c in _with(passages, asks)]
+        prompts = [
+            self.run.render(Question("qg", passages[k].title, passages[k].text, c.text, (), ())) for k, c in asks
+        ]
         texts: list[str] = []
         for i in range(0, len(prompts), self.batch_size):
             chunk = prompts[i : i + self.batch_size]
@@ -93,10 +77,6 @@ class RunGenerator:
         for (k, c), text in zip(asks, texts):
             out[k][0].append(Proposal(text.strip(), c.text, c.start, c.kind))
         return out
-
-
-def _with(passages: Sequence[Passage], asks: list[tuple[int, Candidate]]):
-    return [(passages[k], c) for k, c in asks]
 
 
 #: the endpoint's requests: questions for given answers (mecab candidates), or pairs it chooses (generator)

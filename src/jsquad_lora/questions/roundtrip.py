@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from jsquad_lora.data.question import Question
-from jsquad_lora.errors import InputError
+from jsquad_lora.questions.local import LocalRun
 
 
 @dataclass(frozen=True)
@@ -19,39 +19,22 @@ class RoundTrip:
     f1: float
 
 
-class RoundTripFilter:
+class RoundTripFilter(LocalRun):
     """A finished task=answer run, answering in its own decoding mode (extractive by default), batched."""
 
     def __init__(self, run_dir: str | Path, min_f1: float | None = None):
-        import torch
-
-        from jsquad_lora.tuned.loaded import load_run_model
-        from jsquad_lora.util.devices import inference_dtype
-
-        self.run = load_run_model(Path(run_dir))
-        cfg = self.run.cfg
-        if cfg.task != "answer":
-            raise InputError(
-                str(run_dir),
-                "is a question-generation run (task=question): it cannot answer the generated questions",
-                where="--filter-run",
-                fix="pass a QA run (task=answer), e.g. one trained on the same labelled questions",
-            )
-        self.run.model = self.run.model.to(getattr(torch, inference_dtype(cfg.eval.dtype, cfg.model.dtype)))
-        self.name = f"run:{Path(run_dir).resolve().name}"
+        super().__init__(
+            run_dir,
+            "answer",
+            "--filter-run",
+            "is a question-generation run (task=question): it cannot answer the generated questions",
+            "pass a QA run (task=answer), e.g. one trained on the same labelled questions",
+        )
         self.min_f1 = min_f1
-        self.batch_size = cfg.eval.batch_size
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.run.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def passage_tokens(self) -> int:
         """The passage tokens one prompt of this run holds, with room for a long question (one window)."""
-        from jsquad_lora.encoding.tokens import prompt_ids
-
-        cfg = self.run.cfg
-        bare = len(prompt_ids(self.run.tokenizer, self.run.render(Question("", "", "", "質" * 48, (), ()))))
-        return cfg.model.max_length - cfg.eval.max_new_tokens - bare
+        return self.prompt_room("質" * 48)
 
     def answers(self, questions: Sequence[Question]) -> list[RoundTrip]:
         """Each question answered on its passage (its first window where it does not fit one) and scored

@@ -17,7 +17,7 @@ from jsquad_lora.data.select import run_questions
 from jsquad_lora.errors import InputError
 from jsquad_lora.model.source import base_model_and_tokenizer, base_model_card
 from jsquad_lora.prompts.fewshot import make_renderer
-from jsquad_lora.recipe.rundir import METRICS_FIX, stored_window_overlap
+from jsquad_lora.recipe.rundir import METRICS_FIX, with_stored_overlap
 from jsquad_lora.registry import EVAL_BACKENDS
 from jsquad_lora.util import distributed
 from jsquad_lora.util.files import write_json
@@ -147,7 +147,7 @@ def _fit_windows(cfg: RunConfig, run_dir: Path, render, tokenizer, train_questio
     from jsquad_lora.util.files import write_text
 
     m = cfg.model
-    overlap = m.window_overlap if m.window_overlap is not None else stored_window_overlap(run_dir / "config.yaml")
+    overlap = with_stored_overlap(cfg, run_dir / "config.yaml").model.window_overlap
     eval_budget = m.max_length - cfg.eval.max_new_tokens
     if cfg.task == "question":
         _check_one_window(cfg, render, tokenizer, train_questions, eval_questions)

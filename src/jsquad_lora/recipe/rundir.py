@@ -178,31 +178,30 @@ def _prepare(run_dir: Path, cfg: RunConfig, *, resume: bool, overwrite: bool, fr
         )
     if finished:
         return  # its config.yaml stays as the run wrote it (with its derived values)
-    stored = stored_window_overlap(previous)
-    if cfg.model.window_overlap is None and stored is not None:  # a resumed run keeps the overlap it derived
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window_overlap=stored))
-    write_text(previous, config_to_yaml(cfg))
+    write_text(previous, config_to_yaml(with_stored_overlap(cfg, previous)))  # a resumed run keeps its overlap
 
 
-def stored_window_overlap(config_yaml: Path) -> int | None:
-    """model.window_overlap as a run's config.yaml holds it (derived when the run started), or None."""
+def with_stored_overlap(cfg: RunConfig, config_yaml: Path) -> RunConfig:
+    """`cfg`, where it leaves model.window_overlap unset, with the value a run's config.yaml holds (derived when
+    the run started); else `cfg` itself."""
     import yaml
 
+    if cfg.model.window_overlap is not None:
+        return cfg
     try:
         value = yaml.safe_load(config_yaml.read_text(encoding="utf-8"))["model"]["window_overlap"]
     except (OSError, yaml.YAMLError, KeyError, TypeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+        return cfg
+    if not isinstance(value, int) or isinstance(value, bool):
+        return cfg
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window_overlap=value))
 
 
 def _same_config(previous: Path, cfg: RunConfig) -> bool:
     """Whether the run's config.yaml is `cfg`: the same text, or the same config once read with this version's
     defaults (a key added since, at its default, does not make a run another one). A derived value the run wrote
     (model.window_overlap) matches the key left unset."""
-    stored = stored_window_overlap(previous)
-    if cfg.model.window_overlap is None and stored is not None:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, window_overlap=stored))
-    wanted = config_to_yaml(cfg)
+    wanted = config_to_yaml(with_stored_overlap(cfg, previous))
     if previous.read_text(encoding="utf-8") == wanted:
         return True
     from jsquad_lora.config.load import load_config

@@ -132,6 +132,21 @@ def answer_object(context: str, windows: Sequence[Window], answers: Sequence[Sco
     }
 
 
+#: a run's task → what it does instead of the other task, and how to use it (LoadedRun._require_task)
+TASK_REFUSALS = {
+    "answer": (
+        "answers questions; it does not write them",
+        "answer a question with answer(context, question) (`ask --question`, POST /v1/answer), or load a "
+        "task=question run to write questions",
+    ),
+    "question": (
+        "writes questions; it does not answer them",
+        "write a question for an answer with write_question(context, answer) (`ask --answer`, POST /v1/question), "
+        "or load a task=answer run to answer questions",
+    ),
+}
+
+
 @dataclass
 class LoadedRun:
     """A finished run's trained model, tokenizer and prompt format, loaded once (`load_run_model`)
@@ -189,15 +204,15 @@ class LoadedRun:
                 out[k] = answer
         return out  # type: ignore[return-value]
 
+    def _require_task(self, task: str) -> None:
+        """An InputError unless this run is of `task`, saying what it does instead and how to use it."""
+        if self.cfg.task != task:
+            does, fix = TASK_REFUSALS[self.cfg.task]
+            raise InputError(self.run_dir, f"a task={self.cfg.task} run {does}", fix=fix)
+
     def answer(self, context: str, question: str, decoding: str | None = None) -> str | None:
         """The run's answer to one question about `context` (None: it abstained); a task=answer run's."""
-        if self.cfg.task != "answer":
-            raise InputError(
-                self.run_dir,
-                f"a task={self.cfg.task} run writes questions; it does not answer them",
-                fix="write a question for an answer with write_question(context, answer) (`ask --answer`, "
-                "POST /v1/question), or load a task=answer run to answer questions",
-            )
+        self._require_task("answer")
         windows = self.windows(context, question)
         return answer_object(context, windows, self.answer_windows(windows, decoding))["answer"]
 
@@ -209,13 +224,7 @@ class LoadedRun:
         nothing), or an InputError naming `field` (what the caller calls the passage)."""
         from jsquad_lora.encoding.tokens import prompt_ids
 
-        if self.cfg.task != "question":
-            raise InputError(
-                self.run_dir,
-                f"a task={self.cfg.task} run answers questions; it does not write them",
-                fix="answer a question with answer(context, question) (`ask --question`, POST /v1/answer), or load "
-                "a task=question run to write questions",
-            )
+        self._require_task("question")
         prompt = self.render(Question("ask", "", context, answer, (), ()))
         m, room = self.cfg.model, self.cfg.eval.max_new_tokens
         length = len(prompt_ids(self.tokenizer, prompt))
