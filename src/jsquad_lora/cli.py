@@ -205,6 +205,7 @@ def cmd_export(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             format=args.format,
             quantize=args.quantize,
+            llama_cpp=args.llama_cpp,
         )
     )
     return 0
@@ -346,6 +347,14 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["f32", "f16", "q8_0"],  # gguf_export.QUANTIZATIONS
         default=None,
         help="with --format gguf: the type of the matrices (default f16; norms stay float32)",
+    )
+    p.add_argument(
+        "--llama-cpp",
+        default=None,
+        metavar="PATH",
+        help="with --format gguf: llama.cpp's converter, from a llama.cpp checkout or llama-cpp-python's source "
+        "(unpacked, or its .tar.gz); default $JSQUAD_LORA_LLAMA_CPP. Every family but Gemma 3 needs it; Gemma 3 "
+        "uses it when given",
     )
     p.add_argument("--overwrite", action="store_true", help="replace an earlier export in --output")
     p.set_defaults(func=cmd_export)

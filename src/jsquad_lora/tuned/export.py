@@ -7,8 +7,10 @@ peft, for an adapter) load, with a model card.
     --merge            the base with the adapter folded in (peft `merge_and_unload`): a whole model
                        (config.json + model.safetensors) and tokenizer, in `model.dtype`
     --format gguf      the merged model as ONE GGUF file (`<run>-<quantize>.gguf`: weights, tokenizer and chat
-                       template, `tuned/gguf_export.py`) for llama.cpp and transformers (`gguf_file=`), with an
-                       Ollama `Modelfile` beside it (`tuned/modelfile.py`); --quantize f32, f16 (default), q8_0
+                       template) for llama.cpp and transformers (`gguf_file=`), with an Ollama `Modelfile` beside
+                       it (`tuned/modelfile.py`); --quantize f32, f16 (default), q8_0. Gemma 3 is written by
+                       `tuned/gguf_export.py`; every other family (or Gemma with --llama-cpp) by llama.cpp's own
+                       converter (`tuned/llama_cpp_convert.py`, --llama-cpp PATH or $JSQUAD_LORA_LLAMA_CPP)
 A run that fine-tuned every weight (`lora.enabled: false`) has no adapter: all give its whole model.
 Beside the weights: README.md (the model card: base model and its license, recipe, dev scores, how
 to load and prompt it), jsquad-lora-config.yaml (the run's config) and a marker file. Everything is
@@ -35,7 +37,7 @@ from jsquad_lora.errors import InputError
 from jsquad_lora.evaluate.scorers import SCORERS
 from jsquad_lora.generate.decoding import decoding_config
 from jsquad_lora.model.source import model_source
-from jsquad_lora.tuned import gguf_export, modelfile
+from jsquad_lora.tuned import gguf_export, llama_cpp_convert, modelfile
 from jsquad_lora.tuned.loaded import check_run, load_model
 from jsquad_lora.util.files import atomic_dir, holds_marker, out_of_space, write_text
 
@@ -60,18 +62,20 @@ def export_run(
     overwrite: bool = False,
     format: str = "safetensors",
     quantize: str | None = None,
+    llama_cpp: str | Path | None = None,
 ) -> Path:
     """Write the run's adapter (or, `merge`, the merged model; `format="gguf"`, the merged model as one GGUF
-    file in `quantize` with an Ollama Modelfile) with tokenizer and model card to `output`."""
+    file in `quantize` with an Ollama Modelfile; `llama_cpp`: where llama.cpp's converter is) with tokenizer and
+    model card to `output`."""
     run_dir, output = Path(run_dir), Path(output)
     cfg = check_run(run_dir)
-    _check_options(format, quantize)
+    _check_options(format, quantize, llama_cpp)
     _check_target(output, overwrite)
     metrics = _read_metrics(run_dir)
     kind = "merged" if (merge or format == "gguf") and cfg.lora.enabled else "adapter" if cfg.lora.enabled else "full"
     adapter_bytes = sum(p.stat().st_size for p in (run_dir / "adapter").rglob("*") if p.is_file())
     # a GGUF export is checked (architecture, tokenizer, prompt) and its model merged before anything is written
-    gguf = _GgufExport.prepare(cfg, run_dir, quantize or "f16") if format == "gguf" else None
+    gguf = _GgufExport.prepare(cfg, run_dir, quantize or "f16", llama_cpp) if format == "gguf" else None
     with (
         out_of_space(
             f"the export ({kind}{', gguf' if gguf else ''})",
@@ -110,9 +114,13 @@ def export_run(
     return output
 
 
-def _check_options(format: str, quantize: str | None) -> None:
+def _check_options(format: str, quantize: str | None, llama_cpp) -> None:
     if format not in ("safetensors", "gguf"):
         raise InputError("--format", f"unknown format {format!r}", fix="pass --format safetensors or --format gguf")
+    if llama_cpp is not None and format != "gguf":
+        raise InputError(
+            "--llama-cpp", "only a GGUF export uses llama.cpp", fix="add --format gguf, or drop --llama-cpp"
+        )
     if quantize is not None and format != "gguf":
         raise InputError("--quantize", "only a GGUF export is quantized", fix="add --format gguf, or drop --quantize")
     if quantize is not None and quantize not in gguf_export.QUANTIZATIONS:
@@ -123,21 +131,26 @@ def _check_options(format: str, quantize: str | None) -> None:
 @dataclasses.dataclass
 class _GgufExport:
     """A GGUF export, everything checked and computed before anything is written: the merged model and
-    its vocabulary, the file name, the Modelfile and the sample prompt as llama.cpp is given it."""
+    its vocabulary (Gemma's own writer) or llama.cpp's converter, the file name, the Modelfile and the sample
+    prompt as llama.cpp is given it."""
 
     name: str
     quantize: str
     model: Any
-    vocabulary: gguf_export.Vocabulary
+    tokenizer: Any
+    vocabulary: gguf_export.Vocabulary | None  # None: llama.cpp's converter writes the file
+    converter: Path | None
+    add_bos: bool
     modelfile_text: str
     turn: modelfile.ChatTurn
     example: str
     stops: list[str]
 
     @classmethod
-    def prepare(cls, cfg: RunConfig, run_dir: Path, quantize: str) -> _GgufExport:
+    def prepare(cls, cfg: RunConfig, run_dir: Path, quantize: str, llama_cpp: str | Path | None) -> _GgufExport:
         from transformers import AutoConfig
 
+        from jsquad_lora.encoding.tokens import prompt_ids
         from jsquad_lora.generate.greedy import special_ids
         from jsquad_lora.prompts.fewshot import make_renderer
 
@@ -146,15 +159,29 @@ class _GgufExport:
             config = AutoConfig.from_pretrained(trained)
         except (OSError, ValueError):  # checked below, once the model is loaded
             config = None
-        if config is not None:
+        # Gemma 3 through the writer of this tool unless llama.cpp is asked for; every other family through
+        # llama.cpp's converter, found before a model is loaded
+        converter = None
+        if llama_cpp is not None or (config is not None and config.model_type not in gguf_export.ARCHITECTURES):
+            converter = llama_cpp_convert.find_converter(llama_cpp)
+        elif config is not None:
             gguf_export.check_architecture(config)  # before a model of another architecture is loaded
         if cfg.lora.enabled:
             log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
         model, tokenizer = load_model(run_dir, _unquantized(cfg))
-        gguf_export.check_architecture(model.config)
-        vocabulary = gguf_export.sentencepiece_vocabulary(tokenizer, model.get_input_embeddings().weight.shape[0])
+        if converter is None and model.config.model_type not in gguf_export.ARCHITECTURES:
+            converter = llama_cpp_convert.find_converter(llama_cpp)
         render = make_renderer(cfg, tokenizer, ())
-        bos = tokenizer.bos_token if vocabulary.add_bos else None
+        if converter is None:
+            gguf_export.check_architecture(model.config)
+            vocabulary = gguf_export.sentencepiece_vocabulary(tokenizer, model.get_input_embeddings().weight.shape[0])
+            add_bos = vocabulary.add_bos
+        else:
+            llama_cpp_convert.check_tokenizer(tokenizer)
+            vocabulary = None
+            ids = prompt_ids(tokenizer, render(EXAMPLE))
+            add_bos = tokenizer.bos_token_id is not None and bool(ids) and ids[0] == tokenizer.bos_token_id
+        bos = tokenizer.bos_token if add_bos else None
         turn = modelfile.chat_turn(render, bos)
         eos_ids, _ = special_ids(model, tokenizer)
         stops = modelfile.stop_strings(tokenizer, eos_ids, turn, decoding_config(cfg).stop_strings)
@@ -163,14 +190,22 @@ class _GgufExport:
         text = modelfile.modelfile(name, turn, stops, cfg.eval.max_new_tokens, cfg.model.max_length)
         example = render(EXAMPLE)
         example = example[len(bos) :] if bos and example.startswith(bos) else example
-        return cls(name, quantize, model, vocabulary, text, turn, example, stops)
+        return cls(name, quantize, model, tokenizer, vocabulary, converter, add_bos, text, turn, example, stops)
 
     def write(self, directory: Path, cfg: RunConfig) -> None:
         license = model_source(cfg.model).hf_license  # "gemma" for the built-in Gemma
         license = None if license == "other" else license
-        gguf_export.write_gguf(
-            directory / self.name, self.model, self.vocabulary, self.quantize, name=cfg.name, license=license
-        )
+        if self.converter is None:
+            gguf_export.write_gguf(
+                directory / self.name, self.model, self.vocabulary, self.quantize, name=cfg.name, license=license
+            )
+        else:
+            staged = llama_cpp_convert.stage(self.model, self.tokenizer, directory / ".merged-for-llama-cpp")
+            metadata = {"general.name": cfg.name} | ({"general.license": license} if license else {})
+            llama_cpp_convert.convert(
+                self.converter, staged, directory / self.name, self.quantize, metadata, self.add_bos
+            )
+            shutil.rmtree(staged)
         write_text(directory / "Modelfile", self.modelfile_text)
 
 
@@ -339,7 +374,7 @@ def model_card(
         "## Use\n\n"
         + (_gguf_use(gguf, cfg) if gguf else "```python\n" + load + "\n```")
         + "\n\nPrompt it as the run did (the prompt of a sample question below"
-        + (", as llama.cpp is given it: it adds the BOS token itself" if gguf and gguf.vocabulary.add_bos else "")
+        + (", as llama.cpp is given it: it adds the BOS token itself" if gguf and gguf.add_bos else "")
         + ") and generate greedily; the answer is "
         "the generated text up to the first newline, `<NL>` or end-of-sequence token, stripped. "
         + (
