@@ -148,6 +148,7 @@ def test_the_qwen_file_loads_with_transformers_and_computes_the_merged_model(run
         assert torch.allclose(got, want, atol=1e-4, rtol=1e-4)
     assert (exports["qwen"] / "Modelfile").read_text().count("<|im_start|>") >= 1
     assert not list(exports["qwen"].glob(".merged*")), "the staged model directory is removed"
+    assert f'gguf_file="{path.name}"' in (exports["qwen"] / "README.md").read_text()
 
 
 def test_the_rinna_file_holds_the_sentencepiece_vocabulary_and_the_merged_weights(runs, exports):
@@ -156,6 +157,8 @@ def test_the_rinna_file_holds_the_sentencepiece_vocabulary_and_the_merged_weight
     path = gguf_file(exports["rinna"])
     meta, reader = fields(path)
     assert meta["general.architecture"] == "gptneox" and meta["tokenizer.ggml.model"] == "llama"
+    card = (exports["rinna"] / "README.md").read_text()
+    assert "transformers does not read gpt_neox GGUF files" in card and "gguf_file=" not in card
     pieces = spm.SentencePieceProcessor(model_file=str(runs["rinna"] / "adapter" / "spiece.model"))
     assert meta["tokenizer.ggml.tokens"][: pieces.vocab_size()] == [
         pieces.id_to_piece(i) for i in range(pieces.vocab_size())
@@ -230,3 +233,20 @@ def test_a_family_without_a_converter_is_refused_before_anything_is_written(runs
     with pytest.raises(InputError, match="no convert_hf_to_gguf.py"):
         export_run(runs["qwen"], out, format="gguf", llama_cpp=tmp_path)
     assert not out.exists()
+
+
+def test_the_converter_is_found_in_a_checkout_an_unpacked_source_or_its_archive(converter, tmp_path, monkeypatch):
+    from jsquad_lora.tuned.llama_cpp_convert import SCRIPT, find_converter
+
+    monkeypatch.setenv("JSQUAD_LORA_CACHE", str(tmp_path / "cache"))
+    if converter.is_file():  # the archive: unpacked once into the cache, then found under vendor/llama.cpp
+        found = find_converter(converter)
+        assert found.is_relative_to(tmp_path / "cache") and found == find_converter(converter)
+    else:
+        found = find_converter(converter)
+    assert (found / SCRIPT).is_file()
+    assert find_converter(found) == found  # a llama.cpp checkout
+    if found.parent.name == "vendor":
+        assert find_converter(found.parent.parent) == found  # llama-cpp-python's source, unpacked
+    monkeypatch.setenv("JSQUAD_LORA_LLAMA_CPP", str(found))
+    assert find_converter(None) == found

@@ -44,6 +44,8 @@ from jsquad_lora.util.files import atomic_dir, holds_marker, out_of_space, write
 log = logging.getLogger(__name__)
 EXPORT_MARKER = ".jsquad-lora-export"
 CONFIG_NAME = "jsquad-lora-config.yaml"
+#: model types whose GGUF files transformers reads (`transformers.integrations.ggml`; not gpt_neox)
+GGUF_IN_TRANSFORMERS = ("gemma3_text", "gemma3", "qwen2", "llama", "mistral", "qwen3", "phi3", "gemma2")
 EXAMPLE = Question(
     "example",
     "",
@@ -396,6 +398,14 @@ def _gguf_use(gguf: _GgufExport, cfg: RunConfig) -> str:
     shell_prompt = gguf.example.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n").replace("$", "\\$")
     message = gguf.turn.message(EXAMPLE.context, EXAMPLE.question)
     request = {"model": "jsquad", "prompt": message, "stream": False}
+    transformers = (
+        "transformers (which reads GGUF through the `gguf` package, dequantising to float32):\n\n```python\n"
+        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
+        f'model = AutoModelForCausalLM.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n'
+        f'tokenizer = AutoTokenizer.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n```'
+        if gguf.model.config.model_type in GGUF_IN_TRANSFORMERS
+        else f"transformers does not read {gguf.model.config.model_type} GGUF files: load the `--merge` export instead."
+    )
     return (
         f"`{gguf.name}` holds the weights ({gguf.quantize}), the tokenizer and the chat template. llama.cpp "
         "(`llama-completion` takes the prompt as it is, with escapes such as `\\n`; `llama-cli` is its chat "
@@ -410,8 +420,5 @@ def _gguf_use(gguf: _GgufExport, cfg: RunConfig) -> str:
         "holding the passage and the question; Ollama was not run here, so this is untested):\n\n"
         "```sh\nollama create jsquad -f Modelfile\n"
         f"curl http://localhost:11434/api/generate -d '{json.dumps(request, ensure_ascii=False)}'\n```\n\n"
-        "transformers (which reads GGUF through the `gguf` package, dequantising to float32):\n\n```python\n"
-        "from transformers import AutoModelForCausalLM, AutoTokenizer\n\n"
-        f'model = AutoModelForCausalLM.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n'
-        f'tokenizer = AutoTokenizer.from_pretrained("THIS_DIRECTORY", gguf_file="{gguf.name}")\n```'
+        + transformers
     )
