@@ -418,8 +418,9 @@ def test_the_modelfile_renders_the_run_prompt(run_dir, f32_export):
 # ---------------------------------------------------------------- 4. what cannot be written is refused first
 
 
-def test_an_unsupported_architecture_is_refused_before_anything_is_written(run_dir, tmp_path, monkeypatch):
-    """A run on a GPT-NeoX model: refused from its config, before its model is loaded or a file written."""
+def test_another_architecture_without_a_converter_is_refused_before_anything_is_written(run_dir, tmp_path, monkeypatch):
+    """A run on a GPT-NeoX model, which llama.cpp's converter writes (tests/test_export_llama_cpp.py), with no
+    converter given: refused from its config, before its model is loaded or a file written."""
     from transformers import GPTNeoXConfig, GPTNeoXForCausalLM
 
     from jsquad_lora.tuned import export
@@ -438,10 +439,11 @@ def test_an_unsupported_architecture_is_refused_before_anything_is_written(run_d
         raise AssertionError("the model was loaded")
 
     monkeypatch.setattr(export, "load_model", no_loading)
+    monkeypatch.delenv("JSQUAD_LORA_LLAMA_CPP", raising=False)
     out = tmp_path / "out"
     with pytest.raises(InputError) as err:
         export_run(copy, out, format="gguf")
-    assert "gpt_neox" in str(err.value) and "Gemma 3" in str(err.value)
+    assert "gpt_neox" in str(err.value) and "--llama-cpp" in str(err.value) and "Gemma 3" in str(err.value)
     assert not out.exists() and not list(tmp_path.glob(".*.tmp"))
 
 

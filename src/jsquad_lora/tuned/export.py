@@ -165,14 +165,14 @@ class _GgufExport:
         # llama.cpp's converter, found before a model is loaded
         converter = None
         if llama_cpp is not None or (config is not None and config.model_type not in gguf_export.ARCHITECTURES):
-            converter = llama_cpp_convert.find_converter(llama_cpp)
+            converter = llama_cpp_convert.find_converter(llama_cpp, getattr(config, "model_type", None))
         elif config is not None:
             gguf_export.check_architecture(config)  # before a model of another architecture is loaded
         if cfg.lora.enabled:
             log.info("merging the adapter into the base model (%s)", cfg.model.dtype)
         model, tokenizer = load_model(run_dir, _unquantized(cfg))
         if converter is None and model.config.model_type not in gguf_export.ARCHITECTURES:
-            converter = llama_cpp_convert.find_converter(llama_cpp)
+            converter = llama_cpp_convert.find_converter(llama_cpp, model.config.model_type)
         render = make_renderer(cfg, tokenizer, ())
         if converter is None:
             gguf_export.check_architecture(model.config)

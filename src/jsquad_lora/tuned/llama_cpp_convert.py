@@ -46,14 +46,15 @@ GPT2 = "gpt-2"
 ADD_BOS = "JSQUAD_LORA_GGUF_ADD_BOS"  # tells the child process the run's add_bos_token
 
 
-def find_converter(path: str | Path | None) -> Path:
+def find_converter(path: str | Path | None, model_type: str | None = None) -> Path:
     """The directory holding llama.cpp's converter script, from `path` (or $JSQUAD_LORA_LLAMA_CPP): a llama.cpp
     checkout, llama-cpp-python's unpacked source, or its source archive (unpacked once into the cache)."""
     given = path or os.environ.get(ENV)
     if not given:
         raise InputError(
             "--llama-cpp",
-            f"this model's GGUF file is written by llama.cpp's converter ({SCRIPT}), and none was given",
+            f"a {model_type or 'model'} GGUF file is written by llama.cpp's converter ({SCRIPT}) "
+            "(this tool writes Gemma 3 only), and none was given",
             fix=f"pass --llama-cpp PATH (or set ${ENV}): a llama.cpp checkout, or llama-cpp-python's source "
             f"archive ({FETCH}); or export without --format gguf (safetensors)",
         )
