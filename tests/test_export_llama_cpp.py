@@ -9,8 +9,10 @@ llama.cpp has no tokenizer for, and a family with no converter given, are refuse
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -54,13 +56,15 @@ def converter(tmp_path_factory) -> Path:
     archive = cache / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"
     if not archive.is_file():
         try:
-            with urllib.request.urlopen(
-                f"https://pypi.org/pypi/llama-cpp-python/{LLAMA_CPP_PYTHON}/json", timeout=30
-            ) as r:
-                url = next(u["url"] for u in json.load(r)["urls"] if u["packagetype"] == "sdist")
+            index = "https://pypi.org/pypi/llama-cpp-python/json"
+            with urllib.request.urlopen(index, timeout=60) as r:
+                files = json.load(r)["releases"][LLAMA_CPP_PYTHON]
+            sdist = next(u for u in files if u["packagetype"] == "sdist")
             cache.mkdir(parents=True, exist_ok=True)
             partial = archive.with_suffix(".part")
-            urllib.request.urlretrieve(url, partial)
+            urllib.request.urlretrieve(urllib.parse.urljoin(index, sdist["url"]), partial)  # a mirror's may be relative
+            if hashlib.sha256(partial.read_bytes()).hexdigest() != sdist["digests"]["sha256"]:
+                raise OSError(f"{partial}: not the sha256 PyPI lists")
             partial.replace(archive)
         except OSError as err:
             pytest.skip(f"llama-cpp-python's source archive could not be downloaded from PyPI: {err}")
