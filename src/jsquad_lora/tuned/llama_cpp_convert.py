@@ -118,7 +118,10 @@ def convert(
     """Run the converter (with `_patch`) on `model_dir`, writing `outfile` as `outtype` (f32, f16, q8_0).
     `add_bos`: whether the run's prompts start with the BOS token, written into the file as llama.cpp's
     add_bos_token (and add_eos_token false: the run's prompts never end with one), whatever its default."""
-    (model_dir / "gguf-metadata.json").write_text(json.dumps(metadata), encoding="utf-8")
+    overrides = {key: value for key, value in metadata.items() if key != "general.license"}
+    (model_dir / "gguf-metadata.json").write_text(json.dumps(overrides), encoding="utf-8")
+    if license := metadata.get("general.license"):  # the converter reads the license from the model card only
+        (model_dir / "README.md").write_text(f"---\nlicense: {license}\n---\n", encoding="utf-8")
     argv = [str(model_dir), "--outfile", str(outfile), "--outtype", outtype]
     argv += ["--metadata", str(model_dir / "gguf-metadata.json")]
     command = [sys.executable, "-m", "jsquad_lora.tuned.llama_cpp_convert", str(converter), *argv]
