@@ -7,14 +7,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "jsquad"
 os.environ.setdefault("JSQUAD_DIR", str(SHARED))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-#: overrides that make the offline default small enough for tests (seconds, not minutes)
-TINY_TEST = [
+#: the tiny model, smaller still: what every fast test run starts from
+TINY_MODEL = [
     "--config",
     "tiny-cpu",
     "model.tiny_layers=2",
     "model.tiny_hidden=64",
     "model.tiny_heads=4",
     "model.tiny_intermediate=128",
+]
+#: overrides that make the offline default small enough for tests (seconds, not minutes)
+TINY_TEST = [
+    *TINY_MODEL,
     "model.max_length=640",
     "data.train_limit=96",
     "data.eval_limit=24",

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-from conftest import needs_data
+from conftest import TINY_MODEL, needs_data
 from test_resume import kill_when
 from test_serve import running
 
@@ -45,12 +45,7 @@ MAX_NEW_TOKENS = 12
 #: a tiny run that learns N questions by heart (trained and evaluated on them): greedy answers that differ from
 #: question to question, so that an answer given to the wrong question shows
 MEMORISED = [
-    "--config",
-    "tiny-cpu",
-    "model.tiny_layers=2",
-    "model.tiny_hidden=64",
-    "model.tiny_heads=4",
-    "model.tiny_intermediate=128",
+    *TINY_MODEL,
     "train.epochs=40",
     "train.batch_size=4",
     "train.synthetic_per_passage=0",

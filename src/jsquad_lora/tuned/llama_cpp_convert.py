@@ -170,8 +170,9 @@ def _patch(namespace: dict, add_bos: bool) -> None:
         if id(gw) not in written:  # once a file: some families add a second SpecialVocab
             self.add_special_token.update(bos=add_bos, eos=False)
             written.add(id(gw))
-        else:
-            self.add_special_token.pop("bos", None), self.add_special_token.pop("eos", None)
+        else:  # written once already: a second add would be a duplicate key
+            for kind in ("bos", "eos"):
+                self.add_special_token.pop(kind, None)
         return add_to_gguf(self, gw, *args, **kwargs)
 
     gguf.SpecialVocab.add_to_gguf = with_run_specials

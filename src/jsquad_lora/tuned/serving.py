@@ -208,15 +208,7 @@ class Batcher:
         from jsquad_lora.tuned.loaded import answer_object
 
         ready, windows = [], []
-        for r in requests:
-            try:
-                found = self.run.windows(r.context, r.question)
-            except InputError as err:
-                r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
-                continue
-            except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
-                self._fail([r], err)
-                continue
+        for r, found in self._built(requests, lambda r: self.run.windows(r.context, r.question)):
             ready.append((r, len(windows), len(windows) + len(found)))
             windows += found
         if not ready:
@@ -246,17 +238,8 @@ class Batcher:
     def _write(self, requests: list[Wanted]) -> None:
         """One greedy generation for the questions wanted; a request whose prompt cannot be built (a passage
         too long for one prompt) fails alone, an error in generation fails the batch (and is logged)."""
-        ready, prompts = [], []
-        for r in requests:
-            try:
-                prompts.append(self.run.question_prompt(r.context, r.answer))
-            except InputError as err:
-                r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
-                continue
-            except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
-                self._fail([r], err)
-                continue
-            ready.append(r)
+        built = self._built(requests, lambda r: self.run.question_prompt(r.context, r.answer))
+        ready, prompts = [r for r, _ in built], [prompt for _, prompt in built]
         if not ready:
             return
         try:
@@ -277,6 +260,19 @@ class Batcher:
             job.future.set_exception(RequestError(400, err.problem, err.source, err.fix))
         except Exception as err:  # noqa: BLE001 (the server answers 500 and keeps serving)
             self._fail([job], err)
+
+    def _built(self, requests: list, build) -> list[tuple]:
+        """(request, build(request)) for each request whose input builds; one that cannot fails alone (422 for
+        bad input, 500 logged for anything else) and the thread goes on."""
+        built = []
+        for r in requests:
+            try:
+                built.append((r, build(r)))
+            except InputError as err:
+                r.future.set_exception(RequestError(422, err.problem, err.source, err.fix))
+            except Exception as err:  # noqa: BLE001 (the thread must outlive any one request)
+                self._fail([r], err)
+        return built
 
     @staticmethod
     def _fail(requests: list[Pending | Wanted | Job], err: Exception) -> None:
