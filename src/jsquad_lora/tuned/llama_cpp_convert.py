@@ -12,8 +12,9 @@ The merged model is saved as a model directory beside the output, and the conver
 process, with llama.cpp's own gguf-py first on the path as its script puts it. Two things the converter
 lacks are added there, by hand (`_patch`), and say so in its log:
 - a GPT-NeoX model with a sentencepiece tokenizer (rinna's japanese-gpt-neox): the converter writes every
-  GPT-NeoX vocabulary as byte-level BPE from tokenizer.json; here the sentencepiece model is written as
-  llama.cpp's "llama" tokenizer, as the converter itself does for Llama and Gemma;
+  GPT-NeoX vocabulary as byte-level BPE from tokenizer.json; here the sentencepiece model is written as the
+  converter writes T5's: a unigram model (rinna's) as llama.cpp's "t5" (Viterbi) tokenizer with its
+  normaliser, so that llama.cpp splits text into the run's pieces; a BPE model as "llama";
 - a byte-level BPE whose pre-tokenizer the converter does not know by its hash (a retrained or extended
   vocabulary): named from tokenizer.json's pre-tokenizer where that is one llama.cpp implements (`PRE_TOKENIZERS`).
 A tokenizer llama.cpp has no counterpart for (the tiny model's characters) is refused before any work.
@@ -176,7 +177,7 @@ def _patch(namespace: dict, add_bos: bool) -> None:
         return add_to_gguf(self, gw, *args, **kwargs)
 
     gguf.SpecialVocab.add_to_gguf = with_run_specials
-    text_model, neox = namespace.get("TextModel"), namespace.get("GPTNeoXModel")
+    text_model, neox, t5 = namespace.get("TextModel"), namespace.get("GPTNeoXModel"), namespace.get("T5Model")
     if text_model is not None:
         known = text_model.get_vocab_base_pre
 
@@ -194,10 +195,21 @@ def _patch(namespace: dict, add_bos: bool) -> None:
         byte_level = neox.set_vocab
 
         def set_vocab(self):
-            if (Path(self.dir_model) / "tokenizer.model").is_file():
-                print("jsquad-lora: GPT-NeoX vocabulary written as sentencepiece", file=sys.stderr)
+            if not (Path(self.dir_model) / "tokenizer.model").is_file():
+                return byte_level(self)
+            # the converter's T5 vocabulary: a unigram model (rinna's) as llama.cpp's Viterbi "t5" tokenizer with
+            # the model's normaliser, a sentencepiece BPE model as "llama"; llama.cpp's "llama" tokenizer merges
+            # pieces by score and splits a unigram model's text otherwise than sentencepiece does
+            print("jsquad-lora: GPT-NeoX vocabulary written from the sentencepiece model", file=sys.stderr)
+            if t5 is None:
                 return self._set_vocab_sentencepiece()
-            return byte_level(self)
+            t5.set_vocab(self)
+            # the unknown piece's id where no tokenizer file named it: llama.cpp's "t5" default is T5's (2)
+            if not any(gguf.Keys.Tokenizer.UNK_ID in kv for kv in self.gguf_writer.kv_data):
+                from sentencepiece import SentencePieceProcessor
+
+                pieces = SentencePieceProcessor(model_file=str(Path(self.dir_model) / "tokenizer.model"))
+                self.gguf_writer.add_unk_token_id(pieces.unk_id())
 
         neox.set_vocab = set_vocab
         parameters = neox.set_gguf_parameters
@@ -225,7 +237,7 @@ def _child(converter: Path, argv: list[str]) -> None:
     spec.loader.exec_module(script)
     namespace = dict(vars(script))
     if (converter / "conversion").is_dir():
-        for module in ("base", "gptneox"):
+        for module in ("base", "gptneox", "t5"):
             namespace.update(vars(importlib.import_module(f"conversion.{module}")))
     _patch(namespace, os.environ.get(ADD_BOS) == "1")
     sys.argv = [SCRIPT, *argv]
