@@ -4,9 +4,16 @@ own evaluation of the same merged model on the same questions (greedy decoding b
     JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_gguf.py --run runs/gemma-3-270m \
         [--quantize f16 q8_0] [--work /tmp/bench-gguf]
 
+    JSQUAD_DIR=../shared/jsquad .venv/bin/python benchmarks/bench_gguf.py --run runs/qwen-2000 --quantize f16 \
+        --llama-cpp llama_cpp_python-0.3.36.tar.gz [--both-writers]
+
 Every step is the command a user runs (printed as it runs): `export --merge` and `evaluate` with the HF
-backend, then per quantisation `export --format gguf --quantize Q` and `evaluate` of that file with
-`eval.backend=llama_cpp`. Each evaluation uses the run's config (its dev sample: the same question ids).
+backend, then per quantisation `export --format gguf --quantize Q [--llama-cpp PATH]` and `evaluate` of that file
+with `eval.backend=llama_cpp`. Each evaluation uses the run's config (its dev sample: the same question ids).
+`--both-writers` (Gemma 3) exports each quantisation twice: with this tool's writer and llama.cpp's converter.
+The evaluation feeds llama.cpp this tool's token ids, so a file's EM does not see its vocabulary; the column
+"prompts tokenised as the run" does: the share of the first 200 sample prompts that llama.cpp itself turns from
+text into the run's token ids (what a user of llama-server or Ollama sends is text).
 Needs llama-cpp-python (`pip install -e '.[llamacpp]'`, built from source).
 """
 
@@ -22,7 +29,8 @@ from pathlib import Path
 import harness
 
 CLI = [sys.executable, "-m", "jsquad_lora.cli"]
-COMMON = ["eval.decoding=greedy", "eval.after=false", "eval.side_check=false"]
+# `evaluate` scores as a run's "before" step: on, whatever the run had (a learning-curve run skips it)
+COMMON = ["eval.decoding=greedy", "eval.before=true", "eval.after=false", "eval.side_check=false"]
 
 
 def run(argv: list[str]) -> None:
@@ -45,12 +53,43 @@ def evaluated(directory: Path, run_metrics: dict) -> dict:
     }
 
 
+def tokenised_as_run(gguf: Path, run_dir: Path, config: str, count: int = 200) -> float:
+    """The share of the run's first `count` dev-sample prompts that llama.cpp tokenises into the run's ids."""
+    import llama_cpp
+
+    from jsquad_lora.config.load import load_config
+    from jsquad_lora.data.jglue import resolve_split
+    from jsquad_lora.data.jsquad import load_split
+    from jsquad_lora.encoding.tokens import prompt_ids
+    from jsquad_lora.evaluate.loop import build_prompts
+    from jsquad_lora.model.load import load_tokenizer
+    from jsquad_lora.prompts.fewshot import make_renderer
+
+    cfg = load_config(config)
+    tokenizer = load_tokenizer(str(run_dir / "adapter"))
+    wanted = set(json.loads((run_dir / "eval_ids.json").read_text(encoding="utf-8"))[:count])
+    questions = [q for q in load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions if q.id in wanted]
+    budget = cfg.model.max_length - cfg.eval.max_new_tokens
+    prompts, _, _ = build_prompts(questions, make_renderer(cfg, tokenizer, ()), tokenizer, budget)
+    llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
+    bos = tokenizer.bos_token
+    # a prompt that writes its own BOS (a chat template's) is tokenised without another one, as prompt_ids does
+    same = sum(
+        llm.tokenize(p.encode("utf-8"), add_bos=not (bos and p.startswith(bos)), special=True)
+        == prompt_ids(tokenizer, p)
+        for p in prompts
+    )
+    return same / len(prompts)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--run", required=True, help="a finished run directory")
     parser.add_argument("--quantize", nargs="+", default=["f16", "q8_0"])
     parser.add_argument("--work", default="/tmp/bench-gguf", help="exports and evaluation directories")
     parser.add_argument("--out", help="JSON file (default: benchmarks/results/gguf.json)")
+    parser.add_argument("--llama-cpp", help="llama.cpp's converter (export --llama-cpp): every family but Gemma 3")
+    parser.add_argument("--both-writers", action="store_true", help="Gemma 3: this tool's writer and the converter")
     args = parser.parse_args()
     run_dir, work = Path(args.run), Path(args.work)
     config = str(run_dir / "config.yaml")
@@ -64,29 +103,32 @@ def main() -> None:
     size = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
     rows.append({"variant": "merged safetensors, this tool (hf)", "bytes": size, **evaluated(hf, run_metrics)})
 
+    writers = [("this tool's writer", [])] if args.both_writers or not args.llama_cpp else []
+    if args.llama_cpp:
+        writers.append(("llama.cpp's converter", ["--llama-cpp", args.llama_cpp]))
     for quant in args.quantize:
-        export = work / f"gguf-{quant}"
-        run(
-            [
-                *CLI,
-                "export",
-                str(run_dir),
-                "--format",
-                "gguf",
-                "--quantize",
-                quant,
-                "--overwrite",
-                "--output",
-                str(export),
-            ]
-        )
-        (gguf,) = export.glob("*.gguf")
-        out = work / f"eval-llama-{quant}"
-        overrides = [f"model.gguf_file={gguf.resolve()}", "eval.backend=llama_cpp"] + COMMON
-        run([*CLI, "evaluate", "--overwrite", "--output", str(out), "--config", config] + overrides)
-        rows.append(
-            {"variant": f"GGUF {quant}, llama.cpp", "bytes": gguf.stat().st_size, **evaluated(out, run_metrics)}
-        )
+        for w, (writer, extra) in enumerate(writers):
+            export = work / f"gguf-{quant}-{w}"
+            run(
+                [*CLI, "export", str(run_dir), "--format", "gguf", "--quantize", quant, "--overwrite"]
+                + extra
+                + [
+                    "--output",
+                    str(export),
+                ]
+            )
+            (gguf,) = export.glob("*.gguf")
+            out = work / f"eval-llama-{quant}-{w}"
+            overrides = [f"model.gguf_file={gguf.resolve()}", "eval.backend=llama_cpp"] + COMMON
+            run([*CLI, "evaluate", "--overwrite", "--output", str(out), "--config", config] + overrides)
+            rows.append(
+                {
+                    "variant": f"GGUF {quant} ({writer}), llama.cpp",
+                    "bytes": gguf.stat().st_size,
+                    "tokenised_as_run": tokenised_as_run(gguf, run_dir, config),
+                    **evaluated(out, run_metrics),
+                }
+            )
 
     harness.print_table(
         rows,
@@ -99,6 +141,7 @@ def main() -> None:
             ("questions", "questions"),
             ("seconds", "seconds", ".1f"),
             ("questions/s", "questions_per_second", ".2f"),
+            ("prompts tokenised as the run", lambda r: r.get("tokenised_as_run"), ".3f"),
             ("the run's own EM (its decoding)", "run_em", ".2f"),
         ],
     )
