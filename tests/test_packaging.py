@@ -51,6 +51,7 @@ def test_a_built_wheel_ships_and_finds_its_presets_and_assets(tmp_path):
         "gemma-3-270m",
         "qwen2.5-3b-chat",
         "qwen2.5-7b-fsdp",
+        "qwen2.5-coder-0.5b-full",
         "qwen2.5-coder-0.5b",
         "qwen2.5-coder-1.5b",
         "rinna-3.6b-best",
