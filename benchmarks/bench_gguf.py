@@ -53,14 +53,11 @@ def evaluated(directory: Path, run_metrics: dict) -> dict:
     }
 
 
-def tokenised_as_run(gguf: Path, run_dir: Path, config: str, count: int = 200) -> float:
-    """The share of the run's first `count` dev-sample prompts that llama.cpp tokenises into the run's ids."""
-    import llama_cpp
-
+def sample_prompts(run_dir: Path, config: str, count: int = 200) -> tuple[object, list[str]]:
+    """The run's tokenizer and its first `count` dev-sample prompts, as its evaluation renders them."""
     from jsquad_lora.config.load import load_config
     from jsquad_lora.data.jglue import resolve_split
     from jsquad_lora.data.jsquad import load_split
-    from jsquad_lora.encoding.tokens import prompt_ids
     from jsquad_lora.evaluate.loop import build_prompts
     from jsquad_lora.model.load import load_tokenizer
     from jsquad_lora.prompts.fewshot import make_renderer
@@ -71,6 +68,15 @@ def tokenised_as_run(gguf: Path, run_dir: Path, config: str, count: int = 200) -
     questions = [q for q in load_split(resolve_split(cfg.data.dir, cfg.data.eval_split)).questions if q.id in wanted]
     budget = cfg.model.max_length - cfg.eval.max_new_tokens
     prompts, _, _ = build_prompts(questions, make_renderer(cfg, tokenizer, ()), tokenizer, budget)
+    return tokenizer, prompts
+
+
+def tokenised_as_run(gguf: Path, tokenizer, prompts: list[str]) -> float:
+    """The share of `prompts` that llama.cpp, reading `gguf`'s vocabulary, tokenises into the run's ids."""
+    import llama_cpp
+
+    from jsquad_lora.encoding.tokens import prompt_ids
+
     llm = llama_cpp.Llama(model_path=str(gguf), vocab_only=True, verbose=False)
     bos = tokenizer.bos_token
     # a prompt that writes its own BOS (a chat template's) is tokenised without another one, as prompt_ids does
@@ -103,6 +109,7 @@ def main() -> None:
     size = sum(p.stat().st_size for p in merged.glob("*.safetensors"))
     rows.append({"variant": "merged safetensors, this tool (hf)", "bytes": size, **evaluated(hf, run_metrics)})
 
+    tokenizer, prompts = sample_prompts(run_dir, config)
     writers = [("this tool's writer", [])] if args.both_writers or not args.llama_cpp else []
     if args.llama_cpp:
         writers.append(("llama.cpp's converter", ["--llama-cpp", args.llama_cpp]))
@@ -110,9 +117,16 @@ def main() -> None:
         for w, (writer, extra) in enumerate(writers):
             export = work / f"gguf-{quant}-{w}"
             run(
-                [*CLI, "export", str(run_dir), "--format", "gguf", "--quantize", quant, "--overwrite"]
-                + extra
-                + [
+                [
+                    *CLI,
+                    "export",
+                    str(run_dir),
+                    "--format",
+                    "gguf",
+                    "--quantize",
+                    quant,
+                    "--overwrite",
+                    *extra,
                     "--output",
                     str(export),
                 ]
@@ -125,7 +139,7 @@ def main() -> None:
                 {
                     "variant": f"GGUF {quant} ({writer}), llama.cpp",
                     "bytes": gguf.stat().st_size,
-                    "tokenised_as_run": tokenised_as_run(gguf, run_dir, config),
+                    "tokenised_as_run": tokenised_as_run(gguf, tokenizer, prompts),
                     **evaluated(out, run_metrics),
                 }
             )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_gguf import tokenised_as_run  # noqa: E402
+from bench_gguf import sample_prompts, tokenised_as_run  # noqa: E402
 
 VOCABULARY_KEYS = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.add_bos_token")
 
@@ -32,9 +32,10 @@ def main() -> None:
     args = parser.parse_args()
     paths = [p if p.suffix == ".gguf" else next(p.glob("*.gguf")) for p in args.exports]
     readers = [gguf.GGUFReader(p) for p in paths]
+    tokenizer, prompts = sample_prompts(args.run, str(args.run / "config.yaml"))
     for path, reader in zip(paths, readers, strict=True):
         vocabulary = {k: reader.fields[k].contents() for k in VOCABULARY_KEYS if k in reader.fields}
-        share = tokenised_as_run(path, args.run, str(args.run / "config.yaml"))
+        share = tokenised_as_run(path, tokenizer, prompts)
         print(f"{path}: {path.stat().st_size / 2**20:.1f} MiB, {vocabulary}, prompts tokenised as the run {share:.3f}")
     metadata = [
         {k: f.contents() for k, f in r.fields.items() if not k.startswith(("tokenizer.", "general.", "GGUF."))}
